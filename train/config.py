@@ -1,0 +1,322 @@
+"""Typed training configuration: frozen dataclasses loaded from YAML or a dict.
+
+Every section is a frozen dataclass validated on construction. `load_config` turns a nested mapping into
+those dataclasses field by field: an unknown key is an error naming the key and its section, a value of the
+wrong type is an error naming the field, and ranges are checked in each `__post_init__`.
+
+Two EMA coefficients exist in this project and must never be mixed up:
+  * `ema.weight_ema_decay` (0.99): the EMA of the *generator's weights* during training (SPEC 3).
+  * `rollout.sink_ema_alpha` (0.999): the *KV-cache EMA-Sink* coefficient (SPEC 2), mirrored from
+    `rfrt.cache.CachePolicy`. It only matters in training when `rollout.sink_ema_during_training` is on.
+Putting either key in the other's section is rejected with a message that says where it belongs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the section and key."""
+
+
+def _require(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which weights the stages start from (paths are user-provided; nothing is downloaded).
+
+    preset:       name of a `rfrt.models` model config preset (e.g. "default", "wan2.1-t2v-1.3b").
+    student_init: checkpoint the causal student starts from (the ODE-regression checkpoint in Re-DMD).
+    teacher:      checkpoint of the bidirectional teacher ("real score").
+    critic_init:  checkpoint the critic ("fake score") starts from.
+    """
+
+    preset: str = "default"
+    student_init: str | None = None
+    teacher: str | None = None
+    critic_init: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.preset), "model.preset", "must be a non-empty string")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Training data. `synthetic_world` is the project's own generated world (train/data/synthetic_world.py)."""
+
+    kind: Literal["synthetic_world"] = "synthetic_world"
+    height: int = 32
+    width: int = 32
+    num_frames: int = 8
+    max_objects: int = 2
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "num_frames", "max_objects"):
+            _require(getattr(self, name) >= 1, f"data.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    """AdamW settings (SPEC 3): generator lr 2e-6, critic lr 4e-7, betas (0, 0.999), weight decay 0.01."""
+
+    lr: float = 2e-6
+    critic_lr: float = 4e-7
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(self.critic_lr > 0, "optim.critic_lr", f"must be > 0, got {self.critic_lr}")
+        _require(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "optim.betas",
+                 f"must be two values in [0, 1), got {self.betas}")
+        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "optim.max_grad_norm",
+                 f"must be > 0 or null, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class DMDSection:
+    """Distribution-matching distillation (SPEC 3). Timesteps are in [0, num_train_timesteps]."""
+
+    guidance_scale: float = 3.0
+    min_t: float = 20.0
+    max_t: float = 980.0
+    shift: float = 5.0
+    num_train_timesteps: int = 1000
+    critic_updates_per_generator: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.guidance_scale >= 0, "dmd.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        _require(self.num_train_timesteps >= 1, "dmd.num_train_timesteps", "must be >= 1")
+        _require(0 <= self.min_t < self.max_t <= self.num_train_timesteps, "dmd.min_t/max_t",
+                 f"need 0 <= min_t < max_t <= {self.num_train_timesteps}, got {self.min_t}, {self.max_t}")
+        _require(self.shift > 0, "dmd.shift", f"must be > 0, got {self.shift}")
+        _require(self.critic_updates_per_generator >= 1, "dmd.critic_updates_per_generator",
+                 f"must be >= 1, got {self.critic_updates_per_generator}")
+
+
+@dataclass(frozen=True)
+class RolloutSection:
+    """Self-Forcing rollout of the student (SPEC 3) and the cache's EMA-Sink option during training."""
+
+    num_frames: int = 21
+    chunk_frames: int = 3
+    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    sink_ema_during_training: bool = False
+    sink_ema_alpha: float = 0.999
+
+    def __post_init__(self) -> None:
+        _require(self.chunk_frames >= 1, "rollout.chunk_frames", f"must be >= 1, got {self.chunk_frames}")
+        _require(self.num_frames >= self.chunk_frames and self.num_frames % self.chunk_frames == 0,
+                 "rollout.num_frames", f"must be a positive multiple of chunk_frames={self.chunk_frames}, "
+                 f"got {self.num_frames}")
+        _require(len(self.denoising_steps) >= 1, "rollout.denoising_steps", "must not be empty")
+        _require(all(a > b for a, b in zip(self.denoising_steps, self.denoising_steps[1:])),
+                 "rollout.denoising_steps", f"must be strictly decreasing, got {self.denoising_steps}")
+        _require(0.0 <= self.sink_ema_alpha <= 1.0, "rollout.sink_ema_alpha",
+                 f"must lie in [0, 1], got {self.sink_ema_alpha}")
+
+
+@dataclass(frozen=True)
+class RewardSection:
+    """Reward model for Re-DMD. kind "none" trains plain DMD (weights exp(beta*0) = 1 are not applied).
+
+    beta:        weight exp(beta * r) on each sample's DMD loss (2.0 in the public code).
+    weights_dir: directory of user-provided VideoReward weights (kind "videoreward").
+    mean, std:   z-scoring statistics for the motion reward (the VLM reward carries its own).
+    flow:        optical-flow algorithm of the motion reward.
+    height, width: frames are resized to this before the VLM reward (336 x 588 in VideoReward).
+    """
+
+    kind: Literal["motion", "videoreward", "none"] = "motion"
+    beta: float = 2.0
+    weights_dir: str | None = None
+    mean: float = 0.0
+    std: float = 1.0
+    flow: Literal["farneback", "dis"] = "farneback"
+    height: int = 336
+    width: int = 588
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.beta) and self.beta >= 0, "reward.beta", f"must be finite, >= 0, got {self.beta}")
+        _require(self.std > 0, "reward.std", f"must be > 0, got {self.std}")
+        _require(self.height >= 1 and self.width >= 1, "reward.height/width", "must be >= 1")
+        _require(self.kind != "videoreward" or self.weights_dir is not None, "reward.weights_dir",
+                 "kind 'videoreward' needs weights_dir (a local directory; nothing is downloaded)")
+
+
+@dataclass(frozen=True)
+class EMASection:
+    """Generator weight EMA (SPEC 3): decay 0.99, starting at step 200. Not the cache's sink EMA."""
+
+    weight_ema_decay: float = 0.99
+    start_step: int = 200
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.weight_ema_decay < 1.0, "ema.weight_ema_decay",
+                 f"must lie in [0, 1), got {self.weight_ema_decay}")
+        _require(self.start_step >= 0, "ema.start_step", f"must be >= 0, got {self.start_step}")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Loop bookkeeping. batch_size is per rank and per micro-step; grad_accum micro-steps make one step."""
+
+    steps: int = 600
+    batch_size: int = 1
+    grad_accum: int = 1
+    seed: int = 0
+    out_dir: str = "runs/default"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    bf16: bool = True
+    grad_checkpointing: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            _require(getattr(self, name) >= 1, f"run.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
+        _require(bool(self.out_dir), "run.out_dir", "must be a non-empty path")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole training configuration; every section has defaults matching SPEC 3."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    dmd: DMDSection = field(default_factory=DMDSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    reward: RewardSection = field(default_factory=RewardSection)
+    ema: EMASection = field(default_factory=EMASection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+# Keys that belong to another section and are easy to misplace; the error says where they go.
+_MISPLACED = {
+    ("ema", "sink_ema_alpha"): "sink_ema_alpha is the KV-cache EMA-Sink coefficient: set it in 'rollout', "
+                               "not in 'ema' (which holds the generator's weight_ema_decay)",
+    ("ema", "alpha"): "'ema' takes weight_ema_decay (generator weight EMA); the cache's EMA-Sink "
+                      "coefficient is rollout.sink_ema_alpha",
+    ("ema", "decay"): "did you mean weight_ema_decay?",
+    ("rollout", "weight_ema_decay"): "weight_ema_decay is the generator weight EMA: set it in 'ema'",
+    ("run", "lr"): "the learning rate lives in 'optim'",
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type `tp`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        _require(value in args, where, f"must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), where, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        _require(len(value) == len(args), where, f"expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        _require(isinstance(value, bool), where, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), where, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # PyYAML (YAML 1.1) reads "2e-6" (no dot) as a string, so accept numeric strings for float fields.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), where,
+                 f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), where, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+
+
+def _build(cls: type[T], data: Any, section: str) -> T:
+    if isinstance(data, cls):
+        return data
+    _require(isinstance(data, Mapping), section or cls.__name__, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            hint = _MISPLACED.get((section, key))
+            raise ConfigError(f"unknown key '{key}' in section '{section or '<top level>'}'"
+                              + (f": {hint}" if hint else f" (allowed: {', '.join(names)})"))
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}" if section else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{section or cls.__name__}: {e}") from e
+
+
+def load_config(source: str | os.PathLike | Mapping[str, Any] | None, cls: type[T] = TrainConfig) -> T:
+    """Build `cls` (a frozen dataclass, by default TrainConfig) from a YAML file path or a mapping.
+
+    Missing keys take their defaults; unknown keys, wrong types and out-of-range values raise ConfigError.
+    The section name used in errors is the dotted path ("" at the top level of `cls`).
+    """
+    if source is None:
+        data: Any = {}
+    elif isinstance(source, Mapping):
+        data = source
+    else:
+        with open(source, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        data = {} if data is None else data
+    return _build(cls, data, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples become lists) that `load_config` reads back to an equal config."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    return {k: (config_to_dict(v) if dataclasses.is_dataclass(v) else plain(v))
+            for k, v in ((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))}
