@@ -1,0 +1,242 @@
+"""Atomic checkpoints, exact resume, and the generator's weight EMA.
+
+A checkpoint holds the state_dict of every stateful object the loop owns (generator, critic, their
+optimisers, the weight EMA, the data iterator...), the step, and the RNG states of python, numpy, torch CPU
+and every CUDA device. Restoring all of them makes a resumed run continue bit for bit like an uninterrupted
+one (given deterministic kernels). The public trainer never saved with its shipped config (SPEC 3); here a
+write either fully lands or leaves the previous file untouched: temp file in the same directory, fsync,
+os.replace, then fsync of the directory so the rename itself survives a crash.
+
+With several ranks, each rank's RNG differs: rank 0 writes the checkpoint, and every rank writes its own RNG
+state beside it with `save_rank_rng` / restores it with `load_rank_rng`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------- RNG states
+
+def capture_rng_state() -> dict[str, Any]:
+    """Snapshot of python, numpy (global), torch CPU and all CUDA RNGs, as tensors / plain python values.
+
+    numpy's state is converted to tensors so the checkpoint loads with torch.load(weights_only=True).
+    """
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    # torch.cuda.is_initialized avoids creating a CUDA context just to save an RNG nobody used.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of `capture_rng_state`. CUDA states are restored only where CUDA is present."""
+    random.setstate(_as_python_rng(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) != torch.cuda.device_count():
+            raise RuntimeError(f"checkpoint holds {len(state['cuda'])} CUDA RNG states but "
+                               f"{torch.cuda.device_count()} devices are visible")
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_rng(s: Any) -> tuple:
+    # Serialisation may turn the inner tuples into lists; random.setstate needs tuples.
+    version, internal, gauss = s
+    return (version, tuple(internal), gauss)
+
+
+# ---------------------------------------------------------------------------------------------- atomic IO
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save `obj` to `path` atomically: readers see the old file or the complete new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # e.g. platforms where directories cannot be opened; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """What `resume` hands back besides the objects it restored in place."""
+
+    step: int
+    extra: dict[str, Any]
+
+
+def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
+    """Canonical file name of the checkpoint at `step`: <out_dir>/checkpoints/step_00000100.pt."""
+    return Path(out_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The highest-step checkpoint under <out_dir>/checkpoints, or None (temp files are ignored)."""
+    d = Path(out_dir) / "checkpoints"
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(path: str | os.PathLike, step: int, objects: Mapping[str, Stateful],
+                    extra: Mapping[str, Any] | None = None, include_rng: bool = True) -> Path:
+    """Atomically write step, every object's state_dict, the RNG states and `extra` to `path`.
+
+    objects: e.g. {"generator": m, "critic": c, "generator_optim": o, "ema": WeightEMA, "data": dataset};
+    anything with state_dict()/load_state_dict(). Call it on rank 0 only (see `save_rank_rng` for the rest).
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "step": int(step),
+        "states": {name: obj.state_dict() for name, obj in objects.items()},
+        "rng": capture_rng_state() if include_rng else None,
+        "extra": dict(extra or {}),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def resume(path: str | os.PathLike, objects: Mapping[str, Stateful], map_location: str | torch.device = "cpu",
+           restore_rng: bool = True, strict: bool = True) -> ResumeInfo:
+    """Load a checkpoint written by `save_checkpoint` into `objects` (in place) and restore the RNG states.
+
+    strict: every name in `objects` must be in the checkpoint and vice versa (a missing critic or optimiser
+    state would silently break exact resume otherwise).
+    """
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint format {payload.get('format_version')!r}")
+    states = payload["states"]
+    if strict and set(states) != set(objects):
+        raise KeyError(f"{path}: checkpoint holds {sorted(states)}, caller passed {sorted(objects)}")
+    for name, obj in objects.items():
+        if name in states:
+            obj.load_state_dict(states[name])
+    if restore_rng:
+        if payload["rng"] is None:
+            raise ValueError(f"{path}: saved without RNG states; pass restore_rng=False to load anyway")
+        restore_rng_state(payload["rng"])
+    return ResumeInfo(step=payload["step"], extra=payload["extra"])
+
+
+def rank_rng_path(checkpoint: str | os.PathLike, rank: int) -> Path:
+    p = Path(checkpoint)
+    return p.with_name(f"{p.stem}.rng_rank{rank}.pt")
+
+
+def save_rank_rng(checkpoint: str | os.PathLike, rank: int) -> Path:
+    """Each rank's own RNG states, written atomically beside the (rank-0) checkpoint file."""
+    return atomic_torch_save(capture_rng_state(), rank_rng_path(checkpoint, rank))
+
+
+def load_rank_rng(checkpoint: str | os.PathLike, rank: int) -> None:
+    restore_rng_state(torch.load(rank_rng_path(checkpoint, rank), map_location="cpu", weights_only=True))
+
+
+# ---------------------------------------------------------------------------------------------- weight EMA
+
+class WeightEMA:
+    """EMA of the generator's weights: shadow <- d * shadow + (1 - d) * param (d = weight_ema_decay).
+
+    Before `start_step` the shadow simply tracks the weights (the public trainer creates its EMA at that step
+    from the current weights, which is the same thing). Kept in fp32 whatever the model's dtype, so a decay
+    of 0.99 is not lost to bf16 rounding. Not to be confused with the KV cache's sink EMA (sink_ema_alpha).
+    """
+
+    def __init__(self, model: torch.nn.Module, weight_ema_decay: float = 0.99, start_step: int = 200):
+        if not 0.0 <= weight_ema_decay < 1.0:
+            raise ValueError(f"weight_ema_decay must lie in [0, 1), got {weight_ema_decay}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be >= 0, got {start_step}")
+        self.decay = float(weight_ema_decay)
+        self.start_step = int(start_step)
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        """Call once after each generator optimiser step; `step` is the step just completed."""
+        params = dict(model.named_parameters())
+        if params.keys() != self.shadow.keys():
+            raise KeyError("model parameters differ from the ones the EMA was built with")
+        for n, p in params.items():
+            if step < self.start_step:
+                self.shadow[n].copy_(p.detach())
+            else:
+                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Write the EMA weights into `model` (e.g. a separate inference copy)."""
+        for n, p in model.named_parameters():
+            p.copy_(self.shadow[n].to(p.dtype))
+
+    def ema_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A deep copy of `model` holding the EMA weights."""
+        m = copy.deepcopy(model)
+        self.copy_to(m)
+        return m
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "start_step": self.start_step, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["shadow"].keys() != self.shadow.keys():
+            raise KeyError("EMA state holds different parameter names than this model")
+        self.decay, self.start_step = float(state["decay"]), int(state["start_step"])
+        for n, v in state["shadow"].items():
+            self.shadow[n].copy_(v)
