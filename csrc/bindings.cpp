@@ -1,0 +1,106 @@
+// The one pybind11 module, rfrt._C: binds the params structs and the launchers, nothing else.
+#include <pybind11/pybind11.h>
+
+#include "rfrt/launch.h"
+
+namespace py = pybind11;
+using namespace rfrt;
+
+namespace {
+template <typename T>
+const T* cptr(uintptr_t a) { return reinterpret_cast<const T*>(a); }
+template <typename T>
+T* mptr(uintptr_t a) { return reinterpret_cast<T*>(a); }
+}  // namespace
+
+// Pointers cross the boundary as integers (tensor.data_ptr()), so the compiled core does not link against
+// any particular torch build: one wheel serves every torch version.
+#define RFRT_PTR(CLS, NAME, TYPE)                                                                  \
+  def_property(                                                                                   \
+      #NAME, [](const CLS& p) { return reinterpret_cast<uintptr_t>(p.NAME); },                    \
+      [](CLS& p, uintptr_t a) { p.NAME = reinterpret_cast<TYPE>(a); })
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "rfrt compiled core: ring-buffer KV cache, fused EMA-Sink fold, Wan RoPE, ring attention";
+  m.attr("__version__") = RFRT_VERSION;
+  m.attr("cuda") = cuda::available();
+  m.attr("cuda_architectures") = cuda::architectures();
+
+  py::enum_<DType>(m, "DType").value("F32", DType::F32).value("BF16", DType::BF16).value("F16", DType::F16);
+  py::enum_<Device>(m, "Device").value("CPU", Device::CPU).value("CUDA", Device::CUDA);
+
+  py::class_<CacheGeometry>(m, "CacheGeometry")
+      .def(py::init<>())
+      .def_readwrite("layers", &CacheGeometry::layers)
+      .def_readwrite("batch", &CacheGeometry::batch)
+      .def_readwrite("heads", &CacheGeometry::heads)
+      .def_readwrite("head_dim", &CacheGeometry::head_dim)
+      .def_readwrite("window_tokens", &CacheGeometry::window_tokens)
+      .def_readwrite("sink_tokens", &CacheGeometry::sink_tokens)
+      .def_readwrite("tokens_per_frame", &CacheGeometry::tokens_per_frame)
+      .def_readwrite("grid_w", &CacheGeometry::grid_w)
+      .def_readwrite("rope_theta", &CacheGeometry::rope_theta);
+
+  py::class_<CacheWriteParams>(m, "CacheWriteParams")
+      .def(py::init<>())
+      .def_readwrite("g", &CacheWriteParams::g)
+      .RFRT_PTR(CacheWriteParams, kv, void*)
+      .RFRT_PTR(CacheWriteParams, sink_acc, void*)
+      .RFRT_PTR(CacheWriteParams, k, const void*)
+      .RFRT_PTR(CacheWriteParams, v, const void*)
+      .RFRT_PTR(CacheWriteParams, cursor, const int64_t*)
+      .def_readwrite("layer", &CacheWriteParams::layer)
+      .def_readwrite("chunk_tokens", &CacheWriteParams::chunk_tokens)
+      .def_readwrite("cache_dtype", &CacheWriteParams::cache_dtype)
+      .def_readwrite("acc_dtype", &CacheWriteParams::acc_dtype)
+      .def_readwrite("device", &CacheWriteParams::device)
+      .def_readwrite("stream", &CacheWriteParams::stream);
+
+  py::class_<SinkFoldParams>(m, "SinkFoldParams")
+      .def(py::init<>())
+      .def_readwrite("g", &SinkFoldParams::g)
+      .RFRT_PTR(SinkFoldParams, kv, void*)
+      .RFRT_PTR(SinkFoldParams, sink_acc, void*)
+      .RFRT_PTR(SinkFoldParams, cursor, const int64_t*)
+      .def_readwrite("alpha", &SinkFoldParams::alpha)
+      .def_readwrite("cache_dtype", &SinkFoldParams::cache_dtype)
+      .def_readwrite("acc_dtype", &SinkFoldParams::acc_dtype)
+      .def_readwrite("device", &SinkFoldParams::device)
+      .def_readwrite("stream", &SinkFoldParams::stream);
+
+  py::class_<RopeApplyParams>(m, "RopeApplyParams")
+      .def(py::init<>())
+      .RFRT_PTR(RopeApplyParams, x, const void*)
+      .RFRT_PTR(RopeApplyParams, out, void*)
+      .RFRT_PTR(RopeApplyParams, cursor, const int64_t*)
+      .def_readwrite("batch", &RopeApplyParams::batch)
+      .def_readwrite("tokens", &RopeApplyParams::tokens)
+      .def_readwrite("heads", &RopeApplyParams::heads)
+      .def_readwrite("head_dim", &RopeApplyParams::head_dim)
+      .def_readwrite("tokens_per_frame", &RopeApplyParams::tokens_per_frame)
+      .def_readwrite("grid_w", &RopeApplyParams::grid_w)
+      .def_readwrite("rope_theta", &RopeApplyParams::rope_theta)
+      .def_readwrite("dtype", &RopeApplyParams::dtype)
+      .def_readwrite("device", &RopeApplyParams::device)
+      .def_readwrite("stream", &RopeApplyParams::stream);
+
+  py::class_<RingAttentionParams>(m, "RingAttentionParams")
+      .def(py::init<>())
+      .def_readwrite("g", &RingAttentionParams::g)
+      .RFRT_PTR(RingAttentionParams, kv, const void*)
+      .RFRT_PTR(RingAttentionParams, q, const void*)
+      .RFRT_PTR(RingAttentionParams, out, void*)
+      .def_readwrite("layer", &RingAttentionParams::layer)
+      .def_readwrite("q_tokens", &RingAttentionParams::q_tokens)
+      .def_readwrite("keys", &RingAttentionParams::keys)
+      .def_readwrite("scale", &RingAttentionParams::scale)
+      .def_readwrite("dtype", &RingAttentionParams::dtype)
+      .def_readwrite("device", &RingAttentionParams::device)
+      .def_readwrite("stream", &RingAttentionParams::stream);
+
+  // The GIL is released: kernels never touch Python objects, and a CPU call may run for a while.
+  m.def("cache_write", &cache_write, py::call_guard<py::gil_scoped_release>());
+  m.def("sink_fold", &sink_fold, py::call_guard<py::gil_scoped_release>());
+  m.def("rope_apply", &rope_apply, py::call_guard<py::gil_scoped_release>());
+  m.def("ring_attention", &ring_attention, py::call_guard<py::gil_scoped_release>());
+}

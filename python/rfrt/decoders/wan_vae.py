@@ -1,0 +1,101 @@
+"""Streaming Wan2.1 VAE decoder over diffusers' `AutoencoderKLWan` (SPEC §1.2).
+
+diffusers decodes a whole video by running `vae.decoder` one latent frame at a time with a list of causal-conv
+feature caches (`_feat_map`, two cached time steps per conv) that it clears before and after every `decode`
+call. Streaming needs that list to outlive a call, so this class owns its own list and drives `vae.decoder`
+the same way `AutoencoderKLWan._decode` does, carrying the list across chunks. The VAE object itself is never
+modified, so one VAE can serve several streams.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .base import StreamingDecoder
+
+__all__ = ["WanVAEDecoder"]
+
+
+def _diffusers_wan():
+    try:
+        from diffusers.models.autoencoders import autoencoder_kl_wan
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("WanVAEDecoder needs diffusers (pip install 'rfrt[hf]')") from e
+    return autoencoder_kl_wan
+
+
+class WanVAEDecoder(StreamingDecoder):
+    """Wan2.1 VAE decoder, latent frame by latent frame, with the causal-conv cache carried across chunks.
+
+    vae:    an `AutoencoderKLWan` instance, or a directory holding one (`from_pretrained` layout; the
+            Wan2.1-T2V `vae/` folder).
+    device, dtype: where/in what to run it when loading from a directory (default: CPU, fp32).
+
+    Latents are in the DiT's normalised space; they are de-normalised with the config's per-channel
+    latents_mean / latents_std (z = latents * std + mean) before decoding, as diffusers' Wan pipeline does.
+    """
+
+    def __init__(self, vae, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        wan = _diffusers_wan()
+        if isinstance(vae, (str, os.PathLike)):
+            vae = wan.AutoencoderKLWan.from_pretrained(os.fspath(vae), torch_dtype=dtype or torch.float32)
+        if not isinstance(vae, wan.AutoencoderKLWan):
+            raise TypeError(f"WanVAEDecoder: expected an AutoencoderKLWan or a directory, got {type(vae).__name__}")
+        if device is not None or dtype is not None:
+            vae = vae.to(device=device, dtype=dtype)
+        self.vae = vae.eval()
+        cfg = vae.config
+        for name in ("latents_mean", "latents_std"):
+            if len(getattr(cfg, name)) != cfg.z_dim:
+                raise ValueError(f"WanVAEDecoder: config.{name} has {len(getattr(cfg, name))} entries, "
+                                 f"z_dim is {cfg.z_dim}")
+        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32)
+        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32)
+        self._num_causal_convs = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.decoder.modules())
+        self._patch_size = cfg.patch_size
+        self._unpatchify = wan.unpatchify
+        self._feat_cache: list = [None] * self._num_causal_convs
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None) -> "WanVAEDecoder":
+        return cls(os.fspath(path), device=device, dtype=dtype)
+
+    @property
+    def temporal_upsample(self) -> int:
+        return 2 ** sum(bool(u) for u in self.vae.temperal_upsample)
+
+    @property
+    def spatial_upsample(self) -> int:
+        # One spatial x2 per stage transition, times the patch size of the patchified (Wan2.2) variant.
+        return 2 ** (len(self.vae.config.dim_mult) - 1) * (self._patch_size or 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
+
+    def _reset_state(self) -> None:
+        self._feat_cache = [None] * self._num_causal_convs
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, F, C, h, w] -> VAE latents [B, C, F, h, w] (z = latents * std + mean), in the
+        VAE's dtype and device."""
+        p = next(self.vae.parameters())
+        shape = (1, -1, 1, 1, 1)
+        z = latents.to(device=p.device, dtype=torch.float32).permute(0, 2, 1, 3, 4)
+        z = z * self._std.to(p.device).view(shape) + self._mean.to(p.device).view(shape)
+        return z.to(p.dtype)
+
+    def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        # post_quant_conv is a 1x1x1 causal conv: it needs no cache, so it runs on the chunk at once.
+        x = self.vae.post_quant_conv(self.denormalize(latents))
+        outs = []
+        for i in range(x.shape[2]):
+            # Each call walks the convs in the same order, so the cache index restarts at 0 per latent frame.
+            outs.append(self.vae.decoder(x[:, :, i:i + 1], feat_cache=self._feat_cache, feat_idx=[0],
+                                         first_chunk=(self._latent_frames_seen + i == 0)))
+        out = torch.cat(outs, dim=2)
+        if self._patch_size is not None:
+            out = self._unpatchify(out, patch_size=self._patch_size)
+        return out.clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4)
