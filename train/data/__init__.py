@@ -1,0 +1,1 @@
+"""Training data: the synthetic world (see synthetic_world.py)."""
