@@ -93,7 +93,10 @@ void rope_apply(const RopeApplyParams& p) {
 }
 
 void ring_attention(const RingAttentionParams& p) {
-  check_geometry(p.g);
+  // Attention reads only the buffer's shape: the sink/frame geometry does not matter to it.
+  const CacheGeometry& g = p.g;
+  require(g.layers > 0 && g.batch > 0 && g.heads > 0 && g.window_tokens > 0, "ring_attention sizes must be positive");
+  require(g.head_dim > 0 && g.head_dim <= 512, "head_dim must be in (0, 512]");
   check_dtype(p.dtype, "attention");
   check_device(p.device);
   require(p.kv && p.q && p.out, "ring_attention got a null pointer");
