@@ -188,9 +188,11 @@ def _torch_load(path: Path, mmap: bool) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"refusing to load {path}: it is a pickle that needs arbitrary code to load "
-                              f"(weights_only=True rejected it: {str(err).splitlines()[0]}). Convert it to "
-                              "safetensors or a plain tensor state dict from a trusted environment.") from None
+        # Keep torch's line naming the rejected global; drop its advice to retry with weights_only=False.
+        detail = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln), "")
+        raise CheckpointError(f"refusing to load {path}: it is a pickle that needs arbitrary code to load, "
+                              f"which rfrt never runs ({detail or 'rejected by weights_only=True'}). Convert it "
+                              "to safetensors or a plain tensor state dict in a trusted environment.") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot read torch checkpoint {path} (corrupt or truncated?): {err}") from None
 
