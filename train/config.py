@@ -143,7 +143,7 @@ class RewardSection:
     weights_dir: directory of user-provided VideoReward weights (kind "videoreward").
     mean, std:   z-scoring statistics for the motion reward (the VLM reward carries its own).
     flow:        optical-flow algorithm of the motion reward.
-    height, width: frames are resized to this before the VLM reward (336 x 588 in VideoReward).
+    The VLM reward's resolution and statistics come from its own weights directory (reward_config.json).
     """
 
     kind: Literal["motion", "videoreward", "none"] = "motion"
@@ -152,13 +152,10 @@ class RewardSection:
     mean: float = 0.0
     std: float = 1.0
     flow: Literal["farneback", "dis"] = "farneback"
-    height: int = 336
-    width: int = 588
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.beta) and self.beta >= 0, "reward.beta", f"must be finite, >= 0, got {self.beta}")
         _require(self.std > 0, "reward.std", f"must be > 0, got {self.std}")
-        _require(self.height >= 1 and self.width >= 1, "reward.height/width", "must be >= 1")
         _require(self.kind != "videoreward" or self.weights_dir is not None, "reward.weights_dir",
                  "kind 'videoreward' needs weights_dir (a local directory; nothing is downloaded)")
 
