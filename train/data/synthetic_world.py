@@ -161,32 +161,32 @@ def trajectory(obj: ObjectSpec, scene: Scene) -> np.ndarray:
     return pos
 
 
-def _mask(shape: str, cx: float, cy: float, r: float, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+def _mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     dx, dy = xs - cx, ys - cy
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "square":
-        return (dx.abs() <= r) & (dy.abs() <= r)
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
     if shape == "triangle":  # apex up, base at cy + r; half-width grows linearly from 0 to r
-        return (dy >= -r) & (dy <= r) & (dx.abs() <= (dy + r) * 0.5)
+        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) * 0.5)
     raise ValueError(f"unknown shape {shape!r}")
 
 
 def render_scene(scene: Scene) -> torch.Tensor:
-    """Render a scene to a float32 video [T, 3, H, W] in [-1, 1] (objects drawn in order, later on top)."""
+    """Render a scene to a float32 video [T, 3, H, W] in [-1, 1] (objects drawn in order, later on top).
+
+    Drawn with numpy: these tensors are small and torch's intra-op threading only adds overhead here.
+    """
     T, H, W = scene.num_frames, scene.height, scene.width
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
-                            indexing="ij")
-    video = torch.empty(T, 3, H, W)
-    video[:] = torch.tensor(COLOURS[scene.background]).view(1, 3, 1, 1)
+    ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
+    video = np.empty((T, H, W, 3), dtype=np.float32)
+    video[:] = np.asarray(COLOURS[scene.background], dtype=np.float32)
     for obj in scene.objects:
-        colour = torch.tensor(COLOURS[obj.colour]).view(3, 1)
+        colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
         for t, (cx, cy) in enumerate(trajectory(obj, scene)):
-            if t < obj.appear_frame:
-                continue
-            m = _mask(obj.shape, float(cx), float(cy), obj.radius, xs, ys)
-            video[t][:, m] = colour
-    return video * 2.0 - 1.0
+            if t >= obj.appear_frame:
+                video[t][_mask(obj.shape, float(cx), float(cy), obj.radius, xs, ys)] = colour
+    return torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2) * 2.0 - 1.0))
 
 
 def describe_object(obj: ObjectSpec) -> str:
