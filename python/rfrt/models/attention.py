@@ -70,7 +70,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: FrameGrid) -
 
 
 class _RopeTable:
-    """Angles per (grid, head_dim, device), computed once: every layer of a forward reuses them."""
+    """Angles of the latest (grid, head_dim, device): every layer of a forward reuses them.
+
+    Only a few entries are kept because chunk-by-chunk runs see a new frame_offset every chunk.
+    """
+
+    _MAX_ENTRIES = 4
 
     def __init__(self) -> None:
         self._cache: dict[tuple, torch.Tensor] = {}
@@ -79,6 +84,8 @@ class _RopeTable:
         """float64 [grid.tokens, head_dim // 2] for absolute frame positions."""
         key = (grid, head_dim, device)
         if key not in self._cache:
+            if len(self._cache) >= self._MAX_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))
             pos = torch.arange(grid.frame_offset, grid.frame_offset + grid.frames)
             self._cache[key] = rope_angles(head_dim, pos, grid.h, grid.w).to(device)
         return self._cache[key]
