@@ -1,6 +1,8 @@
 """TAEHVDecoder: batched streaming equals a frame-by-frame reference; chunking is invisible; weights round trip."""
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -147,7 +149,7 @@ def test_mismatched_weights_errors(case, tmp_path):
         TAEHVDecoder.from_file(tmp_path / "nope.safetensors", CFG)
     # weights_only loading refuses pickled objects.
     torch.save({"decoder.1.weight": nn.ReLU()}, tmp_path / "obj.pth")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         TAEHVDecoder.from_file(tmp_path / "obj.pth", CFG)
 
 

@@ -80,7 +80,9 @@ def test_denormalisation_is_applied(vae, case):
 def test_from_pretrained_directory(vae, tmp_path):
     pytest.importorskip("accelerate")
     vae.save_pretrained(tmp_path / "vae")
-    dec = WanVAEDecoder.from_pretrained(tmp_path / "vae")
+    dec = WanVAEDecoder.from_pretrained(tmp_path, subfolder="vae")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        WanVAEDecoder.from_pretrained(tmp_path / "missing")
     lat = torch.randn(1, 2, Z, 4, 4, generator=torch.Generator().manual_seed(2))
     assert (dec.decode(lat) - _reference(vae, lat)).abs().max().item() <= 1e-5
 

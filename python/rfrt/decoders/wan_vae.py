@@ -40,6 +40,8 @@ class WanVAEDecoder(StreamingDecoder):
         super().__init__()
         wan = _diffusers_wan()
         if isinstance(vae, (str, os.PathLike)):
+            if not os.path.isdir(vae):
+                raise FileNotFoundError(f"WanVAEDecoder: VAE directory {os.fspath(vae)!r} does not exist")
             vae = wan.AutoencoderKLWan.from_pretrained(os.fspath(vae), torch_dtype=dtype or torch.float32)
         if not isinstance(vae, wan.AutoencoderKLWan):
             raise TypeError(f"WanVAEDecoder: expected an AutoencoderKLWan or a directory, got {type(vae).__name__}")
@@ -59,8 +61,11 @@ class WanVAEDecoder(StreamingDecoder):
         self._feat_cache: list = [None] * self._num_causal_convs
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None) -> "WanVAEDecoder":
-        return cls(os.fspath(path), device=device, dtype=dtype)
+    def from_pretrained(cls, path: str | os.PathLike, *, subfolder: str | None = None, device=None,
+                        dtype=None) -> "WanVAEDecoder":
+        """Load from a diffusers directory; subfolder="vae" for a whole Wan2.1-T2V-1.3B-Diffusers checkout."""
+        path = os.fspath(path)
+        return cls(os.path.join(path, subfolder) if subfolder else path, device=device, dtype=dtype)
 
     @property
     def temporal_upsample(self) -> int:
