@@ -66,3 +66,12 @@ def test_load_single_section_class():
     with pytest.raises(ConfigError):
         EMASection(start_step=-1)
     assert isinstance(load_config({}), TrainConfig)
+
+
+def test_rollout_defaults_mirror_cache_policy():
+    """rollout.sink_ema_alpha / chunk_frames mirror the runtime's CachePolicy defaults (one meaning each)."""
+    policy_mod = pytest.importorskip("rfrt.cache.policy")
+    policy = policy_mod.CachePolicy()
+    rollout = load_config(None).rollout
+    assert rollout.sink_ema_alpha == policy.sink_ema_alpha
+    assert rollout.chunk_frames == policy.chunk_frames
