@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "rfrt/launch.h"
+#include "rfrt/slots.h"
 
 namespace py = pybind11;
 using namespace rfrt;
@@ -97,6 +98,9 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("dtype", &RingAttentionParams::dtype)
       .def_readwrite("device", &RingAttentionParams::device)
       .def_readwrite("stream", &RingAttentionParams::stream);
+
+  m.def("slot_frame", &slot_frame, py::arg("frame"), py::arg("sink_frames"), py::arg("window_frames"),
+        "Physical frame slot of a logical frame (mirrors CachePolicy.slot_frame).");
 
   // The GIL is released: kernels never touch Python objects, and a CPU call may run for a while.
   m.def("cache_write", &cache_write, py::call_guard<py::gil_scoped_release>());

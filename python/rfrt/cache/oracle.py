@@ -2,7 +2,7 @@
 
 Per layer it keeps the sink and each window chunk as separate unrotated tensors; every forward concatenates
 [sink | window chunks | current], re-rotates everything at window-relative positions 0..n-1 in float64, and
-computes softmax(QK^T/sqrt(d))V in float64. At the first forward of a chunk that overflows the window it folds
+computes softmax(QK^T/sqrt(d))V in float64 (by default). At the first forward of a chunk that overflows the window it folds
 the oldest window chunk into the sink with the EMA, per layer, before that layer's attention. This is slow on
 purpose: it shares no code with the ring cache except the reference RoPE.
 """
@@ -29,8 +29,11 @@ class ReferenceCache:
     """Same call protocol as RingCache: begin_chunk(), then cache(layer, q, k, v, grid) -> [B, L, H, D]."""
 
     def __init__(self, policy: CachePolicy, *, layers: int, head_dim: int, grid_h: int, grid_w: int,
-                 rope_theta: float = 10000.0) -> None:
+                 rope_theta: float = 10000.0, compute_dtype: torch.dtype = torch.float64) -> None:
+        """compute_dtype: float64 makes the judge; the cache dtype instead gives PyTorch's own error in that
+        dtype (rotated keys rounded to it, attention computed in it), the yardstick for the fast paths."""
         self.policy, self.head_dim, self.grid_h, self.grid_w = policy, head_dim, grid_h, grid_w
+        self.compute_dtype = compute_dtype
         self.rope_theta = rope_theta
         self._layers = [_LayerState() for _ in range(layers)]
         self.chunk = -1
@@ -80,9 +83,10 @@ class ReferenceCache:
             else:  # absolute: sink at 0.., window chunks at their own frames
                 key_frames = list(range(p.sink_frames)) + [i * F + j for i in chunks for j in range(F)]
             q_frames = key_frames[-F:]
-        kk = apply_rope(torch.cat(keys, dim=1).to(torch.float64), self._angles(key_frames, k.device))
-        qq = apply_rope(q.to(torch.float64), self._angles(q_frames, q.device))
-        vv = torch.cat(values, dim=1).to(torch.float64)
+        cd = self.compute_dtype
+        kk = apply_rope(torch.cat(keys, dim=1).to(torch.float64), self._angles(key_frames, k.device)).to(cd)
+        qq = apply_rope(q.to(torch.float64), self._angles(q_frames, q.device)).to(cd)
+        vv = torch.cat(values, dim=1).to(cd)
         scores = torch.einsum("bqhd,bkhd->bhqk", qq, kk) / math.sqrt(self.head_dim)
         out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), vv)
         return out.to(q.dtype)
