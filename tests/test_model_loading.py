@@ -193,3 +193,11 @@ def test_missing_shard_and_bad_config_name_the_file(tmp_path):
     (other / "config.json").write_text(json.dumps({**WAN_JSON, "num_heads": 3}))
     with pytest.raises(CheckpointError, match="config.json"):
         load_model(other)
+
+
+def test_partial_checkpoint_without_config_says_what_is_missing(tmp_path):
+    state = _state()
+    del state["head.head.weight"]
+    save_file(state, tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=r"cannot infer the architecture.*head\.head\.weight"):
+        load_model(tmp_path / "w.safetensors")

@@ -111,8 +111,11 @@ def infer_config(state: Mapping[str, torch.Tensor], source: str | Path = "state 
     needed = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
               "blocks.0.ffn.0.weight", "head.head.weight")
     missing = [k for k in needed if k not in state]
-    if missing:
+    if len(missing) == len(needed):
         _unknown_format(state, source, f"lacks {missing}")
+    if missing:
+        raise CheckpointError(f"{source}: cannot infer the architecture from tensor shapes, it lacks {missing}; "
+                              "provide config.json or pass config=ModelConfig(...)")
     pe = state["patch_embedding.weight"]
     if pe.dim() != 5:
         raise CheckpointError(f"{source}: patch_embedding.weight has shape {tuple(pe.shape)}, expected 5-D")
