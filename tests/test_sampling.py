@@ -57,6 +57,10 @@ def test_table_matches_diffusers_scheduler():
     assert sched.sigmas.shape == sig.shape
     assert (sched.sigmas.double() - sig.double()).abs().max().item() <= 1e-6
     assert (sched.timesteps.double() - t.double()).abs().max().item() <= 1e-3
+    # The warped steps read off diffusers' table at index 1000 - s.
+    idx = [1000 - s for s in SamplerConfig().denoising_steps]
+    assert torch.allclose(sched.sigmas[idx], warped_sigmas(SamplerConfig()), rtol=0, atol=1e-6)
+    assert torch.allclose(sched.timesteps[idx], warped_timesteps(SamplerConfig()), rtol=0, atol=1e-3)
 
 
 def test_other_steps_and_num_train():
