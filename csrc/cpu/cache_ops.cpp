@@ -12,12 +12,24 @@
 namespace rfrt::cpu {
 namespace {
 
+// Per-call table of each pair's frequency and axis (0 time, 1 row, 2 column): pow() once per pair, not per
+// element.
+struct PairTable {
+  std::vector<double> freq;
+  std::vector<int32_t> axis;
+  PairTable(int64_t head_dim, double theta) : freq(head_dim / 2), axis(head_dim / 2) {
+    for (int32_t j = 0; j < head_dim / 2; ++j)
+      freq[j] = rope_frequency(j, static_cast<int32_t>(head_dim), theta, &axis[j]);
+  }
+};
+
 // cos/sin of every pair for one token; shared by all batches and heads of that token.
-void token_rotation(int64_t time_pos, int64_t in_frame, int64_t grid_w, int32_t head_dim, double theta,
-                    float* cs, float* sn) {
-  const int64_t row = in_frame / grid_w, col = in_frame % grid_w;
-  for (int32_t j = 0; j < head_dim / 2; ++j) {
-    const double a = rope_angle(j, time_pos, row, col, head_dim, theta);
+void token_rotation(const PairTable& pt, int64_t time_pos, int64_t in_frame, int64_t grid_w, float* cs,
+                    float* sn) {
+  const double pos[3] = {static_cast<double>(time_pos), static_cast<double>(in_frame / grid_w),
+                         static_cast<double>(in_frame % grid_w)};
+  for (size_t j = 0; j < pt.freq.size(); ++j) {
+    const double a = pos[pt.axis[j]] * pt.freq[j];
     cs[j] = static_cast<float>(std::cos(a));
     sn[j] = static_cast<float>(std::sin(a));
   }
@@ -37,11 +49,12 @@ template <typename T>
 void rope_apply_t(const RopeApplyParams& p) {
   const int64_t half = p.head_dim / 2, row = p.heads * p.head_dim;
   std::vector<float> cs(half), sn(half);
+  const PairTable pt(p.head_dim, p.rope_theta);
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);
   for (int64_t t = 0; t < p.tokens; ++t) {
-    token_rotation(p.cursor[0] + t / p.tokens_per_frame, t % p.tokens_per_frame, p.grid_w,
-                   static_cast<int32_t>(p.head_dim), p.rope_theta, cs.data(), sn.data());
+    token_rotation(pt, p.cursor[0] + t / p.tokens_per_frame, t % p.tokens_per_frame, p.grid_w, cs.data(),
+                   sn.data());
     for (int64_t b = 0; b < p.batch; ++b)
       for (int64_t h = 0; h < p.heads; ++h) {
         const int64_t off = (b * p.tokens + t) * row + h * p.head_dim;
@@ -65,9 +78,9 @@ void cache_write_t(const CacheWriteParams& p) {
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
   std::vector<float> cs(half), sn(half);
+  const PairTable pt(g.head_dim, g.rope_theta);
   for (int64_t t = 0; t < p.chunk_tokens; ++t) {
-    token_rotation(time_pos + t / g.tokens_per_frame, t % g.tokens_per_frame, g.grid_w,
-                   static_cast<int32_t>(g.head_dim), g.rope_theta, cs.data(), sn.data());
+    token_rotation(pt, time_pos + t / g.tokens_per_frame, t % g.tokens_per_frame, g.grid_w, cs.data(), sn.data());
     for (int64_t b = 0; b < g.batch; ++b) {
       const int64_t src = (b * p.chunk_tokens + t) * row;
       const int64_t dst = (b * g.window_tokens + slot + t) * row;
@@ -102,14 +115,13 @@ void sink_fold_t(const SinkFoldParams& p) {
   const bool ref_round = p.acc_dtype != DType::F32;
   const int64_t layer_stride = g.batch * g.window_tokens * row, acc_layer_stride = g.batch * g.sink_tokens * row;
   std::vector<float> ev_cs(half), ev_sn(half), cs(half), sn(half), ek(g.head_dim);
+  const PairTable pt(g.head_dim, g.rope_theta);
   T* kv = static_cast<T*>(p.kv);
   A* acc = static_cast<A*>(p.sink_acc);
   for (int64_t t = 0; t < g.sink_tokens; ++t) {
     const int64_t in_frame = t % g.tokens_per_frame, frame = t / g.tokens_per_frame;
-    token_rotation(ev_pos + frame, in_frame, g.grid_w, static_cast<int32_t>(g.head_dim), g.rope_theta,
-                   ev_cs.data(), ev_sn.data());
-    token_rotation(sink_pos + frame, in_frame, g.grid_w, static_cast<int32_t>(g.head_dim), g.rope_theta,
-                   cs.data(), sn.data());
+    token_rotation(pt, ev_pos + frame, in_frame, g.grid_w, ev_cs.data(), ev_sn.data());
+    token_rotation(pt, sink_pos + frame, in_frame, g.grid_w, cs.data(), sn.data());
     for (int64_t l = 0; l < g.layers; ++l)
       for (int64_t b = 0; b < g.batch; ++b) {
         T* kc = kv + l * layer_stride + b * g.window_tokens * row;
