@@ -13,3 +13,12 @@ def build_info() -> dict:
     from rfrt import _C
 
     return {"version": _C.__version__, "cuda": bool(_C.cuda), "cuda_architectures": _C.cuda_architectures}
+
+
+def __getattr__(name: str):
+    # `from rfrt import StreamGenerator` without importing torch / the model at `import rfrt` time.
+    if name == "StreamGenerator":
+        from rfrt.generator import StreamGenerator
+
+        return StreamGenerator
+    raise AttributeError(f"module 'rfrt' has no attribute {name!r}")

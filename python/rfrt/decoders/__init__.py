@@ -3,7 +3,8 @@
 Importing this package does not import diffusers; WanVAEDecoder imports it when constructed.
 """
 from .base import StreamingDecoder, to_uint8_frames
+from .pixel import PixelDecoder
 from .taehv import TAEHVConfig, TAEHVDecoder, TAEHVNet
 from .wan_vae import WanVAEDecoder
 
-__all__ = ["StreamingDecoder", "to_uint8_frames", "WanVAEDecoder", "TAEHVConfig", "TAEHVNet", "TAEHVDecoder"]
+__all__ = ["StreamingDecoder", "to_uint8_frames", "WanVAEDecoder", "PixelDecoder", "TAEHVConfig", "TAEHVNet", "TAEHVDecoder"]

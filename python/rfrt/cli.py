@@ -1,0 +1,192 @@
+"""`rfrt generate | info`: stream a video to an MP4, report the build.
+
+Everything that can be checked before generating is checked first (prompts file, output path, model files),
+so a mistake costs seconds, not a half-generated video. During generation frames are encoded as each chunk
+arrives; on Ctrl-C or an error the MP4 written so far is finalised (playable) and the exit status is non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "parse_prompts_file"]
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "fp16": "float16", "float16": "float16"}
+
+
+class CLIError(Exception):
+    """A usage error reported as `rfrt: error: ...` with exit status 2."""
+
+
+def parse_prompts_file(path: str | os.PathLike) -> dict[int, str]:
+    """Read `CHUNK<tab or spaces>prompt` lines -> {chunk: prompt}. Blank lines and `#` comments are skipped.
+
+    A line without a non-negative integer chunk and a prompt, or a chunk listed twice, is a CLIError naming the
+    line number.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CLIError(f"cannot read prompts file {os.fspath(path)!r}: {err}") from None
+    schedule: dict[int, str] = {}
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split(None, 1)
+        where = f"{os.fspath(path)}:{number}"
+        if not parts[0].isdigit():
+            raise CLIError(f"{where}: expected 'CHUNK<tab>prompt' with CHUNK a non-negative integer, got {line!r}")
+        if len(parts) < 2 or not parts[1].strip():
+            raise CLIError(f"{where}: chunk {parts[0]} has no prompt text")
+        chunk = int(parts[0])
+        if chunk in schedule:
+            raise CLIError(f"{where}: chunk {chunk} already has a prompt")
+        schedule[chunk] = parts[1].strip()
+    if not schedule:
+        raise CLIError(f"prompts file {os.fspath(path)!r} lists no prompts")
+    return schedule
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rfrt", description="Reward Forcing streaming video runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate a video from a prompt, streamed to an MP4")
+    gen.add_argument("prompt", nargs="?", help="text prompt (optional when --prompts sets chunk 0)")
+    gen.add_argument("--model", help="model directory (rfrt.json or diffusers layout); default: embedded model")
+    gen.add_argument("--checkpoint", help="DiT checkpoint replacing the model's (Reward Forcing / Self-Forcing .pt)")
+    gen.add_argument("--use-ema", action="store_true", help="take the EMA generator of a Self-Forcing checkpoint")
+    length = gen.add_mutually_exclusive_group()
+    length.add_argument("--chunks", type=int, help="number of chunks to generate")
+    length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
+    gen.add_argument("--prompts", help="file of 'CHUNK<tab>prompt' lines switching prompts at given chunks")
+    gen.add_argument("--recache", action="store_true", help="re-cache the window under each new prompt")
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    gen.add_argument("--dtype", choices=sorted(_DTYPES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
+    sub.add_parser("info", help="print the build, torch, devices and the default model")
+    return parser
+
+
+def _chunks_for(args, generator) -> int:
+    if args.chunks is not None:
+        if args.chunks <= 0:
+            raise CLIError(f"--chunks must be positive, got {args.chunks}")
+        return args.chunks
+    seconds = 5.0 if args.seconds is None else args.seconds
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise CLIError(f"--seconds must be positive, got {seconds}")
+    wanted, frames, chunks = math.ceil(seconds * generator.fps), 0, 0
+    per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
+    while frames < wanted:
+        frames += generator.decoder.frames_for(per_chunk, start=chunks * per_chunk)
+        chunks += 1
+    return chunks
+
+
+def _check_output(path: str) -> None:
+    """Fail before loading the model when the video could not be written (Mp4Writer checks again)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CLIError(f"output directory {parent!r} does not exist")
+    if os.path.isdir(path):
+        raise CLIError(f"output path {path!r} is a directory")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise CLIError(f"cannot write output video {path!r}: permission denied")
+
+
+def _generate(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from rfrt.generator import StreamGenerator
+    from rfrt.text import validate_prompt
+    from rfrt.video import Mp4Writer
+
+    schedule = parse_prompts_file(args.prompts) if args.prompts else {}
+    if args.prompt is not None:
+        if 0 in schedule:
+            raise CLIError("both a prompt argument and a chunk-0 line in --prompts: give one of them")
+        schedule[0] = args.prompt
+    if 0 not in schedule:
+        raise CLIError("no prompt for chunk 0: pass a prompt or a '0<tab>prompt' line in --prompts")
+    for chunk, prompt in schedule.items():
+        try:
+            validate_prompt(prompt)
+        except ValueError as err:
+            raise CLIError(f"prompt for chunk {chunk}: {err}") from None
+    _check_output(args.out)
+    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
+                                dtype=dtype, height=args.height, width=args.width)
+    chunks = _chunks_for(args, generator)
+    generator.reset(schedule[0], seed=args.seed)
+    for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
+        generator.text.encode(prompt)
+    with Mp4Writer(args.out, fps=generator.fps) as writer:
+        try:
+            with tqdm(unit="frame", desc="rfrt", dynamic_ncols=True) as bar:
+                start = time.perf_counter()
+                for index in range(chunks):
+                    if index > 0 and index in schedule:
+                        generator.set_prompt(schedule[index], recache=args.recache)
+                    chunk = generator.step()
+                    writer.write(chunk.frames)
+                    bar.update(chunk.frames.shape[0])
+                    bar.set_postfix(chunk=f"{index + 1}/{chunks}",
+                                    fps=f"{writer.frames_written / (time.perf_counter() - start):.1f}")
+                tail = generator.flush()
+                if tail.shape[0]:
+                    writer.write(tail)
+        finally:
+            written = writer.frames_written
+    print(f"wrote {written} frames ({written / generator.fps:.2f} s at {generator.fps} fps) to {args.out}")
+    return 0
+
+
+def _info() -> int:
+    import torch
+
+    import rfrt
+    from rfrt.model_dir import default_model_path
+
+    try:
+        build = rfrt.build_info()
+    except ImportError as err:
+        build = f"compiled core not available ({err})"
+    print(f"rfrt {rfrt.__version__}")
+    print(f"build: {build}")
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    print(f"devices: {', '.join(devices)}")
+    default = default_model_path()
+    print(f"default model: {default.parent if default else 'not installed (pass --model DIR)'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `rfrt` command. Returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _generate(args) if args.command == "generate" else _info()
+    except CLIError as err:
+        print(f"rfrt: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rfrt: interrupted; the video written so far was finalised", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user, not a traceback, with a non-zero status
+        print(f"rfrt: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

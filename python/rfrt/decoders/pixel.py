@@ -1,0 +1,36 @@
+"""PixelDecoder: for models whose latents are the RGB frames themselves (the tiny embedded default model).
+
+Latent frame f is video frame f, channels (R, G, B) in [-1, 1]: no spatial or temporal upsampling and no
+state, so it streams trivially. Values outside [-1, 1] are clamped, as every decoder's output is.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import StreamingDecoder
+
+__all__ = ["PixelDecoder"]
+
+
+class PixelDecoder(StreamingDecoder):
+    """Latents [B, F, 3, h, w] -> frames [B, F, 3, h, w] (float, clamped to [-1, 1], same dtype/device)."""
+
+    first_latent_frames = 1
+
+    @property
+    def temporal_upsample(self) -> int:
+        return 1
+
+    @property
+    def spatial_upsample(self) -> int:
+        return 1
+
+    @property
+    def latent_channels(self) -> int:
+        return 3
+
+    def _reset_state(self) -> None:
+        pass  # stateless: every latent frame is decoded on its own
+
+    def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.clamp(-1.0, 1.0)

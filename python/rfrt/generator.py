@@ -1,0 +1,253 @@
+"""StreamGenerator: endless chunk-by-chunk video generation with the ring KV cache (SPEC §2).
+
+Per chunk c (SPEC §2.1), with F = chunk_frames latent frames and S = len(denoising_steps) (4):
+  1. `cache.begin_chunk()` (slots, positions, EMA fold of the evicted chunk);
+  2. noise from the stream's torch.Generator, in this order: the initial noise x [1, F, C, h, w], then S - 1
+     renoise draws of the same shape (3 in the release): all S draws happen before the first forward;
+  3. S denoising forwards at the warped timesteps: x0 = x - sigma_i * flow (fp64); after forwards 1..S-1 the
+     next input is (1 - sigma_{i+1}) x0 + sigma_{i+1} eps_i (fp32); the chunk's latents are the x0 of forward S;
+  4. one context pass of those latents at t = 0 (output discarded) rewrites the chunk's K/V in the cache;
+  5. the decoder turns the latents into frames.
+The noise generator lives on the generator's device and is seeded by `seed` at reset(); noise is drawn in
+fp32 and cast to the DiT dtype. On the CPU the stream therefore equals a loop that calls
+`torch.randn(shape, generator=torch.Generator().manual_seed(seed))` in the order above.
+
+Memory is bounded: the cache is allocated once per reset; per chunk only the chunk's tensors and the latents of
+the chunks a re-cache would replay are kept.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from rfrt.cache.policy import CachePolicy
+from rfrt.decoders.base import to_uint8_frames
+from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
+from rfrt.sampling import SamplerConfig, flow_to_x0, renoise, warped_sigmas, warped_timesteps
+from rfrt.text import PromptCache
+
+__all__ = ["StreamGenerator", "Chunk"]
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """One generated chunk.
+
+    index:   chunk number in the stream (0, 1, ...).
+    frames:  uint8 [T, H, W, 3] on the CPU (RGB, ready for a video writer).
+    video:   float [T, 3, H, W] in [-1, 1] on the generator's device.
+    latents: [F, C, h, w], the x0 of the last denoising forward (DiT dtype, generator's device).
+    """
+
+    index: int
+    frames: torch.Tensor
+    video: torch.Tensor
+    latents: torch.Tensor
+
+
+def _default_device(device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class StreamGenerator:
+    """Generates video chunk by chunk, forever, from a text prompt.
+
+    model:      a model directory (rfrt.json or diffusers layout), an `rfrt.model_dir.LoadedModel`, or None for
+                the embedded default model.
+    checkpoint: a DiT checkpoint (Reward Forcing / Self-Forcing .pt, ...) replacing the directory's DiT weights;
+                use_ema picks a Self-Forcing checkpoint's EMA generator.
+    device:     default CUDA when available, else CPU. dtype: DiT dtype, default bf16 on CUDA, fp32 on CPU.
+    height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
+    cache, sampler: override the model's CachePolicy (tokens_per_frame is always derived from the resolution)
+                and SamplerConfig. attention: "sdpa" or "core" (RingCache's attention kernel).
+    """
+
+    def __init__(self, model: str | os.PathLike | LoadedModel | None = None, *, checkpoint=None,
+                 use_ema: bool = False, device=None, dtype: torch.dtype | None = None, height: int | None = None,
+                 width: int | None = None, cache: CachePolicy | None = None, sampler: SamplerConfig | None = None,
+                 attention: str = "sdpa") -> None:
+        self.device = _default_device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if model is None:
+            model = default_model_path()
+            if model is None:
+                raise ModelDirError(
+                    "no model given and the embedded default model is not installed: pass a model directory, "
+                    "e.g. StreamGenerator('path/to/Wan2.1-T2V-1.3B-Diffusers', checkpoint='rewardforcing.pt') "
+                    "or `rfrt generate --model DIR [--checkpoint PT]`")
+        if isinstance(model, LoadedModel):
+            if checkpoint is not None:
+                raise ValueError("checkpoint= applies to a model directory, not to an already loaded model")
+            bundle = model
+            bundle.dit.to(device=self.device, dtype=dtype)
+        else:
+            bundle = load_model_dir(model, checkpoint=checkpoint, use_ema=use_ema, device=self.device, dtype=dtype)
+        self.dit, self.decoder = bundle.dit, bundle.decoder
+        self.dtype = next(self.dit.parameters()).dtype
+        self.text = PromptCache(bundle.text_encoder)
+        self.sampler = sampler or bundle.sampler
+        self._fps = bundle.video.fps
+        self._height, self._width = self._check_resolution(height or bundle.video.height,
+                                                           width or bundle.video.width)
+        cfg = self.dit.config
+        pt, ph, pw = cfg.patch_size
+        s = self.decoder.spatial_upsample
+        self._latent_hw = (self._height // s, self._width // s)
+        self._grid = (self._latent_hw[0] // ph, self._latent_hw[1] // pw)
+        policy = cache or bundle.cache
+        self.policy = dataclasses.replace(policy, tokens_per_frame=self._grid[0] * self._grid[1])
+        self._latent_frames = self.policy.chunk_frames * pt  # CachePolicy counts token frames
+        # Model-facing timesteps and sigmas, derived from the schedule once (never .item() on the step path).
+        ts = warped_timesteps(self.sampler)
+        self._sigmas = [float(s) for s in warped_sigmas(self.sampler)]
+        self._t = [torch.full((1, self.policy.chunk_frames), float(t), dtype=torch.float32, device=self.device)
+                   for t in ts]
+        self._t_context = torch.zeros(1, self.policy.chunk_frames, dtype=torch.float32, device=self.device)
+        self.attention = attention
+        self._cache = None
+        self._noise: torch.Generator | None = None
+        self._prompt: str | None = None
+        self._cross = None
+        self._chunk = 0
+        # Latents of the chunks a re-cache replays: the sink chunk plus the ring chunks before the next one.
+        self._recent: collections.deque = collections.deque(maxlen=self.policy.window_frames // self.policy.chunk_frames - 1)
+
+    # ---- facts ----
+    @property
+    def fps(self) -> int:
+        return self._fps
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    @property
+    def chunk_index(self) -> int:
+        """Index of the chunk the next step() produces (= chunks generated since reset)."""
+        return self._chunk
+
+    @property
+    def prompt(self) -> str | None:
+        return self._prompt
+
+    @property
+    def cache(self):
+        """The stream's RingCache (None before the first reset)."""
+        return self._cache
+
+    @property
+    def cross_kv(self):
+        """The current prompt's cross-attention K/V (rfrt.models.CrossKV)."""
+        return self._cross
+
+    def _check_resolution(self, height: int, width: int) -> tuple[int, int]:
+        ph, pw = self.dit.config.patch_size[1:]
+        s = self.decoder.spatial_upsample
+        for name, value, p in (("height", height, ph), ("width", width, pw)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int of pixels, got {value!r}")
+            if value % (s * p):
+                raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
+                                 f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")
+        return height, width
+
+    # ---- the stream ----
+    def reset(self, prompt: str, seed: int = 0) -> None:
+        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self._set_text(prompt)
+        from rfrt.cache.ring import RingCache  # loads the compiled core on first use, never at import
+
+        if self._cache is None:
+            cfg = self.dit.config
+            self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
+                                    grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
+                                    device=self.device, attention=self.attention)
+        else:
+            self._cache.reset()
+        self.decoder.reset()
+        self._noise = torch.Generator(device=self.device).manual_seed(seed)
+        self._chunk = 0
+        self._recent.clear()
+
+    def set_prompt(self, prompt: str, recache: bool = False) -> None:
+        """Switch the prompt mid-stream: re-encode it and rebuild the cross-attention K/V.
+
+        recache=False: the self-attention cache (sink and window K/V computed under the old prompt) is kept
+        untouched; the next chunk sees the old context through self-attention and the new prompt through
+        cross-attention.
+        recache=True (as LongLive does): the self-attention cache is cleared and rebuilt from the clean latents
+        of the last window_frames / chunk_frames - 1 chunks (2 in the release; fewer early in a stream), oldest
+        first, by re-running only their context pass (t = 0) under the new prompt, as if those chunks had
+        started a new stream: the oldest becomes the sink (its EMA history is dropped) and the others fill the
+        ring, so the next chunk attends to the same frames, now keyed under the new prompt. The noise stream,
+        the decoder and chunk_index are not affected.
+        """
+        if self._cache is None:
+            raise RuntimeError("StreamGenerator.set_prompt: call reset(prompt, seed) first")
+        self._set_text(prompt)
+        if recache:
+            self._cache.reset()
+            with torch.no_grad():
+                for latents in self._recent:
+                    self._cache.begin_chunk()
+                    self.dit(latents, self._t_context, self._cross, self._cache)
+
+    def _set_text(self, prompt: str) -> None:
+        states = self.text.encode(prompt)
+        with torch.no_grad():
+            self._cross = self.dit.cross_kv(states.to(self.device))
+        self._prompt = prompt
+
+    def step(self) -> Chunk:
+        """Generate the next chunk (SPEC §2.1; see the module docstring for the exact order of operations)."""
+        if self._noise is None:
+            raise RuntimeError("StreamGenerator.step: call reset(prompt, seed) first")
+        with torch.no_grad():
+            latents = self._sample_chunk()
+            video = self.decoder.decode(latents)
+        self._recent.append(latents)
+        chunk = Chunk(index=self._chunk, frames=to_uint8_frames(video)[0], video=video[0], latents=latents[0])
+        self._chunk += 1
+        return chunk
+
+    def _sample_chunk(self) -> torch.Tensor:
+        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk."""
+        cfg, cache = self.dit.config, self._cache
+        shape = (1, self._latent_frames, cfg.in_dim, *self._latent_hw)
+        draws = [torch.randn(shape, generator=self._noise, device=self.device, dtype=torch.float32)
+                 for _ in range(len(self._t))]
+        cache.begin_chunk()
+        x = draws[0].to(self.dtype)
+        for i, t in enumerate(self._t):
+            flow = self.dit(x, t, self._cross, cache)
+            x0 = flow_to_x0(x, flow, self._sigmas[i])
+            if i + 1 < len(self._t):
+                x = renoise(x0, draws[i + 1].to(self.dtype), self._sigmas[i + 1])
+        self.dit(x0, self._t_context, self._cross, cache)  # context pass: rewrites this chunk's K/V
+        return x0
+
+    def flush(self) -> torch.Tensor:
+        """Frames the decoder still holds back: uint8 [T, H, W, 3] (T = 0 for the causal decoders)."""
+        held = self.decoder.flush()
+        if held.shape[1] == 0:
+            return torch.empty(0, self._height, self._width, 3, dtype=torch.uint8)
+        return to_uint8_frames(held)[0]
+
+    def __iter__(self) -> Iterator[Chunk]:
+        """Endless: yields step() until the caller stops."""
+        while True:
+            yield self.step()

@@ -1,0 +1,261 @@
+"""Model directories: rfrt's own `rfrt.json` manifest, and the diffusers Wan2.1 layout.
+
+rfrt format (`rfrt-model/1`), paths relative to the manifest's directory:
+
+    {"format": "rfrt-model/1",
+     "dit": {"config": "dit/config.json", "weights": "dit/model.safetensors"},
+     "text_encoder": {"kind": "vocab" | "umt5", "path": "text"},
+     "decoder": {"kind": "pixel" | "wan_vae" | "taehv", "path": "vae"},      (path optional for "pixel")
+     "cache": {CachePolicy fields except tokens_per_frame, which follows from the resolution},
+     "sampler": {SamplerConfig fields},
+     "video": {"height": 480, "width": 832, "fps": 16}}
+
+"cache" and "sampler" may be partial (missing fields take the release defaults). Unknown keys, a wrong format
+tag and missing files are errors naming them (`ModelDirError`).
+
+diffusers layout (`model_index.json`, `transformer/`, `vae/`, `text_encoder/`, `tokenizer/`): umT5 text
+encoder, Wan VAE decoder, the released cache and sampler configuration, 832x480 at 16 fps. A distilled
+student (Reward Forcing / Self-Forcing .pt) replaces the transformer's weights via `checkpoint=`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfrt.cache.policy import CachePolicy
+from rfrt.sampling import SamplerConfig
+
+__all__ = ["ModelDirError", "ModelManifest", "ComponentSpec", "VideoSpec", "LoadedModel", "read_manifest",
+           "load_model_dir", "DEFAULT_MODEL_DIR", "default_model_path", "FORMAT"]
+
+FORMAT = "rfrt-model/1"
+MANIFEST = "rfrt.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+TEXT_KINDS = ("vocab", "umt5")
+DECODER_KINDS = ("pixel", "wan_vae", "taehv")
+_TOP_KEYS = {"format", "dit", "text_encoder", "decoder", "cache", "sampler", "video"}
+
+
+class ModelDirError(ValueError):
+    """A model directory or manifest that is malformed, incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A text encoder or decoder: its kind and (absolute) path, or None where the kind needs no files."""
+
+    kind: str
+    path: Path | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str):
+            raise ModelDirError(f"component kind must be a string, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """Default output size in pixels and the frame rate."""
+
+    height: int = 480
+    width: int = 832
+    fps: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "fps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ModelDirError(f"video.{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """A parsed model directory. dit_weights is a file or a directory `load_model` reads; dit_config may be
+    None when the weights carry their own config (diffusers). cache.tokens_per_frame is a placeholder: the
+    generator derives it from the resolution."""
+
+    root: Path
+    layout: str  # "rfrt" or "diffusers"
+    dit_config: Path | None
+    dit_weights: Path
+    text_encoder: ComponentSpec
+    tokenizer: Path | None
+    decoder: ComponentSpec
+    cache: CachePolicy
+    sampler: SamplerConfig
+    video: VideoSpec
+
+    def __post_init__(self) -> None:
+        if self.text_encoder.kind not in TEXT_KINDS:
+            raise ModelDirError(f"text_encoder.kind must be one of {TEXT_KINDS}, got {self.text_encoder.kind!r}")
+        if self.decoder.kind not in DECODER_KINDS:
+            raise ModelDirError(f"decoder.kind must be one of {DECODER_KINDS}, got {self.decoder.kind!r}")
+        needed = [("dit weights", self.dit_weights), ("dit config", self.dit_config),
+                  ("text encoder", self.text_encoder.path), ("tokenizer", self.tokenizer),
+                  ("decoder", self.decoder.path)]
+        for what, path in needed:
+            if path is not None and not path.exists():
+                raise ModelDirError(f"{self.root}: the {what} {str(path)!r} does not exist")
+        if self.text_encoder.path is None:
+            raise ModelDirError(f"{self.root}: text_encoder.path is required for kind {self.text_encoder.kind!r}")
+        if self.decoder.kind != "pixel" and self.decoder.path is None:
+            raise ModelDirError(f"{self.root}: decoder.path is required for kind {self.decoder.kind!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """Everything a StreamGenerator needs, in memory (tests and embedders can build one directly).
+
+    dit: CausalWanDiT; text_encoder: TextEncoder; decoder: StreamingDecoder; cache: CachePolicy (its
+    tokens_per_frame is replaced from the resolution); sampler: SamplerConfig; video: VideoSpec.
+    """
+
+    dit: Any
+    text_encoder: Any
+    decoder: Any
+    cache: CachePolicy = CachePolicy()
+    sampler: SamplerConfig = SamplerConfig()
+    video: VideoSpec = VideoSpec()
+
+
+def default_model_path() -> Path | None:
+    """The embedded default model's manifest when it is shipped, else None."""
+    path = DEFAULT_MODEL_DIR / MANIFEST
+    return path if path.is_file() else None
+
+
+def _object(raw: Any, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise ModelDirError(f"{where} must be a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _keys(raw: dict, allowed: set[str], required: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ModelDirError(f"{where}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ModelDirError(f"{where}: missing keys {missing}")
+
+
+def _config(cls, raw: Any, where: str, exclude: set[str] = frozenset()):
+    raw = _object(raw, where)
+    fields = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    _keys(raw, fields, set(), where)
+    if "denoising_steps" in raw and isinstance(raw["denoising_steps"], list):
+        raw = {**raw, "denoising_steps": tuple(raw["denoising_steps"])}
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as err:
+        raise ModelDirError(f"{where}: {err}") from None
+
+
+def _rfrt_manifest(path: Path) -> ModelManifest:
+    root = path.parent
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelDirError(f"cannot read model manifest {path}: {err}") from None
+    raw = _object(raw, str(path))
+    _keys(raw, _TOP_KEYS, {"format", "dit", "text_encoder", "decoder"}, str(path))
+    if raw["format"] != FORMAT:
+        raise ModelDirError(f"{path}: format {raw['format']!r} is not supported (expected {FORMAT!r})")
+    dit = _object(raw["dit"], f"{path}: dit")
+    _keys(dit, {"config", "weights"}, {"config", "weights"}, f"{path}: dit")
+    comps = {}
+    for name in ("text_encoder", "decoder"):
+        spec = _object(raw[name], f"{path}: {name}")
+        _keys(spec, {"kind", "path"}, {"kind"}, f"{path}: {name}")
+        comps[name] = ComponentSpec(spec["kind"], root / spec["path"] if spec.get("path") is not None else None)
+    return ModelManifest(
+        root=root, layout="rfrt", dit_config=root / dit["config"], dit_weights=root / dit["weights"],
+        text_encoder=comps["text_encoder"], tokenizer=None, decoder=comps["decoder"],
+        cache=_config(CachePolicy, raw.get("cache", {}), f"{path}: cache", {"tokens_per_frame"}),
+        sampler=_config(SamplerConfig, raw.get("sampler", {}), f"{path}: sampler"),
+        video=_config(VideoSpec, raw.get("video", {}), f"{path}: video"))
+
+
+def _diffusers_manifest(root: Path) -> ModelManifest:
+    sub = {name: root / name for name in ("transformer", "vae", "text_encoder", "tokenizer")}
+    missing = [name for name, p in sub.items() if not p.is_dir()]
+    if missing:
+        raise ModelDirError(f"{root}: diffusers model directory lacks {missing}")
+    config = sub["transformer"] / "config.json"
+    return ModelManifest(root=root, layout="diffusers", dit_config=config if config.is_file() else None,
+                         dit_weights=sub["transformer"],
+                         text_encoder=ComponentSpec("umt5", sub["text_encoder"]), tokenizer=sub["tokenizer"],
+                         decoder=ComponentSpec("wan_vae", sub["vae"]), cache=CachePolicy(),
+                         sampler=SamplerConfig(), video=VideoSpec())
+
+
+def read_manifest(path: str | os.PathLike) -> ModelManifest:
+    """Parse a model directory (or its rfrt.json) without loading any weights."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelDirError(f"model directory {str(path)!r} does not exist")
+    if path.is_file():
+        if path.name != MANIFEST:
+            raise ModelDirError(f"{path} is not a model directory or an {MANIFEST} manifest; pass a checkpoint "
+                                "file with checkpoint= and its model directory with model=")
+        return _rfrt_manifest(path)
+    if (path / MANIFEST).is_file():
+        return _rfrt_manifest(path / MANIFEST)
+    if (path / "model_index.json").is_file():
+        return _diffusers_manifest(path)
+    raise ModelDirError(f"{path} is not a model directory: it has neither {MANIFEST} nor model_index.json")
+
+
+def _text_encoder(m: ModelManifest, device, dtype):
+    if m.text_encoder.kind == "umt5":
+        from rfrt.text import UMT5TextEncoder
+        return UMT5TextEncoder(m.text_encoder.path, m.tokenizer, device=device, dtype=dtype)
+    from rfrt.text_vocab import VocabTextEncoder  # written with the default model; imported only when used
+    loader = getattr(VocabTextEncoder, "from_pretrained", None)
+    encoder = loader(m.text_encoder.path) if loader is not None else VocabTextEncoder(m.text_encoder.path)
+    return encoder.to(device) if hasattr(encoder, "to") else encoder
+
+
+def _decoder(m: ModelManifest, device, dtype):
+    from rfrt import decoders
+    if m.decoder.kind == "pixel":
+        return decoders.PixelDecoder()
+    if m.decoder.kind == "wan_vae":
+        return decoders.WanVAEDecoder(m.decoder.path, device=device, dtype=dtype)
+    return decoders.TAEHVDecoder.from_file(m.decoder.path, device=device, dtype=dtype or torch.float32)
+
+
+def load_model_dir(path: str | os.PathLike, *, checkpoint: str | os.PathLike | None = None,
+                   use_ema: bool = False, device: torch.device | str = "cpu",
+                   dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load every component of a model directory.
+
+    checkpoint: a DiT checkpoint (any layout `rfrt.models.load_model` reads, e.g. a Reward Forcing or
+                Self-Forcing .pt) replacing the directory's DiT weights; the directory's config still applies.
+    use_ema:    with a Self-Forcing checkpoint, take `generator_ema`.
+    dtype:      DiT (and decoder / text encoder) dtype; default the checkpoint's.
+    A DiT whose config does not match its weights raises `rfrt.models.CheckpointError`.
+    """
+    from rfrt.models import ModelConfig, load_model
+
+    m = read_manifest(path)
+    config = ModelConfig.from_json(m.dit_config) if m.dit_config is not None else None
+    source = Path(checkpoint) if checkpoint is not None else m.dit_weights
+    dit = load_model(source, use_ema=use_ema, config=config, dtype=dtype, device=device).eval()
+    dit.requires_grad_(False)
+    text_encoder = _text_encoder(m, device, dtype)
+    decoder = _decoder(m, device, dtype)
+    enc_dim = getattr(text_encoder, "dim", None)
+    if enc_dim is not None and enc_dim != dit.config.text_dim:
+        raise ModelDirError(f"{m.root}: the text encoder produces width {enc_dim}, the DiT takes "
+                            f"text_dim={dit.config.text_dim}")
+    if decoder.latent_channels != dit.config.out_dim:
+        raise ModelDirError(f"{m.root}: the decoder takes {decoder.latent_channels} latent channels, the DiT "
+                            f"produces out_dim={dit.config.out_dim}")
+    return LoadedModel(dit=dit, text_encoder=text_encoder, decoder=decoder, cache=m.cache, sampler=m.sampler,
+                       video=m.video)
