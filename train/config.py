@@ -55,6 +55,63 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class ArchSection:
+    """Architecture of the DiTs a stage builds from scratch (the teacher) and of the vocab text encoder.
+
+    The stages that load weights (ODE, DMD) read the architecture from the weights' config.json instead.
+    in/out channels are the data's 3 RGB channels: the default model's "pixel" decoder (latents are frames).
+    text_layers: transformer layers of the VocabTextEncoder (0 or 1); max_words: its positions (= text_len).
+    """
+
+    dim: int = 64
+    ffn_dim: int = 256
+    num_heads: int = 2
+    num_layers: int = 2
+    freq_dim: int = 64
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_dim: int = 64
+    max_words: int = 16
+    text_layers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim", "max_words"):
+            _require(getattr(self, name) >= 1, f"arch.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(all(p >= 1 for p in self.patch_size), "arch.patch_size", f"must be positive, got {self.patch_size}")
+        _require(self.dim % self.num_heads == 0, "arch.dim", f"{self.dim} not divisible by num_heads {self.num_heads}")
+        _require(self.text_layers in (0, 1), "arch.text_layers", f"must be 0 or 1, got {self.text_layers}")
+
+
+@dataclass(frozen=True)
+class StageSection:
+    """Which stage `train/launch.py` runs, and the stage-specific knobs.
+
+    kind:            teacher (flow matching, bidirectional) | ode (ODE-pair generation + regression of the
+                     causal student) | dmd (Self-Forcing rollout + DMD, Re-DMD when reward.kind != none).
+    teacher_shift:   timestep shift of the teacher's flow-matching t draw (1.0 = uniform sigma).
+    text_dropout:    probability of training the teacher on the empty prompt (what CFG's uncond needs).
+    ode_pairs:       number of teacher ODE trajectories to generate (ode stage).
+    ode_substeps:    Euler steps of the teacher ODE (a fine grid through the warped timesteps).
+    ode_guidance_scale: CFG scale used to generate the ODE pairs.
+    ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
+    """
+
+    kind: Literal["teacher", "ode", "dmd"] = "dmd"
+    teacher_shift: float = 1.0
+    text_dropout: float = 0.1
+    ode_pairs: int = 256
+    ode_substeps: int = 24
+    ode_guidance_scale: float = 3.0
+    ode_pairs_path: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
+        _require(0.0 <= self.text_dropout < 1.0, "stage.text_dropout", f"must lie in [0, 1), got {self.text_dropout}")
+        _require(self.ode_pairs >= 1, "stage.ode_pairs", f"must be >= 1, got {self.ode_pairs}")
+        _require(self.ode_substeps >= 1, "stage.ode_substeps", f"must be >= 1, got {self.ode_substeps}")
+        _require(self.ode_guidance_scale >= 0, "stage.ode_guidance_scale", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class DataSection:
     """Training data. `synthetic_world` is the project's own generated world (train/data/synthetic_world.py)."""
 
@@ -122,6 +179,8 @@ class RolloutSection:
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
     sink_ema_during_training: bool = False
     sink_ema_alpha: float = 0.999
+    sink_frames: int = 3
+    window_frames: int = 9
 
     def __post_init__(self) -> None:
         _require(self.chunk_frames >= 1, "rollout.chunk_frames", f"must be >= 1, got {self.chunk_frames}")
@@ -133,6 +192,8 @@ class RolloutSection:
                  "rollout.denoising_steps", f"must be strictly decreasing, got {self.denoising_steps}")
         _require(0.0 <= self.sink_ema_alpha <= 1.0, "rollout.sink_ema_alpha",
                  f"must lie in [0, 1], got {self.sink_ema_alpha}")
+        _require(self.sink_frames >= 1 and self.window_frames > self.sink_frames, "rollout.window_frames",
+                 f"need window_frames > sink_frames >= 1, got {self.window_frames}, {self.sink_frames}")
 
 
 @dataclass(frozen=True)
@@ -186,6 +247,7 @@ class RunSection:
     log_every: int = 10
     bf16: bool = True
     grad_checkpointing: bool = True
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
@@ -199,6 +261,8 @@ class TrainConfig:
     """The whole training configuration; every section has defaults matching SPEC 3."""
 
     model: ModelSection = field(default_factory=ModelSection)
+    arch: ArchSection = field(default_factory=ArchSection)
+    stage: StageSection = field(default_factory=StageSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     dmd: DMDSection = field(default_factory=DMDSection)

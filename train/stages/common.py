@@ -1,0 +1,185 @@
+"""What every stage shares: distributed setup, model building / loading / export, and the loop helpers.
+
+Weights move between stages as *model directories* (the layout the runtime's manifest points into):
+    <dir>/dit/config.json        Wan-style config of the DiT (ModelConfig keys)
+    <dir>/dit/model.safetensors  its weights (Wan parameter names)
+    <dir>/text_encoder/          the VocabTextEncoder (config.json, vocab.json, model.safetensors)
+
+Gradients of data-parallel ranks are averaged by `allreduce_grads` once per optimiser step instead of through
+DistributedDataParallel: a Self-Forcing rollout calls the generator many times (chunks x steps, with a
+stateful KV cache) before one backward, which DDP's reducer (one forward per backward) does not model. One
+all-reduce after the accumulation micro-steps is exactly DDP's averaging, and it works with gloo and nccl.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from rfrt.models import CausalWanDiT, ModelConfig
+from rfrt.text_vocab import VocabTextEncoder
+from train.config import ArchSection, TrainConfig
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """rank / world_size of this process and the device it computes on."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistInfo:
+    """Initialise torch.distributed from torchrun's environment (gloo on CPU, nccl on CUDA), or one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return DistInfo(rank, world, device)
+
+
+def check_parallel(cfg: TrainConfig, info: DistInfo) -> None:
+    """FSDP shards parameters over NCCL; refuse it clearly where that backend is absent."""
+    if cfg.run.parallel == "fsdp":
+        backend = dist.get_backend() if dist.is_initialized() else "none"
+        raise NotImplementedError(
+            f"run.parallel=fsdp is not supported by this trainer (process group backend: {backend}); the "
+            "stages average gradients data-parallel (run.parallel=ddp), which fits the tiny and mid-size "
+            "models they train")
+
+
+def allreduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
+    """Average .grad over ranks (DDP semantics). Parameters without a gradient count as zero."""
+    if info.world_size == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(info.world_size)
+
+
+def broadcast_int(value: int, info: DistInfo) -> int:
+    """Rank 0's `value` on every rank."""
+    if info.world_size == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def autocast(cfg: TrainConfig, info: DistInfo):
+    """bf16 autocast when run.bf16 (on CPU this is slow: tiny configs turn it off)."""
+    device_type = "cuda" if info.device.startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.run.bf16)
+
+
+def checkpointed(fn, use: bool, *args):
+    """fn(*args), recomputed in backward when `use` (only for stateless attention backends: a stateful cache
+    would be read again in a later state during the recomputation)."""
+    if use and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def make_optimizer(params, lr: float, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], cfg: TrainConfig,
+                   info: DistInfo) -> float:
+    """Average gradients over ranks, clip (optim.max_grad_norm), step, zero. Returns the gradient norm."""
+    allreduce_grads(params, info)
+    max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def dit_config(arch: ArchSection, channels: int = 3) -> ModelConfig:
+    """The DiT of `arch` over `channels`-channel latents (3: the pixel decoder's RGB frames)."""
+    return ModelConfig(dim=arch.dim, ffn_dim=arch.ffn_dim, num_heads=arch.num_heads, num_layers=arch.num_layers,
+                       in_dim=channels, out_dim=channels, text_dim=arch.text_dim, freq_dim=arch.freq_dim,
+                       patch_size=tuple(arch.patch_size), text_len=arch.max_words)
+
+
+def init_dit(cfg: ModelConfig, seed: int) -> CausalWanDiT:
+    """A fresh DiT, deterministic per seed (independent of the global RNG stream)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CausalWanDiT(cfg)
+
+
+def save_model_dir(directory: str | Path, dit: CausalWanDiT, text: VocabTextEncoder | None = None,
+                   state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write dit/config.json + dit/model.safetensors (+ text_encoder/). `state` overrides the DiT's weights
+    (e.g. the generator's EMA shadow)."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    (d / "dit").mkdir(parents=True, exist_ok=True)
+    cfg = asdict(dit.config)
+    cfg["patch_size"] = list(cfg["patch_size"])
+    (d / "dit" / "config.json").write_text(json.dumps(cfg, indent=1))
+    weights = state if state is not None else dit.state_dict()
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
+              str(d / "dit" / "model.safetensors"))
+    if text is not None:
+        text.save(d / "text_encoder")
+    return d
+
+
+def load_dit(directory: str | Path, role: str) -> CausalWanDiT:
+    """Load the DiT of a model directory; `role` (e.g. "model.teacher") names the config key in errors."""
+    from safetensors.torch import load_file
+
+    if directory is None:
+        raise ValueError(f"{role} is not set: this stage needs the weights of a trained model directory")
+    d = Path(directory) / "dit"
+    for name in ("config.json", "model.safetensors"):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{role}={directory!s}: missing {d / name} (train the earlier stage first)")
+    model = CausalWanDiT(ModelConfig.from_json(d / "config.json"))
+    state = load_file(str(d / "model.safetensors"))
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise ValueError(f"{role}: {d / 'model.safetensors'} missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    model.load_state_dict(state)
+    return model
+
+
+def load_text(directory: str | Path, role: str) -> VocabTextEncoder:
+    if directory is None:
+        raise ValueError(f"{role} is not set: this stage needs the text encoder of a trained model directory")
+    d = Path(directory) / "text_encoder"
+    if not d.is_dir():
+        raise FileNotFoundError(f"{role}={directory!s}: missing text encoder directory {d}")
+    return VocabTextEncoder.load(d)
+
+
+def frozen(m: torch.nn.Module) -> torch.nn.Module:
+    m.requires_grad_(False)
+    return m.eval()
+

@@ -1,0 +1,147 @@
+"""Stages 3-6: Self-Forcing rollouts + DMD with a critic, Re-DMD reward weighting, generator weight EMA.
+
+Every step updates the critic ("fake score") by flow matching on a no-grad student rollout; every
+dmd.critic_updates_per_generator-th step (step % N == 0, as the public trainer) also updates the generator:
+  x = rollout(student, exit step k shared by chunks and ranks)      gradient only through the exit forwards
+  t ~ shifted U, clamped [min_t, max_t];  x_t = (1 - s) x + s eps
+  x0_fake = critic(x_t),  x0_real = CFG(teacher(x_t | text), teacher(x_t | ""), guidance_scale)
+  g = (x0_fake - x0_real) / mean|x - x0_real|;   L_i = 0.5 mean((x_i - sg(x_i - g_i))^2)
+  Re-DMD: loss = mean_i exp(beta r_i) L_i with r the z-scored reward of the generated video (no gradient)
+Re-DMD is exactly `train.losses.redmd_loss` on top of the per-sample DMD loss; reward.kind "none" is DMD.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfrt.models import CausalWanDiT, FullAttention
+from rfrt.sampling import flow_to_x0
+from train.checkpoint import WeightEMA
+from train.data.synthetic_world import SyntheticWorldDataset
+from train.losses import (add_noise, cfg_combine, dmd_gradient, dmd_loss, flow_matching_loss, redmd_loss,
+                          sample_dmd_timesteps)
+from train.rewards import build_reward, to_unit_range
+from train.stages.base import StageTrainer
+from train.stages.common import (autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
+                                 optimizer_step, save_model_dir)
+from train.stages.ode import sampler_of
+from train.stages.rollout import draw_exit_step, rollout, training_policy
+from train.stages.teacher import Batches
+
+
+def generator_loss(x: torch.Tensor, x0_fake: torch.Tensor, x0_real: torch.Tensor,
+                   reward_z: torch.Tensor | None, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch loss, per-sample DMD loss [B]) of the student's output x [B, F, C, H, W] (the Re-DMD hook)."""
+    per_sample = dmd_loss(x, dmd_gradient(x, x0_fake, x0_real))
+    return redmd_loss(per_sample, reward_z, beta), per_sample
+
+
+class DMDTrainer(StageTrainer):
+    """model.student_init: ODE-init model dir; model.teacher: teacher dir; model.critic_init (default teacher)."""
+
+    def build(self) -> None:
+        cfg, dev = self.cfg, self.info.device
+        self.student = load_dit(cfg.model.student_init, "model.student_init").to(dev).train()
+        self.teacher = frozen(load_dit(cfg.model.teacher, "model.teacher")).to(dev)
+        self.critic = load_dit(cfg.model.critic_init or cfg.model.teacher, "model.critic_init").to(dev).train()
+        self.text = frozen(load_text(cfg.model.student_init, "model.student_init")).to(dev)
+        mc = self.student.config
+        if cfg.data.height % mc.patch_size[1] or cfg.data.width % mc.patch_size[2]:
+            raise ValueError(f"data {cfg.data.height}x{cfg.data.width} not divisible by patch {mc.patch_size}")
+        tpf = (cfg.data.height // mc.patch_size[1]) * (cfg.data.width // mc.patch_size[2])
+        self.policy = training_policy(cfg.rollout, tpf)
+        self.sampler = sampler_of(cfg)
+        self.gen_params = list(self.student.parameters())
+        self.critic_params = list(self.critic.parameters())
+        self.gen_opt = make_optimizer(self.gen_params, cfg.optim.lr, cfg)
+        self.critic_opt = make_optimizer(self.critic_params, cfg.optim.critic_lr, cfg)
+        self.ema = WeightEMA(self.student, cfg.ema.weight_ema_decay, cfg.ema.start_step)
+        self.reward = build_reward(cfg.reward, device=dev)
+        self.prompts = Batches(SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size),
+                               cfg.run.batch_size)
+        self.backend = FullAttention()
+        self.exit_steps: list[int] = []  # per step, for inspection (tests check ranks agree)
+
+    def state(self) -> dict[str, Any]:
+        return {"student": self.student, "critic": self.critic, "gen_optim": self.gen_opt,
+                "critic_optim": self.critic_opt, "ema": self.ema, "data": self.prompts}
+
+    def _rollout(self, prompts: list[str], grad: bool) -> torch.Tensor:
+        cfg, dev = self.cfg, self.info.device
+        k = draw_exit_step(self.sampler.num_steps, self.info)
+        self.exit_steps.append(k)
+        noise = torch.randn(len(prompts), cfg.rollout.num_frames, self.student.config.in_dim, cfg.data.height,
+                            cfg.data.width, device=dev)
+        with autocast(cfg, self.info):
+            return rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad).float()
+
+    def _x0(self, model: CausalWanDiT, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        tt = t[:, None].expand(-1, x_t.shape[1] // model.config.patch_size[0]).contiguous()
+        with autocast(self.cfg, self.info):
+            v = checkpointed(lambda a, b, c: model(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
+                             x_t, tt, text)
+        return flow_to_x0(x_t, v.float(), t / self.cfg.dmd.num_train_timesteps)
+
+    def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.cfg.dmd
+        t = sample_dmd_timesteps(x.shape[0], min_t=d.min_t, max_t=d.max_t, shift=d.shift,
+                                 num_train_timesteps=d.num_train_timesteps, device=x.device)
+        eps = torch.randn_like(x)
+        return add_noise(x, eps, t / d.num_train_timesteps), t, eps
+
+    def critic_micro(self, prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            x = self._rollout(prompts, grad=False)
+        x_t, t, eps = self._noised(x)
+        text = self.text.encode(prompts)
+        tt = t[:, None].expand(-1, x.shape[1]).contiguous()
+        with autocast(self.cfg, self.info):
+            v = checkpointed(lambda a, b, c: self.critic(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
+                             x_t, tt, text)
+        return flow_matching_loss(v, x, eps)
+
+    def generator_micro(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        x = self._rollout(prompts, grad=True)
+        with torch.no_grad():
+            x_t, t, _ = self._noised(x.detach())
+            text, uncond = self.text.encode(prompts), self.text.encode([""] * len(prompts))
+            fake = self._x0(self.critic, x_t, t, text)
+            real = cfg_combine(self._x0(self.teacher, x_t, t, text), self._x0(self.teacher, x_t, t, uncond),
+                               cfg.dmd.guidance_scale)
+            r = None if self.reward is None else self.reward(to_unit_range(x.detach()), prompts).to(x.device)
+        loss, per_sample = generator_loss(x, fake, real, r, cfg.reward.beta)
+        extra = {"dmd_loss": per_sample.mean().item()}
+        if r is not None:
+            extra["reward_z"] = r.mean().item()
+        return loss, extra
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, accum = self.cfg, self.cfg.run.grad_accum
+        metrics: dict[str, float] = {}
+        if step % cfg.dmd.critic_updates_per_generator == 0:
+            total, extras = 0.0, {}
+            for _ in range(accum):
+                _, prompts = self.prompts.next("cpu")
+                loss, extra = self.generator_micro(prompts)
+                (loss / accum).backward()
+                total += loss.item() / accum
+                extras = {k: extras.get(k, 0.0) + v / accum for k, v in extra.items()}
+            metrics["gen_grad_norm"] = optimizer_step(self.gen_opt, self.gen_params, cfg, self.info)
+            self.ema.update(self.student, step)
+            metrics.update(gen_loss=total, **extras)
+        total = 0.0
+        for _ in range(accum):
+            _, prompts = self.prompts.next("cpu")
+            loss = self.critic_micro(prompts)
+            (loss / accum).backward()
+            total += loss.item() / accum
+        metrics["critic_grad_norm"] = optimizer_step(self.critic_opt, self.critic_params, cfg, self.info)
+        metrics["critic_loss"] = total
+        metrics["exit_step"] = float(self.exit_steps[-1])
+        return metrics
+
+    def export(self, directory: Path) -> None:
+        save_model_dir(directory, self.student, self.text, state={**self.student.state_dict(), **self.ema.shadow})

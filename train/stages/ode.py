@@ -1,0 +1,135 @@
+"""Stage 2: ODE pairs from the teacher, and ODE-regression init of the causal student.
+
+Pairs: from Gaussian noise the teacher (bidirectional, CFG with stage.ode_guidance_scale) integrates the
+flow ODE dx/dsigma = v with deterministic Euler steps on a fine grid of the sampler's sigma table that passes
+through every warped denoising sigma; the states at those sigmas and the final x0 are stored
+(`ode_pairs` trajectories, generated once on rank 0 and saved atomically; an existing file is reused).
+
+Regression: the student starts from the teacher's weights with BlockCausalAttention(chunk_frames). Each chunk
+of each sample independently picks a denoising step k (so a chunk sees cleaner or noisier earlier chunks,
+as in causal rollouts); the student predicts x0 = x_k - sigma_k * v from the stored state and regresses the
+teacher's final x0: loss mean((x0_pred - x0_teacher)^2).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
+from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
+from train.checkpoint import atomic_torch_save
+from train.data.synthetic_world import SyntheticWorld
+from train.losses import cfg_combine
+from train.stages.base import StageTrainer
+from train.stages.common import (autocast, barrier, checkpointed, frozen, load_dit, load_text, make_optimizer,
+                                 optimizer_step, save_model_dir)
+
+
+def sampler_of(cfg) -> SamplerConfig:
+    return SamplerConfig(num_train_timesteps=cfg.dmd.num_train_timesteps, shift=cfg.dmd.shift,
+                         denoising_steps=tuple(cfg.rollout.denoising_steps))
+
+
+def ode_grid(sampler: SamplerConfig, substeps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grid sigmas [G+1] from 1 down to 0, indices [K] of the warped sigmas inside it)."""
+    _, table = sigma_table(sampler)
+    warped = warped_sigmas(sampler)
+    fine = table[torch.linspace(0, len(table) - 1, substeps).round().long()]
+    grid = torch.unique(torch.cat([fine, warped, torch.zeros(1)])).flip(0)
+    where = torch.stack([(grid == s).nonzero()[0, 0] for s in warped])
+    return grid, where
+
+
+@torch.no_grad()
+def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
+                sampler: SamplerConfig, substeps: int, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euler ODE of the teacher from noise [B, F, C, H, W] (sigma 1) to x0 (sigma 0).
+
+    text / uncond: [B, Ltext, text_dim]. Returns (states [B, K, F, C, H, W] at the K warped sigmas, x0).
+    """
+    grid, where = ode_grid(sampler, substeps)
+    backend = FullAttention()
+    B, n_f = noise.shape[:2]
+    frames = n_f // teacher.config.patch_size[0]
+    ctx, unctx = teacher.cross_kv(text), teacher.cross_kv(uncond)
+    x, states = noise, []
+    for j in range(len(grid) - 1):
+        if j in where.tolist():
+            states.append(x)
+        t = torch.full((B, frames), float(grid[j]) * sampler.num_train_timesteps, device=noise.device)
+        v = cfg_combine(teacher(x, t, ctx, backend), teacher(x, t, unctx, backend), guidance)
+        x = x + (grid[j + 1] - grid[j]) * v
+    return torch.stack(states, dim=1), x
+
+
+class ODETrainer(StageTrainer):
+    """ODE-regression init of the causal student (model.teacher: the teacher's model directory)."""
+
+    def build(self) -> None:
+        cfg, dev = self.cfg, self.info.device
+        self.teacher_dir = cfg.model.teacher
+        teacher = frozen(load_dit(self.teacher_dir, "model.teacher")).to(dev)
+        self.text = frozen(load_text(self.teacher_dir, "model.teacher"))
+        self.sampler = sampler_of(cfg)
+        self.pairs = self._pairs(teacher)
+        init = cfg.model.student_init or self.teacher_dir
+        self.student = load_dit(init, "model.student_init").to(dev).train()
+        self.params = list(self.student.parameters())
+        self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
+        self.backend = BlockCausalAttention(cfg.rollout.chunk_frames)
+
+    def _pairs(self, teacher: CausalWanDiT) -> dict[str, Any]:
+        st = self.cfg.stage
+        path = Path(st.ode_pairs_path or self.out_dir / "ode_pairs.pt")
+        if self.info.is_main and not path.is_file():
+            d = self.cfg.data
+            world = SyntheticWorld(d.height, d.width, self.cfg.rollout.num_frames, d.max_objects, d.seed + 7919)
+            prompts = [world[i][1] for i in range(st.ode_pairs)]
+            gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
+            states, x0s = [], []
+            for i in range(0, st.ode_pairs, 16):
+                batch = prompts[i:i + 16]
+                noise = torch.randn(len(batch), self.cfg.rollout.num_frames, 3, d.height, d.width, generator=gen)
+                s, x0 = teacher_ode(teacher, self.text.encode(batch), self.text.encode([""] * len(batch)), noise,
+                                    self.sampler, st.ode_substeps, st.ode_guidance_scale)
+                states.append(s.cpu())
+                x0s.append(x0.cpu())
+            atomic_torch_save({"prompts": prompts, "states": torch.cat(states), "x0": torch.cat(x0s)}, path)
+        barrier(self.info)
+        pairs = torch.load(path, weights_only=True)
+        pairs["text"] = self.text.encode(pairs["prompts"]).detach()
+        return pairs
+
+    def state(self) -> dict[str, Any]:
+        return {"student": self.student, "optim": self.opt}
+
+    def loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """Regression loss of the pairs `idx` [B]."""
+        dev, chunk = self.info.device, self.cfg.rollout.chunk_frames
+        states, x0 = self.pairs["states"][idx].to(dev), self.pairs["x0"][idx].to(dev)
+        B, K, n_f = states.shape[:3]
+        k = torch.randint(0, K, (B, n_f // chunk)).repeat_interleave(chunk, dim=1)  # one step per chunk
+        x = states[torch.arange(B)[:, None], k, torch.arange(n_f)[None]]  # [B, F, C, H, W]
+        sig = warped_sigmas(self.sampler)[k].to(dev)
+        t = sig * self.sampler.num_train_timesteps
+        with autocast(self.cfg, self.info):
+            v = checkpointed(lambda a, b, c: self.student(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
+                             x, t, self.pairs["text"][idx].to(dev))
+        pred = flow_to_x0(x, v.float(), sig[..., None, None, None])
+        return ((pred - x0) ** 2).mean()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        accum, total = self.cfg.run.grad_accum, 0.0
+        n = self.pairs["x0"].shape[0]
+        for _ in range(accum):
+            idx = torch.randint(0, n, (self.cfg.run.batch_size,))
+            loss = self.loss(idx)
+            (loss / accum).backward()
+            total += loss.item() / accum
+        norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
+        return {"loss": total, "grad_norm": norm}
+
+    def export(self, directory: Path) -> None:
+        save_model_dir(directory, self.student, self.text)

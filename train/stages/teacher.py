@@ -1,0 +1,93 @@
+"""Stage 1: the bidirectional teacher, trained by flow matching on synthetic-world videos.
+
+The VocabTextEncoder is trained alongside (the student later reuses it frozen). With probability
+stage.text_dropout a sample is trained on the empty prompt, whose embedding is all zeros: that is the
+unconditional branch classifier-free guidance needs at sampling and in DMD's real score.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfrt.models import FullAttention
+from rfrt.text_vocab import VocabTextEncoder
+from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
+from train.losses import add_noise, flow_matching_loss, shift_sigma
+from train.stages.base import StageTrainer
+from train.stages.common import (autocast, checkpointed, dit_config, init_dit, make_optimizer, optimizer_step,
+                                 save_model_dir)
+
+
+class Batches:
+    """Batches of (video [B, T, 3, H, W], prompts) from a SyntheticWorldDataset, resumable exactly."""
+
+    def __init__(self, dataset: SyntheticWorldDataset, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self._it = None
+
+    def next(self, device: str) -> tuple[torch.Tensor, list[str]]:
+        if self._it is None:
+            self._it = iter(self.dataset)
+        items = [next(self._it) for _ in range(self.batch_size)]
+        return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
+
+    def state_dict(self) -> dict[str, int]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.dataset.load_state_dict(state)
+        self._it = None  # restart the stream at the restored position
+
+
+def drop_prompts(prompts: list[str], p: float) -> list[str]:
+    """Replace each prompt by "" with probability p (drawn from the global torch RNG: resumable)."""
+    keep = torch.rand(len(prompts)) >= p
+    return [q if k else "" for q, k in zip(prompts, keep.tolist())]
+
+
+class TeacherTrainer(StageTrainer):
+    """Flow matching: x_t = (1 - s) x + s eps, loss mean((v(x_t, t) - (eps - x))^2), s = shift(u), u ~ U(0, 1)."""
+
+    def build(self) -> None:
+        cfg, a = self.cfg, self.cfg.arch
+        self.dit = init_dit(dit_config(a), cfg.run.seed).to(self.info.device).train()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.run.seed + 1)
+            self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(self.info.device)
+        self.params = list(self.dit.parameters()) + list(self.text.parameters())
+        self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
+        ds = SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size)
+        self.data = Batches(ds, cfg.run.batch_size)
+        self.backend = FullAttention()
+
+    def state(self) -> dict[str, Any]:
+        return {"dit": self.dit, "text": self.text, "optim": self.opt, "data": self.data}
+
+    def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Flow-matching loss of one micro-batch; video [B, T, 3, H, W] in [-1, 1]."""
+        B, T = video.shape[:2]
+        sigma = shift_sigma(torch.rand(B, device=video.device), self.cfg.stage.teacher_shift)
+        eps = torch.randn_like(video)
+        x_t = add_noise(video, eps, sigma)
+        t = (sigma * self.cfg.dmd.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
+        text = self.text.encode(drop_prompts(prompts, self.cfg.stage.text_dropout))
+        with autocast(self.cfg, self.info):
+            v = checkpointed(lambda x, tt, c: self.dit(x, tt, c, self.backend), self.cfg.run.grad_checkpointing,
+                             x_t, t.contiguous(), text)
+        return flow_matching_loss(v, video, eps)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        total = 0.0
+        accum = self.cfg.run.grad_accum
+        for _ in range(accum):
+            video, prompts = self.data.next(self.info.device)
+            loss = self.loss(video, prompts)
+            (loss / accum).backward()
+            total += loss.item() / accum
+        norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
+        return {"loss": total, "grad_norm": norm}
+
+    def export(self, directory: Path) -> None:
+        save_model_dir(directory, self.dit, self.text)
