@@ -129,3 +129,28 @@ def test_build_info_reports_how_the_core_was_built():
     assert info["version"] == rfrt.__version__
     assert isinstance(info["cuda"], bool)
     assert info["cuda"] == bool(info["cuda_architectures"])
+
+
+def test_ops_trace_under_torch_compile_and_export():
+    """fullgraph compile (no graph breaks) and torch.export both see the custom ops and match eager."""
+    policy, eager = small_ring()
+    _, traced = small_ring()
+    for cache in (eager, traced):
+        for _ in range(4):
+            cache.begin_chunk()
+    q, k, v = qkv(policy)
+
+    def step(cache, q, k, v):
+        return cache(1, q, k, v)
+
+    compiled = torch.compile(lambda q, k, v: step(traced, q, k, v), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), step(eager, q, k, v), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(traced.kv, eager.kv)
+
+    class Rotate(torch.nn.Module):
+        def forward(self, x, cursor):
+            return ops.rope_apply(x, cursor, 4, 2, 1e4)
+
+    exported = torch.export.export(Rotate(), (q, torch.tensor([3])))
+    assert any("rfrt.rope_apply" in str(n.target) for n in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(q, torch.tensor([3])), Rotate()(q, torch.tensor([3])))
