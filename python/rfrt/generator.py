@@ -95,8 +95,8 @@ class StreamGenerator:
         self.text = PromptCache(bundle.text_encoder)
         self.sampler = sampler or bundle.sampler
         self._fps = bundle.video.fps
-        self._height, self._width = self._check_resolution(height or bundle.video.height,
-                                                           width or bundle.video.width)
+        self._height, self._width = self._check_resolution(
+            bundle.video.height if height is None else height, bundle.video.width if width is None else width)
         cfg = self.dit.config
         pt, ph, pw = cfg.patch_size
         s = self.decoder.spatial_upsample

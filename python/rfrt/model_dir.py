@@ -211,10 +211,10 @@ def read_manifest(path: str | os.PathLike) -> ModelManifest:
     raise ModelDirError(f"{path} is not a model directory: it has neither {MANIFEST} nor model_index.json")
 
 
-def _text_encoder(m: ModelManifest, device, dtype):
+def _text_encoder(m: ModelManifest, text_len: int, device, dtype):
     if m.text_encoder.kind == "umt5":
         from rfrt.text import UMT5TextEncoder
-        return UMT5TextEncoder(m.text_encoder.path, m.tokenizer, device=device, dtype=dtype)
+        return UMT5TextEncoder(m.text_encoder.path, m.tokenizer, max_length=text_len, device=device, dtype=dtype)
     from rfrt.text_vocab import VocabTextEncoder  # written with the default model; imported only when used
     loader = getattr(VocabTextEncoder, "from_pretrained", None)
     encoder = loader(m.text_encoder.path) if loader is not None else VocabTextEncoder(m.text_encoder.path)
@@ -248,7 +248,7 @@ def load_model_dir(path: str | os.PathLike, *, checkpoint: str | os.PathLike | N
     source = Path(checkpoint) if checkpoint is not None else m.dit_weights
     dit = load_model(source, use_ema=use_ema, config=config, dtype=dtype, device=device).eval()
     dit.requires_grad_(False)
-    text_encoder = _text_encoder(m, device, dtype)
+    text_encoder = _text_encoder(m, dit.config.text_len, device, dtype)
     decoder = _decoder(m, device, dtype)
     enc_dim = getattr(text_encoder, "dim", None)
     if enc_dim is not None and enc_dim != dit.config.text_dim:
