@@ -163,3 +163,8 @@ class VocabTextEncoder(nn.Module):
             raise ValueError(f"{d / 'model.safetensors'}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         enc.load_state_dict(state)
         return enc.to(device)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> "VocabTextEncoder":
+        """Alias of `load` (the name the runtime's model-directory loader looks for)."""
+        return cls.load(directory, device)

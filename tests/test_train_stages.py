@@ -1,0 +1,225 @@
+"""Training stages on the tiny config: teacher -> ODE init -> DMD / Re-DMD, on one CPU process.
+
+Each stage runs 2 steps (finite losses, weights move), resumes exactly (2 + 2 steps == 4 straight), the
+rollout matches an independent block-causal reference, and the Re-DMD weight reaches the gradient in closed form.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from rfrt.cache import CachePolicy
+from rfrt.models import BlockCausalAttention
+from rfrt.sampling import flow_to_x0, renoise, timestep_tensor, warped_sigmas, warped_timesteps
+from train.config import ConfigError, load_config
+from train.stages import build_stage
+from train.stages.common import dit_config, init_dit
+from train.stages.dmd import generator_loss
+from train.stages.ode import sampler_of
+from train.stages.rollout import rollout, training_policy
+
+TINY = Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny_test.yaml"
+
+
+def make_cfg(out_dir, **sections):
+    data = yaml.safe_load(TINY.read_text())
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    data["run"]["out_dir"] = str(out_dir)
+    return load_config(data)
+
+
+def run_stage(out_dir, **sections):
+    trainer = build_stage(make_cfg(out_dir, **sections), progress=False)
+    return trainer, trainer.run()
+
+
+def dit_weights(model_dir):
+    return load_file(str(Path(model_dir) / "dit" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Teacher (2 steps) -> ODE student (2 steps), shared by the tests below."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("stages")
+    _, teacher_metrics = run_stage(root / "teacher", stage={"kind": "teacher"})
+    _, ode_metrics = run_stage(root / "ode", stage={"kind": "ode"}, model={"teacher": str(root / "teacher/export")})
+    return root, teacher_metrics, ode_metrics
+
+
+def dmd_sections(root, **reward):
+    return {"stage": {"kind": "dmd"}, "reward": {"kind": "motion", "beta": 2.0, **reward},
+            "model": {"teacher": str(root / "teacher/export"), "student_init": str(root / "ode/export")}}
+
+
+def test_teacher_stage_trains(pipeline):
+    root, metrics, _ = pipeline
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    cfg = make_cfg(root / "x")
+    init = init_dit(dit_config(cfg.arch), cfg.run.seed).state_dict()
+    trained = dit_weights(root / "teacher/export")
+    moved = max((trained[k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-4  # two AdamW steps at lr 1e-3 move weights by ~1e-3
+    assert (root / "teacher/export/text_encoder/vocab.json").is_file()
+
+
+def test_ode_stage_trains_from_teacher_pairs(pipeline):
+    root, _, metrics = pipeline
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    pairs = torch.load(root / "ode/ode_pairs.pt", weights_only=True)
+    assert pairs["states"].shape == (4, 4, 6, 3, 8, 8)  # 4 pairs, 4 warped steps, [F, C, H, W]
+    assert torch.isfinite(pairs["x0"]).all()
+    t, s = dit_weights(root / "teacher/export"), dit_weights(root / "ode/export")
+    assert max((t[k] - s[k]).abs().max().item() for k in t) > 1e-4
+
+
+def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
+    root = pipeline[0]
+    trainer, metrics = run_stage(tmp_path / "dmd", **dmd_sections(root))
+    assert trainer.exit_steps and all(0 <= k < 4 for k in trainer.exit_steps)
+    for key in ("critic_loss", "critic_grad_norm"):
+        assert torch.isfinite(torch.tensor(metrics[key]))
+    rows = (tmp_path / "dmd/metrics.csv").read_text().splitlines()
+    header, first = rows[0].split(","), rows[1].split(",")
+    assert float(first[header.index("gen_loss")]) > 0 and first[header.index("reward_z")] != ""
+    ode, student = dit_weights(root / "ode/export"), dit_weights(tmp_path / "dmd/export")
+    assert max((ode[k] - student[k]).abs().max().item() for k in ode) > 1e-4
+    critic0 = dit_weights(root / "teacher/export")
+    critic = trainer.critic.state_dict()
+    assert max((critic0[k] - critic[k]).abs().max().item() for k in critic0) > 1e-4
+
+
+@pytest.mark.parametrize("stage", ["teacher", "ode", "dmd"])
+def test_resume_is_exact(pipeline, tmp_path, stage):
+    root = pipeline[0]
+    sections = dmd_sections(root) if stage == "dmd" else {"stage": {"kind": stage},
+                                                          "model": {"teacher": str(root / "teacher/export")}}
+    sections["run"] = {"steps": 4, "checkpoint_every": 2}
+    if stage == "ode":
+        sections["stage"]["ode_pairs_path"] = str(root / "ode/ode_pairs.pt")
+    straight, _ = run_stage(tmp_path / "straight", **sections)
+    run_stage(tmp_path / "split", **{**sections, "run": {"steps": 2, "checkpoint_every": 2}})
+    resumed, _ = run_stage(tmp_path / "split", **sections)
+    a, b = straight.state(), resumed.state()
+    for name in a:
+        if isinstance(a[name], torch.nn.Module):
+            for (k, x), (_, y) in zip(a[name].state_dict().items(), b[name].state_dict().items()):
+                assert torch.equal(x, y), f"{stage}: {name}.{k} differs after resume"
+    if stage == "dmd":
+        assert len(resumed.exit_steps) == 6  # steps 2, 3: (generator +) critic rollouts, 2 micro-steps each
+        assert straight.exit_steps[-6:] == resumed.exit_steps
+        assert all(torch.equal(straight.ema.shadow[k], resumed.ema.shadow[k]) for k in straight.ema.shadow)
+
+
+def test_rollout_matches_block_causal_reference_and_grads_only_at_exit():
+    """With a window covering the rollout, the cache rollout equals the block-causal model run chunk by chunk
+    (absolute positions = window-relative ones, sink = chunk 0's context pass); only exit forwards get grad."""
+    torch.manual_seed(0)
+    cfg = make_cfg("unused")
+    model = init_dit(dit_config(cfg.arch), 3)
+    with torch.no_grad():  # adaLN-zero init makes every output equal; give the blocks a real effect
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    sampler, text = sampler_of(cfg), torch.randn(2, 5, cfg.arch.text_dim)
+    noise = torch.randn(2, 6, 3, 8, 8)
+    policy = training_policy(cfg.rollout, 16)
+    calls = []
+    hook = model.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
+    torch.manual_seed(5)
+    got = rollout(model, text, noise, policy, sampler, exit_step=2, grad=True)
+    hook.remove()
+    assert calls == [False, False, True, False] * 2  # 3 denoising forwards + context pass, per chunk
+    assert got.requires_grad
+
+    torch.manual_seed(5)
+    ref_backend = BlockCausalAttention(3, incremental=True)
+    ts, sig = warped_timesteps(sampler), warped_sigmas(sampler)
+    ref = []
+    with torch.no_grad():
+        for c in range(2):
+            x = noise[:, 3 * c:3 * c + 3]
+            for i in range(3):
+                x0 = flow_to_x0(x, model(x, timestep_tensor(ts[i], 2, 3), text, ref_backend, frame_offset=3 * c),
+                                sig[i])
+                if i < 2:
+                    x = renoise(x0, torch.randn_like(x0), sig[i + 1])
+            ref.append(x0)
+            model(x0, torch.zeros(2, 3), text, ref_backend, frame_offset=3 * c)
+    err = (got.detach() - torch.cat(ref, 1)).abs().max().item()
+    assert err < 1e-4, err
+    assert (torch.cat(ref, 1) - noise).abs().max() > 0.1  # not trivially equal
+
+
+def test_training_policy_never_evicts_by_default():
+    cfg = make_cfg("unused", rollout={"num_frames": 21, "window_frames": 9})
+    p = training_policy(cfg.rollout, 16)
+    assert p.window_frames == 21 and all(p.evicted_chunk(c) is None for c in range(7))
+    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "window_frames": 9,
+                                                 "sink_ema_during_training": True}).rollout, 16)
+    assert ema.window_frames == 9 and ema.evicted_chunk(3) == 1
+
+
+def test_redmd_weight_reaches_gradient_in_closed_form():
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 3, 8, 8, requires_grad=True)
+    fake, real = torch.randn_like(x), torch.randn_like(x)
+    r = torch.tensor([-1.0, 0.0, 0.7])
+    grads = {}
+    for beta in (0.0, 2.0):
+        x.grad = None
+        generator_loss(x, fake, real, r, beta)[0].backward()
+        grads[beta] = x.grad.clone()
+    # independent closed form: dL/dx_i = exp(beta r_i) * g_i / (B * N), g = (fake - real) / mean|x - real|
+    g = (fake - real) / (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    expected = torch.exp(2.0 * r).view(3, 1, 1, 1, 1) * g / (3 * x[0].numel())
+    torch.testing.assert_close(grads[2.0], expected, rtol=1e-5, atol=1e-9)
+    ratio = (grads[2.0] / grads[0.0]).flatten(1)
+    torch.testing.assert_close(ratio, torch.exp(2.0 * r)[:, None].expand_as(ratio), rtol=1e-5, atol=0)
+
+
+class _ConstReward:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, frames, prompts=None):
+        return torch.full((frames.shape[0],), self.value)
+
+
+def test_redmd_weight_scales_parameter_gradient_end_to_end(pipeline, tmp_path):
+    """Through the trainer (rollout, critic, CFG teacher, reward): generator grads scale by exp(beta r)."""
+    root = pipeline[0]
+    trainer = build_stage(make_cfg(tmp_path / "g", **{**dmd_sections(root), "run": {"batch_size": 1}}),
+                          progress=False)
+    grads = {}
+    for beta, r in ((0.0, 0.0), (2.0, 0.4)):
+        trainer.cfg = make_cfg(tmp_path / "g", **{**dmd_sections(root, beta=beta), "run": {"batch_size": 1}})
+        trainer.reward = _ConstReward(r)
+        trainer.student.zero_grad()
+        torch.manual_seed(11)
+        loss, _ = trainer.generator_micro(["a small red circle moves left on a blue background"])
+        loss.backward()
+        grads[beta] = torch.cat([p.grad.flatten() for p in trainer.student.parameters()])
+    assert grads[0.0].abs().max() > 0
+    scale = grads[0.0].abs().max().item()
+    torch.testing.assert_close(grads[2.0], grads[0.0] * torch.exp(torch.tensor(0.8)), rtol=1e-4, atol=1e-6 * scale)
+    assert not torch.allclose(grads[2.0], grads[0.0], rtol=1e-2)  # the weight really changed the gradient
+
+
+def test_bad_configs_and_missing_weights_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'kindd' in section 'stage'"):
+        make_cfg(tmp_path, stage={"kindd": "dmd"})
+    with pytest.raises(ConfigError, match="stage.kind"):
+        make_cfg(tmp_path, stage={"kind": "distill"})
+    with pytest.raises(ConfigError, match="arch.dim"):
+        make_cfg(tmp_path, arch={"dim": 30, "num_heads": 4})
+    with pytest.raises(ValueError, match="model.teacher is not set"):
+        build_stage(make_cfg(tmp_path / "a", stage={"kind": "ode"}), progress=False)
+    with pytest.raises(FileNotFoundError, match=r"model.student_init=.*nowhere: missing .*config.json"):
+        build_stage(make_cfg(tmp_path / "b", stage={"kind": "dmd"},
+                             model={"student_init": str(tmp_path / "nowhere"), "teacher": str(tmp_path)}),
+                    progress=False)
+    with pytest.raises(NotImplementedError, match="fsdp"):
+        build_stage(make_cfg(tmp_path / "c", run={"parallel": "fsdp"}), progress=False)
