@@ -1,0 +1,300 @@
+"""The web server: one page, one WebSocket endpoint, a JSON status endpoint (aiohttp).
+
+Why aiohttp: one well-kept library is the server, the WebSocket implementation and the client the tests (and
+load tests) use, with per-connection flow control that a bounded fan-out needs (`send_bytes` waits while the
+socket's buffer is full, so a slow viewer's sender waits and its own deque drops frames); Starlette would need
+uvicorn, a WebSocket package and httpx besides.
+
+Why JPEG frames over a WebSocket and not fragmented MP4 + Media Source Extensions: every frame stands alone,
+so a viewer that falls behind simply skips frames (an H.264 stream cannot drop a frame without breaking the
+frames that reference it, and MSE buffers seconds before it plays); latency is one frame, a viewer can join
+at any moment without waiting for a keyframe, and one encode per frame serves every viewer. The cost is
+bandwidth (JPEG is several times larger than H.264), which is fine on a LAN or loopback.
+
+Protocol, client -> server (JSON text): {"cmd": "start", "prompt": str, "seed": int}, {"cmd": "prompt",
+"prompt": str, "recache": bool}, {"cmd": "stop"}, {"cmd": "reset", "seed": int, "prompt": str (optional)},
+{"cmd": "status"}. Server -> client: JSON events {"type": "hello" | "status" | "prompt" | "error", ...} and
+binary frames (`hub.FRAME_HEADER`: chunk index, frame number; then one JPEG).
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable
+
+from aiohttp import WSMsgType, web
+
+from .hub import Hub, ServeError, Stream, Viewer
+
+log = logging.getLogger("rfrt.serve")
+
+__all__ = ["ServeConfig", "create_app", "serve", "BackgroundServer", "parse_command", "COMMANDS"]
+
+COMMANDS = ("start", "prompt", "stop", "reset", "status")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_HUB = web.AppKey("hub", Hub)
+_SOCKETS = web.AppKey("sockets", set)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """host/port: where to listen (loopback by default: the page can start and steer generation).
+    token: when set, every request must carry ?token=TOKEN. max_streams: streams that may exist at once.
+    queue_frames: frames queued per viewer before its oldest are dropped. max_prompt_chars: longer prompts are
+    refused. send_buffer_bytes: when set, caps each viewer's socket and transport buffers, so that a stalled
+    viewer is detected (and its frames dropped) after that many bytes rather than after the kernel's megabytes.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    max_streams: int = 1
+    queue_frames: int = 8
+    max_prompt_chars: int = 2000
+    send_buffer_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_streams", "queue_frames", "max_prompt_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"ServeConfig.port must be in 0..65535, got {self.port}")
+        if self.token is not None and not self.token:
+            raise ValueError("ServeConfig.token must not be empty (leave it unset for no token)")
+
+
+def parse_command(text: str, max_prompt_chars: int) -> tuple[str, dict]:
+    """One client message -> (command, arguments). Raises ServeError with a message for the page."""
+    try:
+        msg = json.loads(text)
+    except ValueError as err:
+        raise ServeError(f"invalid JSON: {err}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
+        raise ServeError('a message must be a JSON object with a "cmd" string, e.g. {"cmd": "stop"}')
+    cmd = msg["cmd"]
+    if cmd not in COMMANDS:
+        raise ServeError(f"unknown command {cmd[:40]!r}; expected one of {', '.join(COMMANDS)}")
+    allowed = {"start": {"prompt", "seed"}, "prompt": {"prompt", "recache"}, "reset": {"prompt", "seed"}}
+    unknown = sorted(set(msg) - {"cmd"} - allowed.get(cmd, set()))
+    if unknown:
+        raise ServeError(f"{cmd}: unknown fields {unknown}")
+    kw = {}
+    if "prompt" in msg or cmd == "prompt":
+        prompt = msg.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ServeError(f"{cmd}: the prompt must be a non-empty string")
+        if len(prompt) > max_prompt_chars:
+            raise ServeError(f"{cmd}: the prompt is too long ({len(prompt)} characters, at most {max_prompt_chars})")
+        kw["prompt"] = prompt.strip()
+    if "seed" in msg:
+        seed = msg["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ServeError(f"{cmd}: the seed must be an integer in 0..2^63-1, got {seed!r}")
+        kw["seed"] = seed
+    if "recache" in msg:
+        if not isinstance(msg["recache"], bool):
+            raise ServeError(f"{cmd}: recache must be true or false")
+        kw["recache"] = msg["recache"]
+    return cmd, kw
+
+
+def _check_token(request: web.Request, config: ServeConfig) -> None:
+    if config.token is None:
+        return
+    given = request.query.get("token", "")
+    if not hmac.compare_digest(given.encode(), config.token.encode()):
+        log.warning("refused %s %s: %s access token", request.remote, request.path, "wrong" if given else "no")
+        raise web.HTTPUnauthorized(text="rfrt serve: this server needs its access token: open /?token=TOKEN\n")
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("rfrt.serve").joinpath("static", name).read_bytes()
+
+
+async def _send_loop(ws: web.WebSocketResponse, viewer: Viewer) -> None:
+    """Events first (they are small and carry errors), then frames, oldest kept first."""
+    while not ws.closed:
+        await viewer.wake.wait()
+        viewer.wake.clear()
+        while viewer.events or viewer.frames:
+            if viewer.events:
+                await ws.send_str(json.dumps(viewer.events.popleft()))
+            else:
+                await ws.send_bytes(viewer.frames.popleft())
+                viewer.sent_frames += 1
+
+
+def _limit_send_buffer(request: web.Request, nbytes: int) -> None:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, nbytes)
+    if transport is not None:
+        transport.set_write_buffer_limits(high=nbytes)
+
+
+def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), recorder=None) -> web.Application:
+    """The aiohttp application. make_generator() -> StreamGenerator, called once per stream (in its thread)."""
+    app = web.Application()
+    app[_SOCKETS] = set()
+
+    async def on_startup(app):
+        app[_HUB] = Hub(make_generator, max_streams=config.max_streams, queue_frames=config.queue_frames,
+                        recorder=recorder, loop=asyncio.get_running_loop())
+
+    async def on_shutdown(app):
+        for ws in list(app[_SOCKETS]):
+            await ws.close(code=1001, message=b"server shutting down")
+        await app[_HUB].close()
+
+    async def page(request):
+        _check_token(request, config)
+        return web.Response(body=_asset("index.html"), content_type="text/html")
+
+    async def script(request):
+        return web.Response(body=_asset("app.js"), content_type="application/javascript")
+
+    async def status(request):
+        _check_token(request, config)
+        hub = request.app[_HUB]
+        out = []
+        for s in list(hub.streams.values()):
+            st = s.status()
+            st["dropped_frames"] = sum(v.dropped for v in s.viewers)
+            st["queued_frames"] = [len(v.frames) for v in s.viewers]
+            st["step_seconds"] = list(s.step_seconds)
+            out.append(st)
+        return web.json_response({"streams": out, "max_streams": config.max_streams})
+
+    async def websocket(request):
+        _check_token(request, config)
+        name = request.query.get("stream", "main")
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        if config.send_buffer_bytes:
+            _limit_send_buffer(request, config.send_buffer_bytes)
+        if not _STREAM_NAME.fullmatch(name):
+            await ws.send_json({"type": "error", "message": "stream names are 1-32 letters, digits, - or _"})
+            await ws.close()
+            return ws
+        hub = request.app[_HUB]
+        try:
+            stream, viewer = hub.attach(name)
+        except ServeError as err:
+            await ws.send_json({"type": "error", "message": str(err)})
+            await ws.close()
+            return ws
+        request.app[_SOCKETS].add(ws)
+        viewer.offer_event({**stream.status(), "type": "hello", "queue_frames": config.queue_frames})
+        sender = asyncio.create_task(_send_loop(ws, viewer))
+        log.info("viewer %s joined stream %r (%d watching)", request.remote, name, len(stream.viewers))
+        try:
+            async for msg in ws:
+                _handle(msg, stream, viewer, config, request.remote)
+        finally:
+            sender.cancel()
+            request.app[_SOCKETS].discard(ws)
+            hub.detach(stream, viewer)
+            log.info("viewer %s left stream %r (dropped %d frames)", request.remote, name, viewer.dropped)
+        return ws
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/", page)
+    app.router.add_get("/app.js", script)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/ws", websocket)
+    return app
+
+
+def _handle(msg, stream: Stream, viewer: Viewer, config: ServeConfig, remote) -> None:
+    """Apply one client message; bad input becomes an error event for this viewer and a log line."""
+    try:
+        if msg.type != WSMsgType.TEXT:
+            raise ServeError("only JSON text messages are accepted")
+        cmd, kw = parse_command(msg.data, config.max_prompt_chars)
+    except ServeError as err:
+        log.warning("viewer %s, stream %r: %s", remote, stream.name, err)
+        viewer.offer_event({"type": "error", "stream": stream.name, "message": str(err)})
+        return
+    if cmd == "status":
+        viewer.offer_event(stream.status())
+    else:
+        log.info("viewer %s, stream %r: %s %s", remote, stream.name, cmd, kw)
+        stream.command(cmd, **kw)
+
+
+async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *, recorder=None,
+                stop: asyncio.Event | None = None, ready: Callable[[int], None] | None = None) -> None:
+    """Run until `stop` is set (or SIGINT / SIGTERM when run in the main thread), then shut down cleanly:
+    sockets closed, generator threads stopped after their chunk, the recording finalised."""
+    app = create_app(make_generator, config, recorder)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    stop = stop or asyncio.Event()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        query = "?token=" + config.token if config.token else ""
+        log.info("serving on http://%s:%d/%s", config.host, port, query)
+        if ready is not None:
+            ready(port)
+        if threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+class BackgroundServer:
+    """serve() on its own thread and event loop (tests, notebooks): start() -> port; stop() shuts it down."""
+
+    def __init__(self, make_generator: Callable, config: ServeConfig = ServeConfig(port=0), recorder=None) -> None:
+        self._args = (make_generator, config, recorder)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 30.0) -> int:
+        started = threading.Event()
+
+        def ready(port):
+            self.port = port
+            started.set()
+
+        async def main():
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            make_generator, config, recorder = self._args
+            await serve(make_generator, config, recorder=recorder, stop=self._stop, ready=ready)
+
+        def run():
+            try:
+                asyncio.run(main())
+            except BaseException as err:  # noqa: BLE001 - handed to the caller of start()
+                self.error = err
+                started.set()
+
+        self._thread = threading.Thread(target=run, name="rfrt-serve", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout) or self.error is not None:
+            raise RuntimeError(f"rfrt serve did not start: {self.error!r}")
+        return self.port
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout)

@@ -1,0 +1,83 @@
+"""The `rfrt serve` command line: arguments, model loading (once, shared by the streams), the recording."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import dataclasses
+import logging
+import sys
+
+log = logging.getLogger("rfrt.serve")
+
+__all__ = ["add_arguments", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model directory (rfrt.json or diffusers layout); default: embedded model")
+    parser.add_argument("--checkpoint", help="DiT checkpoint replacing the model's (Reward Forcing / Self-Forcing .pt)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; anything else exposes the generator)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--token", help="access token: the page must be opened as /?token=TOKEN")
+    parser.add_argument("--max-streams", type=int, default=1, help="streams that may exist at once (default 1)")
+    parser.add_argument("--queue-frames", type=int, default=8,
+                        help="frames queued per viewer before a slow viewer's oldest frames are dropped")
+    parser.add_argument("--record", metavar="OUT.mp4", help="also record the (first) stream to this MP4")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="DiT dtype (default bf16 on CUDA)")
+
+
+def _generator_factory(args):
+    """Load the model once; each stream gets its own StreamGenerator (own cache, own decoder state) sharing the
+    read-only DiT and text encoder weights."""
+    import torch
+
+    from rfrt.generator import StreamGenerator, _default_device
+    from rfrt.model_dir import ModelDirError, default_model_path, load_model_dir
+
+    device = _default_device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    path = args.model or default_model_path()
+    if path is None:
+        raise ModelDirError("no --model given and the embedded default model is not installed")
+    bundle = load_model_dir(path, checkpoint=args.checkpoint, device=device, dtype=dtype)
+
+    def make_generator():
+        own = dataclasses.replace(bundle, decoder=copy.deepcopy(bundle.decoder))
+        return StreamGenerator(own, device=device, dtype=dtype, height=args.height, width=args.width)
+
+    # Built once now so that a bad --height/--width fails at startup, not on the first start.
+    probe = make_generator()
+    return make_generator, probe.fps
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the server until Ctrl-C / SIGTERM. Returns the exit status (0 after a clean shutdown)."""
+    from rfrt.video import Mp4Writer
+
+    from .app import ServeConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = ServeConfig(host=args.host, port=args.port, token=args.token, max_streams=args.max_streams,
+                             queue_frames=args.queue_frames)
+        make_generator, fps = _generator_factory(args)
+        recorder = Mp4Writer(args.record, fps=fps) if args.record else None
+    except (ValueError, OSError) as err:
+        print(f"rfrt serve: error: {err}", file=sys.stderr)
+        return 2
+    if config.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
+        log.warning("listening on %s without --token: anyone who can reach it can drive the generator", config.host)
+    try:
+        asyncio.run(serve(make_generator, config, recorder=recorder))
+    except OSError as err:  # e.g. the port is taken
+        print(f"rfrt serve: error: cannot listen on {config.host}:{config.port}: {err}", file=sys.stderr)
+        if recorder is not None:
+            recorder.close()
+        return 1
+    return 0
