@@ -141,3 +141,16 @@ def test_diffusers_layout_is_recognised(tmp_path):
     (tmp_path / "vae").rmdir()
     with pytest.raises(ModelDirError, match=r"diffusers model directory lacks \['vae'\]"):
         read_manifest(tmp_path)
+
+
+def test_vocab_text_encoder_model_dir(tmp_path, one_thread):
+    from rfrt.text_vocab import VocabTextEncoder
+
+    root = write_model_dir(tmp_path / "m", manifest_extra={"text_encoder": {"kind": "vocab", "path": "vocab"}})
+    torch.manual_seed(0)
+    VocabTextEncoder(["a", "cat", "dog", "walks"], dim=16, max_words=6).save(root / "vocab")
+    gen = StreamGenerator(root, device="cpu")
+    gen.reset("a cat walks", seed=0)
+    assert gen.step().frames.shape == (3, 8, 8, 3)
+    with pytest.raises(ValueError, match="outside this text encoder's vocabulary"):
+        gen.set_prompt("a horse")

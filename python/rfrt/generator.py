@@ -207,8 +207,8 @@ class StreamGenerator:
                     self.dit(latents, self._t_context, self._cross, self._cache)
 
     def _set_text(self, prompt: str) -> None:
-        states = self.text.encode(prompt)
         with torch.no_grad():
+            states = self.text.encode(prompt)
             self._cross = self.dit.cross_kv(states.to(self.device))
         self._prompt = prompt
 

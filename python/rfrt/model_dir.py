@@ -215,10 +215,8 @@ def _text_encoder(m: ModelManifest, text_len: int, device, dtype):
     if m.text_encoder.kind == "umt5":
         from rfrt.text import UMT5TextEncoder
         return UMT5TextEncoder(m.text_encoder.path, m.tokenizer, max_length=text_len, device=device, dtype=dtype)
-    from rfrt.text_vocab import VocabTextEncoder  # written with the default model; imported only when used
-    loader = getattr(VocabTextEncoder, "from_pretrained", None)
-    encoder = loader(m.text_encoder.path) if loader is not None else VocabTextEncoder(m.text_encoder.path)
-    return encoder.to(device) if hasattr(encoder, "to") else encoder
+    from rfrt.text_vocab import VocabTextEncoder  # the default model's encoder; imported only when used
+    return VocabTextEncoder.from_pretrained(m.text_encoder.path, device=device).eval().requires_grad_(False)
 
 
 def _decoder(m: ModelManifest, device, dtype):
