@@ -34,6 +34,11 @@ from rfrt.rope import axis_frequencies, axis_pairs
 
 # Rows of the rope_cos / rope_sin inputs.
 ROPE_CHUNK, ROPE_EVICTED, ROPE_SINK = 0, 1, 2
+# The exported chunk step's interface (export/export_onnx.py writes it, rfrt.trt_backend binds it by name).
+STEP_CONTROL_INPUTS = ("slots", "rope_cos", "rope_sin", "fold")
+STEP_INPUTS = ("x", "t", "cross_kv", "kv", "sink_acc") + STEP_CONTROL_INPUTS
+MASK_INPUT = "valid_tokens"
+STEP_OUTPUTS = ("flow", "kv_out", "sink_acc_out")
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,8 @@ class FunctionalCacheAttention:
         self._bias = None
         if masked:
             keys = torch.arange(p.window_tokens, dtype=torch.int64, device=kv.device)
-            self._bias = torch.where(keys < controls.valid_tokens, 0.0, float("-inf")).to(kv.dtype)[None, :]  # [1, keys]: broadcast over queries
+            # [1, keys]: one additive row broadcast over every query; -inf removes the empty slots exactly.
+            self._bias = torch.where(keys < controls.valid_tokens, 0.0, float("-inf")).to(kv.dtype)[None, :]
         self._k: dict[int, Tensor] = {}
         self._v: dict[int, Tensor] = {}
         self._acc: dict[int, tuple[Tensor, Tensor]] = {}
