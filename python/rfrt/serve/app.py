@@ -168,8 +168,9 @@ def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), re
         out = []
         for s in list(hub.streams.values()):
             st = s.status()
-            st["dropped_frames"] = sum(v.dropped for v in s.viewers)
-            st["queued_frames"] = [len(v.frames) for v in s.viewers]
+            st["viewer_stats"] = [{"queued": len(v.frames), "dropped": v.dropped, "sent": v.sent_frames}
+                                  for v in s.viewers]
+            st["frames_out"] = s.frames_out
             st["step_seconds"] = list(s.step_seconds)
             out.append(st)
         return web.json_response({"streams": out, "max_streams": config.max_streams})

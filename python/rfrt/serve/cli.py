@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-streams", type=int, default=1, help="streams that may exist at once (default 1)")
     parser.add_argument("--queue-frames", type=int, default=8,
                         help="frames queued per viewer before a slow viewer's oldest frames are dropped")
+    parser.add_argument("--send-buffer-bytes", type=int,
+                        help="cap each viewer's socket buffers (lower: a stalled viewer drops frames sooner)")
     parser.add_argument("--record", metavar="OUT.mp4", help="also record the (first) stream to this MP4")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
@@ -65,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = ServeConfig(host=args.host, port=args.port, token=args.token, max_streams=args.max_streams,
-                             queue_frames=args.queue_frames)
+                             queue_frames=args.queue_frames, send_buffer_bytes=args.send_buffer_bytes)
         make_generator, fps = _generator_factory(args)
         recorder = Mp4Writer(args.record, fps=fps) if args.record else None
     except (ValueError, OSError) as err:
