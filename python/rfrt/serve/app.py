@@ -178,7 +178,10 @@ def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), re
     async def websocket(request):
         _check_token(request, config)
         name = request.query.get("stream", "main")
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20)
+        # aiohttp checks the socket's flow control only every writer_limit bytes (64 KiB by default): with a
+        # send buffer cap, check at that size too, or a stalled viewer absorbs 64 KiB before anything waits.
+        limits = {"writer_limit": config.send_buffer_bytes} if config.send_buffer_bytes else {}
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20, **limits)
         await ws.prepare(request)
         if config.send_buffer_bytes:
             _limit_send_buffer(request, config.send_buffer_bytes)
