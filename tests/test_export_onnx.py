@@ -68,7 +68,8 @@ def test_ort_detects_a_wrong_fold(steady):
 def test_cli_exports_the_any_phase_graph_and_verifies_it(tmp_path, capsys):
     # Phase "any" (key mask input) from an empty cache: filling chunks 0-2, then folds at 3 and 4.
     out = tmp_path / "any.onnx"
-    assert main(["--tiny-random", "1", "--out", str(out), "--phase", "any", "--verify"]) == 0
+    assert main(["--tiny-random", "1", "--out", str(out), "--phase", "any", "--verify", "--sink-frames", "2",
+                 "--window-frames", "6", "--chunk-frames", "2", "--sink-ema-alpha", "0.9"]) == 0
     report = capsys.readouterr().out
     print(report)
     assert "checker passed" in report and "max relative error" in report

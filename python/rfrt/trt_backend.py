@@ -120,7 +120,8 @@ class TensorRTChunkStep:
         for name, tensor in feeds.items():
             want_shape, want_dtype = self.input_shapes[name], self._dtypes[name]
             if tuple(tensor.shape) != want_shape:
-                raise ValueError(f"TensorRT input {name} has shape {tuple(tensor.shape)}, the engine wants {want_shape}")
+                raise ValueError(f"TensorRT input {name} has shape {tuple(tensor.shape)}, the engine wants "
+                                 f"{want_shape}")
             tensor = tensor.to(self.device, want_dtype).contiguous()
             if any(tensor.data_ptr() == o.data_ptr() for o in out.values()):
                 raise ValueError(f"TensorRT input {name} aliases an output buffer of this call; pass the outputs of "
