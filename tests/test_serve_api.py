@@ -166,14 +166,14 @@ def test_parse_command_rejects_unknown_fields():
 
 
 def test_cli_ctrl_c_finalises_the_recording(tmp_path):
-    """`python -m rfrt.serve` as a user runs it: SIGINT stops generation, closes sockets, finalises the MP4."""
+    """`rfrt serve` as a user runs it: SIGINT stops generation, closes sockets, finalises the MP4."""
     av = pytest.importorskip("av")
     model = write_model_dir(tmp_path / "model", size=SIZE)
     out = tmp_path / "live.mp4"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "python"),
                                                         os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rfrt.serve", "--model", str(model), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "rfrt.cli", "serve", "--model", str(model), "--port", "0",
                              "--device", "cpu", "--record", str(out)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         port = None

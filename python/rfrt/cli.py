@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(_DTYPES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
     sub.add_parser("info", help="print the build, torch, devices and the default model")
+    from rfrt.serve.cli import add_arguments as add_serve_arguments  # no aiohttp import until `serve` runs
+    add_serve_arguments(sub.add_parser("serve", help="stream live generation to a browser, prompts switchable"))
     return parser
 
 
@@ -176,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `rfrt` command. Returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            from rfrt.serve.cli import main as serve_main
+            return serve_main(args)
         return _generate(args) if args.command == "generate" else _info()
     except CLIError as err:
         print(f"rfrt: error: {err}", file=sys.stderr)

@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Callable
 
-from aiohttp import WSMsgType, web
+try:
+    from aiohttp import WSMsgType, web
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("rfrt serve needs aiohttp: pip install 'rfrt[serve]' (or pip install aiohttp)") from err
 
 from .hub import Hub, ServeError, Stream, Viewer
 

@@ -62,8 +62,11 @@ def main(args: argparse.Namespace) -> int:
     """Run the server until Ctrl-C / SIGTERM. Returns the exit status (0 after a clean shutdown)."""
     from rfrt.video import Mp4Writer
 
-    from .app import ServeConfig, serve
-
+    try:
+        from .app import ServeConfig, serve
+    except ImportError as err:
+        print(f"rfrt serve: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = ServeConfig(host=args.host, port=args.port, token=args.token, max_streams=args.max_streams,
