@@ -107,3 +107,25 @@ def test_layout_and_backend_validation():
                                        ctl)
     with pytest.raises(RuntimeError, match="not run"):
         backend.updated()
+
+
+def test_reference_rounding_mode_matches_ring_cache_in_bf16():
+    # sink_precision="cache" keeps a bf16 accumulator and rounds the EMA like the reference; the functional
+    # fold must round the same way (an fp32 fold would differ by whole bf16 ulps).
+    policy = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, tokens_per_frame=GRID_H * GRID_W,
+                         sink_ema_alpha=0.9, sink_precision="cache")
+    layout = CacheLayout(policy, layers=1, batch=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W)
+    ring = RingCache(policy, layers=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W,
+                     dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(2)
+    shape = (1, policy.chunk_tokens, HEADS, HEAD_DIM)
+    for c in range(policy.ring_chunks + 3):
+        kv, acc = ring.kv.clone(), ring.sink_acc.clone()
+        ring.begin_chunk()
+        k, v = (torch.randn(shape, generator=gen).bfloat16() for _ in range(2))
+        ring(0, k, k, v)
+    new_kv, new_acc = fold_sink(layout, kv, acc, step_controls(layout, c, first_forward=True))
+    assert acc.dtype == torch.bfloat16 and not torch.equal(new_acc, acc)
+    assert torch.equal(new_acc, ring.sink_acc)
+    assert (new_kv[:, :, :, :policy.sink_tokens].float() - ring.kv[:, :, :, :policy.sink_tokens].float()).abs().max() \
+        <= 1e-2

@@ -193,9 +193,13 @@ def fold_sink(layout: CacheLayout, kv: Tensor, sink_acc: Tensor, controls: StepC
     flat = evicted.flatten(1, 2).float()  # [2, layers*B, sink_tokens, H, D]: rotate() wants [B', L, H, D]
     ev_k = rotate(flat[0], ev_cos, ev_sin, inverse=True)
     a, c = controls.fold[0], controls.fold[1]
-    acc_k = a * sink_acc[0].flatten(0, 1).float() + c * ev_k
-    acc_v = a * sink_acc[1].flatten(0, 1).float() + c * flat[1]
-    new_acc = torch.stack([acc_k, acc_v]).unflatten(1, (n_l, b)).to(sink_acc.dtype)
+    acc = sink_acc.flatten(1, 2).float()
+    if sink_acc.dtype == torch.float32:
+        new_acc = a * acc + c * torch.stack([ev_k, flat[1]])
+    else:  # reference-rounding mode (16-bit accumulator): each product and the sum rounded, like the kernel
+        dt = sink_acc.dtype
+        new_acc = (a * acc).to(dt).float() + (c * torch.stack([ev_k, flat[1]])).to(dt).float()
+    new_acc = new_acc.unflatten(1, (n_l, b)).to(sink_acc.dtype)
     sink_k = rotate(new_acc[0].flatten(0, 1).float(), sk_cos, sk_sin)
     sink = torch.stack([sink_k, new_acc[1].flatten(0, 1).float()]).unflatten(1, (n_l, b)).to(kv.dtype)
     return torch.cat([sink, kv[:, :, :, p.sink_tokens:]], dim=3), new_acc
