@@ -153,6 +153,39 @@ def test_rollout_matches_block_causal_reference_and_grads_only_at_exit():
     assert (torch.cat(ref, 1) - noise).abs().max() > 0.1  # not trivially equal
 
 
+def test_training_rollout_equals_runtime_stream_generator(tmp_path):
+    """Train as you infer: the rollout (ReferenceCache, fp32) reproduces rfrt.StreamGenerator (RingCache) on
+    the exported model with the same noise draws, over 4 chunks (the 4th evicts into the EMA sink)."""
+    from rfrt.generator import StreamGenerator
+    from rfrt.text_vocab import VocabTextEncoder
+    from train.data.synthetic_world import vocabulary
+    from train.export_default import write_model_dir
+    from train.stages.common import save_model_dir
+
+    cfg = make_cfg("unused")
+    model = init_dit(dit_config(cfg.arch), 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    text = VocabTextEncoder(vocabulary(), cfg.arch.text_dim, cfg.arch.max_words, 1)
+    save_model_dir(tmp_path / "student", model, text)
+    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=16)
+    write_model_dir(tmp_path / "student", tmp_path / "model", 8, 8, policy, sampler_of(cfg))
+    prompt = "a small red circle moves left on a blue background"
+    gen = StreamGenerator(str(tmp_path / "model"))
+    gen.reset(prompt, seed=4)
+    streamed = torch.cat([gen.step().latents for _ in range(4)])[None]
+
+    noise_gen = torch.Generator().manual_seed(4)
+    draws = [[torch.randn(1, 3, 3, 8, 8, generator=noise_gen) for _ in range(4)] for _ in range(4)]
+    renoise_draws = iter([d for chunk in draws for d in chunk[1:]])
+    with torch.no_grad():
+        got = rollout(model, text.encode([prompt]), torch.cat([c[0] for c in draws], 1), policy,
+                      sampler_of(cfg), fresh_noise=lambda like: next(renoise_draws))
+    err = (got - streamed).abs().max().item()
+    assert err < 1e-4, err
+
+
 def test_training_policy_never_evicts_by_default():
     cfg = make_cfg("unused", rollout={"num_frames": 21, "window_frames": 9})
     p = training_policy(cfg.rollout, 16)

@@ -14,6 +14,8 @@ EMA sink instead.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from rfrt.cache import CachePolicy, ReferenceCache
@@ -40,7 +42,8 @@ def draw_exit_step(num_steps: int, info: DistInfo) -> int:
 
 
 def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tensor, policy: CachePolicy,
-            sampler: SamplerConfig, exit_step: int | None = None, grad: bool = False) -> torch.Tensor:
+            sampler: SamplerConfig, exit_step: int | None = None, grad: bool = False,
+            fresh_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like) -> torch.Tensor:
     """Generate a video autoregressively with the student and a fresh ReferenceCache.
 
     model:     the causal student (its attention backend is the cache).
@@ -48,7 +51,8 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     noise:     [B, F, C, H, W] initial noise; F a multiple of policy.chunk_frames.
     exit_step: index of the denoising step whose x0 each chunk outputs (None: the last one, as at inference).
     grad:      record the graph of the exit forwards (the only forwards with gradient).
-    Fresh re-noising noise comes from the global torch RNG. Returns x0 [B, F, C, H, W].
+    fresh_noise: draws the re-noising noise like its argument (default: the global torch RNG, in chunk order).
+    Returns x0 [B, F, C, H, W].
     """
     cfg = model.config
     pt, ph, pw = cfg.patch_size
@@ -75,7 +79,7 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
                 t = timestep_tensor(steps[i], B, policy.chunk_frames, noise.device)
                 x0 = flow_to_x0(x, model(x, t, text, cache, frame_offset=offset), sigmas[i])
             if i < k_exit:
-                x = renoise(x0, torch.randn_like(x0), sigmas[i + 1])
+                x = renoise(x0, fresh_noise(x0), sigmas[i + 1])
         out.append(x0)
         with torch.no_grad():  # context pass: the chunk's clean K/V for the chunks after it
             model(x0.detach(), torch.zeros(B, policy.chunk_frames, device=noise.device), text, cache,
