@@ -154,8 +154,11 @@ def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), re
                         recorder=recorder, loop=asyncio.get_running_loop())
 
     async def on_shutdown(app):
-        for ws in list(app[_SOCKETS]):
-            await ws.close(code=1001, message=b"server shutting down")
+        # All at once and time-boxed: a stalled viewer cannot take its close frame, and must not hold up the
+        # others or the recording's finalisation (the runner drops whatever is left after shutdown_timeout).
+        closes = [asyncio.wait_for(ws.close(code=1001, message=b"server shutting down"), 5.0)
+                  for ws in list(app[_SOCKETS])]
+        await asyncio.gather(*closes, return_exceptions=True)
         await app[_HUB].close()
 
     async def page(request):
@@ -244,7 +247,7 @@ async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *
     """Run until `stop` is set (or SIGINT / SIGTERM when run in the main thread), then shut down cleanly:
     sockets closed, generator threads stopped after their chunk, the recording finalised."""
     app = create_app(make_generator, config, recorder)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     stop = stop or asyncio.Event()
     try:
