@@ -1,0 +1,118 @@
+"""Long-rollout checks of the paper's ablation claims (SPEC 3) on a trained student, on CPU.
+
+For each variant the student streams `--chunks` chunks (>= 60) per prompt through the training rollout
+(`ReferenceCache`: the runtime's exact sink + window semantics; rollout == StreamGenerator is tested):
+  full:        Re-DMD student, EMA sink (alpha 0.999)
+  plain_dmd:   a DMD student trained without reward (optional, --plain), EMA sink
+  static_sink: Re-DMD student, sink = chunk 0 forever (alpha 1)
+  no_sink:     Re-DMD student, alpha 0: the "sink" is just the latest evicted chunk, i.e. a plain sliding window
+Metrics (video in [-1, 1]):
+  dynamic:   mean optical-flow magnitude (px / frame, the MotionReward) over the whole stream;
+  quality:   per-frame palette fit, 1 - mean distance of each pixel to its nearest world colour / sqrt(12)
+             (the synthetic world only has flat palette colours: blur, smears and colour drift lower it);
+  drift:     max - min over time of the quality of consecutive 5-chunk segments (lower = more stable);
+  copy:      first-frame copying, 1 - mean |x| distance / 2 between each of the last 10 chunks and chunk 0
+             (1 = identical to the start).
+Usage: python train/evaluate_claims.py --student runs/default/redmd/export [--plain runs/default/dmd/export]
+       [--chunks 60] [--prompts 8] --out train/results/claims_default.md
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+_ROOT = Path(__file__).resolve().parent.parent
+for _p in (_ROOT, _ROOT / "python"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from rfrt.cache import CachePolicy  # noqa: E402
+from rfrt.sampling import SamplerConfig  # noqa: E402
+from train.data.synthetic_world import COLOURS, SyntheticWorld  # noqa: E402
+from train.rewards import to_unit_range  # noqa: E402
+from train.rewards.motion import MotionReward  # noqa: E402
+from train.stages.common import load_dit, load_text  # noqa: E402
+from train.stages.rollout import rollout  # noqa: E402
+
+_PALETTE = torch.tensor(list(COLOURS.values())) * 2 - 1
+
+
+def palette_quality(video: torch.Tensor) -> torch.Tensor:
+    """video [..., 3, H, W] in [-1, 1] -> per-frame quality [...] in [0, 1] (1 = only palette colours)."""
+    pix = video.clamp(-1, 1).movedim(-3, -1)
+    d = torch.cdist(pix.reshape(-1, 3), _PALETTE).min(-1).values.reshape(pix.shape[:-1])
+    return 1 - d.mean(dim=(-2, -1)) / math.sqrt(12)
+
+
+def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward) -> dict[str, float]:
+    """video [B, F, 3, H, W] of long streams -> the metrics of the module docstring (means over B)."""
+    B, F = video.shape[:2]
+    n_chunks = F // chunk_frames
+    q = palette_quality(video)  # [B, F]
+    seg = 5 * chunk_frames
+    segments = q[:, : (F // seg) * seg].reshape(B, -1, seg).mean(-1)
+    first = video[:, :chunk_frames]
+    late = video[:, (n_chunks - 10) * chunk_frames:].reshape(B, 10, chunk_frames, *video.shape[2:])
+    copy = 1 - (late - first[:, None]).abs().mean(dim=(2, 3, 4, 5)) / 2
+    return {"dynamic": motion.score(to_unit_range(video)).mean().item(),
+            "quality": q.mean().item(),
+            "drift": (segments.max(1).values - segments.min(1).values).mean().item(),
+            "copy": copy.mean().item()}
+
+
+@torch.no_grad()
+def run_variant(model_dir: str, alpha: float, chunks: int, prompts: list[str], h: int, w: int,
+                seed: int) -> tuple[dict[str, float], float]:
+    dit, text = load_dit(model_dir, "student").eval(), load_text(model_dir, "student").eval()
+    ph, pw = dit.config.patch_size[1:]
+    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=(h // ph) * (w // pw),
+                         sink_ema_alpha=alpha)
+    torch.manual_seed(seed)
+    noise = torch.randn(len(prompts), chunks * 3, dit.config.in_dim, h, w)
+    t0 = time.perf_counter()
+    video = rollout(dit, text.encode(prompts), noise, policy, SamplerConfig())
+    return stream_metrics(video, 3, MotionReward()), time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--plain", default=None, help="DMD student trained without reward (optional)")
+    ap.add_argument("--chunks", type=int, default=60)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--size", type=int, nargs=2, default=(16, 16))
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.chunks < 15:
+        raise SystemExit("--chunks must be >= 15 (10 late chunks are compared with chunk 0)")
+    torch.set_num_threads(1)
+    world = SyntheticWorld(args.size[0], args.size[1], 9, 1, args.seed)
+    prompts = [world[i][1] for i in range(args.prompts)]
+    variants = [("full (EMA sink + Re-DMD)", args.student, 0.999)]
+    if args.plain:
+        variants.append(("plain DMD (EMA sink)", args.plain, 0.999))
+    variants += [("static sink", args.student, 1.0), ("no sink (sliding window)", args.student, 0.0)]
+    lines = [f"Long rollouts: {args.chunks} chunks x 3 frames, {args.prompts} prompts, {args.size[0]}x{args.size[1]}",
+             "", "| variant | dynamic (px/frame) | quality | drift | first-chunk copy | wall s |",
+             "|---|---|---|---|---|---|"]
+    for name, model, alpha in variants:
+        m, wall = run_variant(model, alpha, args.chunks, prompts, *args.size, args.seed)
+        lines.append(f"| {name} | {m['dynamic']:.3f} | {m['quality']:.4f} | {m['drift']:.4f} | {m['copy']:.4f} "
+                     f"| {wall:.0f} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
