@@ -256,3 +256,13 @@ def test_bad_configs_and_missing_weights_are_clear(tmp_path):
                     progress=False)
     with pytest.raises(NotImplementedError, match="fsdp"):
         build_stage(make_cfg(tmp_path / "c", run={"parallel": "fsdp"}), progress=False)
+
+
+def test_grad_checkpointing_is_exact_and_bf16_runs(tmp_path):
+    """Recomputing the teacher's forward in backward gives bit-identical weights; bf16 autocast trains."""
+    plain, _ = run_stage(tmp_path / "plain", stage={"kind": "teacher"})
+    ckpt, _ = run_stage(tmp_path / "ckpt", stage={"kind": "teacher"}, run={"grad_checkpointing": True})
+    for (k, a), (_, b) in zip(plain.dit.state_dict().items(), ckpt.dit.state_dict().items()):
+        assert torch.equal(a, b), k
+    _, metrics = run_stage(tmp_path / "bf16", stage={"kind": "teacher"}, run={"bf16": True, "steps": 1})
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
