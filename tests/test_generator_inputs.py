@@ -59,7 +59,8 @@ def test_resolution_rule_uses_decoder_stride_times_patch():
 
     model = tiny_model()
     model = model_dir.LoadedModel(dit=model.dit, text_encoder=model.text_encoder, decoder=Stride8())
-    with pytest.raises(ValueError, match=r"width 840 px is not a multiple of 16 px \(decoder stride 8 x patch 2\); try 832"):
+    why = r"width 840 px is not a multiple of 16 px \(decoder stride 8 x patch 2\); try 832"
+    with pytest.raises(ValueError, match=why):
         StreamGenerator(model, device="cpu", height=480, width=840)
 
 

@@ -42,6 +42,7 @@ class Chunk:
     frames:  uint8 [T, H, W, 3] on the CPU (RGB, ready for a video writer).
     video:   float [T, 3, H, W] in [-1, 1] on the generator's device.
     latents: [F, C, h, w], the x0 of the last denoising forward (DiT dtype, generator's device).
+    The tensors are shared with the generator (a re-cache replays the latents): treat them as read-only.
     """
 
     index: int
@@ -107,7 +108,10 @@ class StreamGenerator:
         self._latent_frames = self.policy.chunk_frames * pt  # CachePolicy counts token frames
         # Model-facing timesteps and sigmas, derived from the schedule once (never .item() on the step path).
         ts = warped_timesteps(self.sampler)
-        self._sigmas = [float(s) for s in warped_sigmas(self.sampler)]
+        sigmas = warped_sigmas(self.sampler)
+        # Device scalars in the dtypes flow_to_x0 (fp64) and renoise (fp32) compute in: no per-step upload.
+        self._sigma64 = [s.to(device=self.device, dtype=torch.float64) for s in sigmas]
+        self._sigma32 = [s.to(device=self.device) for s in sigmas]
         self._t = [torch.full((1, self.policy.chunk_frames), float(t), dtype=torch.float32, device=self.device)
                    for t in ts]
         self._t_context = torch.zeros(1, self.policy.chunk_frames, dtype=torch.float32, device=self.device)
@@ -118,7 +122,8 @@ class StreamGenerator:
         self._cross = None
         self._chunk = 0
         # Latents of the chunks a re-cache replays: the sink chunk plus the ring chunks before the next one.
-        self._recent: collections.deque = collections.deque(maxlen=self.policy.window_frames // self.policy.chunk_frames - 1)
+        replayed = self.policy.window_frames // self.policy.chunk_frames - 1
+        self._recent: collections.deque = collections.deque(maxlen=replayed)
 
     # ---- facts ----
     @property
@@ -234,9 +239,9 @@ class StreamGenerator:
         x = draws[0].to(self.dtype)
         for i, t in enumerate(self._t):
             flow = self.dit(x, t, self._cross, cache)
-            x0 = flow_to_x0(x, flow, self._sigmas[i])
+            x0 = flow_to_x0(x, flow, self._sigma64[i])
             if i + 1 < len(self._t):
-                x = renoise(x0, draws[i + 1].to(self.dtype), self._sigmas[i + 1])
+                x = renoise(x0, draws[i + 1].to(self.dtype), self._sigma32[i + 1])
         self.dit(x0, self._t_context, self._cross, cache)  # context pass: rewrites this chunk's K/V
         return x0
 

@@ -7,4 +7,5 @@ from .pixel import PixelDecoder
 from .taehv import TAEHVConfig, TAEHVDecoder, TAEHVNet
 from .wan_vae import WanVAEDecoder
 
-__all__ = ["StreamingDecoder", "to_uint8_frames", "WanVAEDecoder", "PixelDecoder", "TAEHVConfig", "TAEHVNet", "TAEHVDecoder"]
+__all__ = ["StreamingDecoder", "to_uint8_frames", "WanVAEDecoder", "PixelDecoder", "TAEHVConfig", "TAEHVNet",
+           "TAEHVDecoder"]
