@@ -134,3 +134,27 @@ def test_tiny_generator_chunk_shapes(one_thread):
     assert torch.equal(c.frames, expect)
     assert gen.flush().shape == (0, 8, 8, 3)
     assert gen.cache.policy.tokens_per_frame == 16
+
+
+def test_iteration_is_endless_and_matches_step(one_thread):
+    import itertools
+
+    from rfrt import StreamGenerator
+
+    gen = StreamGenerator(tiny_model(), device="cpu")
+    gen.reset("a cat", seed=1)
+    stepped = [gen.step().latents for _ in range(4)]
+    gen.reset("a cat", seed=1)
+    iterated = [c.latents for c in itertools.islice(gen, 4)]
+    assert all(torch.equal(a, b) for a, b in zip(stepped, iterated)) and gen.chunk_index == 4
+
+
+def test_import_rfrt_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, rfrt; assert 'torch' not in sys.modules, 'import rfrt imported torch'; "
+            "from rfrt import StreamGenerator; assert StreamGenerator.__name__ == 'StreamGenerator'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": ":".join(p for p in sys.path if p)})
+    assert done.returncode == 0, done.stderr
