@@ -155,3 +155,12 @@ def test_vocab_text_encoder_model_dir(tmp_path, one_thread):
     assert gen.step().frames.shape == (3, 8, 8, 3)
     with pytest.raises(ValueError, match="outside this text encoder's vocabulary"):
         gen.set_prompt("a horse")
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        StreamGenerator(tiny_model(), device="cpu", attention="flash")
+    with pytest.raises(TypeError, match="cache must be a CachePolicy"):
+        StreamGenerator(tiny_model(), device="cpu", cache={"window_frames": 9})
+    with pytest.raises(ValueError, match="checkpoint= applies to a model directory"):
+        StreamGenerator(tiny_model(), device="cpu", checkpoint="x.pt")

@@ -26,6 +26,7 @@ from typing import Iterator
 import torch
 
 from rfrt.cache.policy import CachePolicy
+from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.sampling import SamplerConfig, flow_to_x0, renoise, warped_sigmas, warped_timesteps
@@ -74,6 +75,11 @@ class StreamGenerator:
                  use_ema: bool = False, device=None, dtype: torch.dtype | None = None, height: int | None = None,
                  width: int | None = None, cache: CachePolicy | None = None, sampler: SamplerConfig | None = None,
                  attention: str = "sdpa") -> None:
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
+        for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig)):
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
         self.device = _default_device(device)
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
@@ -174,8 +180,6 @@ class StreamGenerator:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self._set_text(prompt)
-        from rfrt.cache.ring import RingCache  # loads the compiled core on first use, never at import
-
         if self._cache is None:
             cfg = self.dit.config
             self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
