@@ -110,6 +110,7 @@ def test_bad_prompts_file_fails_before_generation(content, why, tmp_path, monkey
 def test_bad_output_path_and_prompts_fail_before_generation(model_root, tmp_path, capsys):
     cases = [(["a cat", "--out", str(tmp_path / "missing" / "v.mp4")], "output directory .* does not exist"),
              (["a cat", "--out", str(tmp_path)], "is a directory"),
+             (["a cat", "--out", str(model_root / "rfrt.json" / "v.mp4")], "rfrt.json' is not a directory"),
              (["", "--out", str(tmp_path / "v.mp4")], "prompt for chunk 0: prompt is empty"),
              (["a cat", "--chunks", "0", "--out", str(tmp_path / "v.mp4")], "--chunks must be positive")]
     if os.geteuid() != 0:
