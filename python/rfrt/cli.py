@@ -136,7 +136,9 @@ def _generate(args) -> int:
         generator.text.encode(prompt)
     with Mp4Writer(args.out, fps=generator.fps) as writer:
         try:
-            with tqdm(unit="frame", desc="rfrt", dynamic_ncols=True) as bar:
+            latent_frames = chunks * generator.policy.chunk_frames * generator.dit.config.patch_size[0]
+            total = generator.decoder.frames_for(latent_frames)
+            with tqdm(total=total, unit="frame", desc="rfrt", dynamic_ncols=True) as bar:
                 start = time.perf_counter()
                 for index in range(chunks):
                     if index > 0 and index in schedule:
