@@ -95,15 +95,13 @@ def _chunks_for(args, generator) -> int:
 
 
 def _check_output(path: str) -> None:
-    """Fail before loading the model when the video could not be written (Mp4Writer checks again)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        what = "is not a directory" if os.path.exists(parent) else "does not exist"
-        raise CLIError(f"output directory {parent!r} {what}")
-    if os.path.isdir(path):
-        raise CLIError(f"output path {path!r} is a directory")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise CLIError(f"cannot write output video {path!r}: permission denied")
+    """Fail before loading the model when the video could not be written."""
+    from rfrt.video import check_writable
+
+    try:
+        check_writable(path)
+    except OSError as err:
+        raise CLIError(str(err)) from None
 
 
 def _generate(args) -> int:

@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["Mp4Writer"]
+__all__ = ["Mp4Writer", "check_writable"]
 
 
 def _import_av():
@@ -24,20 +24,26 @@ def _import_av():
     return av
 
 
-def _check_writable(path: str) -> None:
-    """Fail now, with a message naming the path, rather than after generating the first frames."""
+def check_writable(path: str) -> None:
+    """Fail now, with a message naming the path, rather than after generating the first frames.
+
+    Opening the file is the only reliable test (permissions, read-only mounts, ACLs); a file that did not exist
+    before is removed again, so a failed run leaves nothing behind.
+    """
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         what = "is not a directory" if os.path.exists(parent) else "does not exist"
-        raise FileNotFoundError(f"Mp4Writer: output directory {parent!r} {what}")
+        raise FileNotFoundError(f"output directory {parent!r} {what}")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"Mp4Writer: output path {path!r} is a directory")
+        raise IsADirectoryError(f"output path {path!r} is a directory")
+    existed = os.path.exists(path)
     try:
-        # Creating the file is the only reliable test (permissions, read-only mounts, ACLs).
-        with open(path, "wb"):
+        with open(path, "ab"):
             pass
     except OSError as e:
-        raise PermissionError(f"Mp4Writer: cannot write output video {path!r}: {e.strerror or e}") from e
+        raise PermissionError(f"cannot write output video {path!r}: {e.strerror or e}") from e
+    if not existed:
+        os.remove(path)
 
 
 class Mp4Writer:
@@ -64,7 +70,8 @@ class Mp4Writer:
         self.path = os.fspath(path)
         self.fps = fps
         self._options = {"crf": str(crf), **{str(k): str(v) for k, v in (codec_options or {}).items()}}
-        _check_writable(self.path)
+        check_writable(self.path)
+        open(self.path, "wb").close()  # the file exists from now on: a reader sees the video appear and grow
         # flush_packets: without it the muxed bytes sit in PyAV's output buffer until close, so the file on disk
         # would not grow while generating.
         self._container = self._av.open(self.path, mode="w", options={"flush_packets": "1"})
