@@ -28,6 +28,7 @@ import torch
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
 from rfrt.decoders.base import to_uint8_frames
+from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.sampling import SamplerConfig, flow_to_x0, renoise, warped_sigmas, warped_timesteps
 from rfrt.text import PromptCache
@@ -69,15 +70,20 @@ class StreamGenerator:
     height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
     cache, sampler: override the model's CachePolicy (tokens_per_frame is always derived from the resolution)
                 and SamplerConfig. attention: "sdpa" or "core" (RingCache's attention kernel).
+    runtime:    rfrt.fast.RuntimeConfig (default: every fast path off). fp8 swaps the DiT's block linears in
+                place; cuda_graphs replays each chunk as a CUDA graph (eager on a CPU, same results);
+                overlap_decode decodes chunk k while chunk k+1 denoises, so the stream runs one chunk ahead and
+                a set_prompt() shows from the second chunk after it.
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, *, checkpoint=None,
                  use_ema: bool = False, device=None, dtype: torch.dtype | None = None, height: int | None = None,
                  width: int | None = None, cache: CachePolicy | None = None, sampler: SamplerConfig | None = None,
-                 attention: str = "sdpa") -> None:
+                 attention: str = "sdpa", runtime: RuntimeConfig | None = None) -> None:
         if attention not in ATTENTION_KERNELS:
             raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
-        for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig)):
+        for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig),
+                                 ("runtime", runtime, RuntimeConfig)):
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
         self.device = _default_device(device)
@@ -97,7 +103,8 @@ class StreamGenerator:
             bundle.dit.to(device=self.device, dtype=dtype)
         else:
             bundle = load_model_dir(model, checkpoint=checkpoint, use_ema=use_ema, device=self.device, dtype=dtype)
-        self.dit, self.decoder = bundle.dit, bundle.decoder
+        self.runtime = runtime or RuntimeConfig()
+        self.dit, self.decoder = _apply_runtime(self.runtime, bundle.dit, bundle.decoder, self.device)
         self.dtype = next(self.dit.parameters()).dtype
         self.text = PromptCache(bundle.text_encoder)
         self.sampler = sampler or bundle.sampler
@@ -123,6 +130,8 @@ class StreamGenerator:
         self._t_context = torch.zeros(1, self.policy.chunk_frames, dtype=torch.float32, device=self.device)
         self.attention = attention
         self._cache = None
+        self._graphs = None
+        self._ahead = None  # overlap_decode: latents of the chunk generated ahead
         self._noise: torch.Generator | None = None
         self._prompt: str | None = None
         self._cross = None
@@ -185,12 +194,15 @@ class StreamGenerator:
             self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
                                     grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
                                     device=self.device, attention=self.attention)
+            if self.runtime.cuda_graphs:
+                self._graphs = _chunk_graphs(self)
         else:
             self._cache.reset()
         self.decoder.reset()
         self._noise = torch.Generator(device=self.device).manual_seed(seed)
         self._chunk = 0
         self._recent.clear()
+        self._ahead = None
 
     def set_prompt(self, prompt: str, recache: bool = False) -> None:
         """Switch the prompt mid-stream: re-encode it and rebuild the cross-attention K/V.
@@ -225,6 +237,8 @@ class StreamGenerator:
         """Generate the next chunk (SPEC §2.1; see the module docstring for the exact order of operations)."""
         if self._noise is None:
             raise RuntimeError("StreamGenerator.step: call reset(prompt, seed) first")
+        if self.runtime.overlap_decode:
+            return self._step_ahead()
         with torch.no_grad():
             latents = self._sample_chunk()
             video = self.decoder.decode(latents)
@@ -233,8 +247,28 @@ class StreamGenerator:
         self._chunk += 1
         return chunk
 
+    def _step_ahead(self) -> Chunk:
+        """step() with overlap_decode: decode chunk k (side stream / worker) while chunk k+1 denoises.
+
+        A chunk's latents join `_recent` when it is sampled, so a re-cache replays what the cache holds.
+        """
+        with torch.no_grad():
+            if self._ahead is None:
+                self._ahead = self._sample_chunk()
+                self._recent.append(self._ahead)
+            latents = self._ahead
+            pending = self.decoder.submit(latents)
+            self._ahead = self._sample_chunk()
+            self._recent.append(self._ahead)
+            video, frames = pending.result()
+        chunk = Chunk(index=self._chunk, frames=frames[0], video=video[0], latents=latents[0])
+        self._chunk += 1
+        return chunk
+
     def _sample_chunk(self) -> torch.Tensor:
         """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk."""
+        if self._graphs is not None:
+            return self._graphs.sample_chunk(self._noise, self._cross)
         cfg, cache = self.dit.config, self._cache
         shape = (1, self._latent_frames, cfg.in_dim, *self._latent_hw)
         draws = [torch.randn(shape, generator=self._noise, device=self.device, dtype=torch.float32)
@@ -260,3 +294,25 @@ class StreamGenerator:
         """Endless: yields step() until the caller stops."""
         while True:
             yield self.step()
+
+
+def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
+    """The fast paths that change the model objects: FP8 block linears (in place), the overlapped decoder."""
+    if runtime.fp8:
+        from rfrt.fast.fp8 import swap_dit_linears
+
+        swap_dit_linears(dit, runtime.fp8_scaling)
+    if runtime.overlap_decode:
+        from rfrt.fast.overlap import OverlappedDecoder
+
+        decoder = OverlappedDecoder(decoder, device)
+    return dit, decoder
+
+
+def _chunk_graphs(gen: StreamGenerator):
+    """A ChunkGraphs runner over the generator's cache and its fixed per-step tensors."""
+    from rfrt.fast.graphs import ChunkGraphs, ChunkPlan
+
+    shape = (1, gen._latent_frames, gen.dit.config.in_dim, *gen._latent_hw)
+    plan = ChunkPlan(shape, gen.dtype, tuple(gen._t), gen._t_context, tuple(gen._sigma64), tuple(gen._sigma32))
+    return ChunkGraphs(gen.dit, gen._cache, plan)
