@@ -5,10 +5,18 @@ Run: pytest benchmarks/ --benchmark-json=benchmarks/results/<name>.json
 """
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_threads():
+    """CPU timings use RFRT_BENCH_THREADS threads (default 1): repeatable on a shared 2-core machine."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(int(os.environ.get("RFRT_BENCH_THREADS", "1")))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
