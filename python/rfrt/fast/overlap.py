@@ -42,8 +42,10 @@ class PendingFrames:
     _done: object = None  # torch.cuda.Event on the CUDA path
     _video: Tensor | None = None
     _frames: Tensor | None = None
+    taken: bool = False  # result() was called (its error, if any, reached the caller)
 
     def result(self) -> tuple[Tensor, Tensor]:
+        self.taken = True
         if self._future is not None:
             return self._future.result()
         self._done.synchronize()
@@ -142,10 +144,16 @@ class OverlappedDecoder(StreamingDecoder):
         return self.submit(latents).result()[0]
 
     def wait(self) -> None:
-        """Block until every submitted chunk is decoded (errors of a failed decode are raised here)."""
+        """Block until every submitted chunk is decoded (the error of a failed decode nobody took is raised)."""
         pending, self._pending = self._pending, []
         for p in pending:
-            p.result()
+            if p._future is not None:
+                concurrent.futures.wait([p._future])
+            else:
+                p._done.synchronize()
+        for p in pending:
+            if not p.taken:
+                p.result()
 
     def reset(self) -> None:
         self.wait()
@@ -172,5 +180,5 @@ class OverlappedDecoder(StreamingDecoder):
 
 def _finished(p: PendingFrames) -> bool:
     if p._future is not None:
-        return p._future.done() and p._future.exception() is None
+        return p._future.done() and (p.taken or p._future.exception() is None)
     return p._done.query()
