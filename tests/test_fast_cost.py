@@ -1,0 +1,24 @@
+"""The FLOP cost model (rfrt.fast.cost) against SPEC §2.4's figures for the 1.3B model at 832x480."""
+import pytest
+
+from rfrt.cache import CachePolicy
+from rfrt.fast.cost import chunk_flop, forward_cost
+from rfrt.models import ModelConfig
+
+
+def test_release_shape_matches_spec():
+    cost = forward_cost(ModelConfig(), CachePolicy(tokens_per_frame=30 * 52))
+    assert round(cost.linear / 1e12, 2) == 11.70
+    assert round(cost.self_attention / 1e12, 2) == 12.11
+    assert round(cost.cross_attention / 1e12, 2) == 0.44
+    assert round(cost.total / 1e12, 2) == 24.26
+    assert round(chunk_flop(ModelConfig(), CachePolicy(tokens_per_frame=1560)) / 1e12, 1) == 121.3
+
+
+def test_filling_chunk_attends_fewer_keys():
+    cfg, policy = ModelConfig(), CachePolicy()
+    first = forward_cost(cfg, policy, key_frames=3)
+    assert first.linear == forward_cost(cfg, policy).linear
+    assert first.self_attention * 3 == pytest.approx(forward_cost(cfg, policy).self_attention)
+    with pytest.raises(ValueError, match="key_frames"):
+        forward_cost(cfg, policy, key_frames=10)
