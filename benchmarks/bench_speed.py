@@ -162,11 +162,13 @@ def _free() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _record(benchmark, name: str, gen, impl: str, frames_per_chunk: int, **extra) -> None:
-    """Config, derived rates and peak memory into extra_info (after the timed rounds)."""
+def _record(benchmark, name: str, gen, impl: str, frames_per_chunk: int, key_frames: int | None = None,
+            **extra) -> None:
+    """Config, derived rates and peak memory into extra_info (after the timed rounds). key_frames: frames the
+    timed chunk attends to (default the full window, the steady state)."""
     sc = CONFIGS[name]
     median = benchmark.stats.stats.median
-    flop = chunk_flop(sc.dit, gen.policy)
+    flop = chunk_flop(sc.dit, gen.policy, key_frames=key_frames)
     info = dict(config=name, impl=impl, dit=dataclasses.asdict(sc.dit), height=sc.height, width=sc.width,
                 dtype=str(sc.dtype), policy=dataclasses.asdict(gen.policy), frames_per_chunk=frames_per_chunk,
                 fps=frames_per_chunk / median, dit_tflop_per_chunk=flop / 1e12,
@@ -230,7 +232,7 @@ def first_chunk(benchmark, name: str, graphs: bool, fp8: bool) -> None:
 
     benchmark.pedantic(start, rounds=max(2, CONFIGS[name].rounds // 2), iterations=1, warmup_rounds=1)
     _record(benchmark, name, gen, "stream-first-chunk", gen.decoder.frames_for(gen._latent_frames),
-            graphs=graphs, fp8=fp8, decoder="none")
+            key_frames=gen.policy.valid_frames(0), graphs=graphs, fp8=fp8, decoder="none")
 
 
 class _ReferenceLoop:
