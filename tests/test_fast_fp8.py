@@ -94,6 +94,22 @@ def test_fp8_quality_forward_and_chunk():
     assert all(1e-4 < e < 0.1 for e in errs)
 
 
+@pytest.mark.parametrize("scaling", ["row", "tensor"])
+def test_scaled_mm_call_layout_on_cpu(scaling):
+    """Where this torch has a CPU `_scaled_mm`, the CUDA call path (operand layout, scale shapes) runs here too:
+    it must agree with the emulation up to the bf16 output rounding (half an ulp: 2^-9 relative)."""
+    torch.manual_seed(3)
+    lin = nn.Linear(64, 48).bfloat16()
+    x = torch.randn(5, 37, 64, dtype=torch.bfloat16)
+    try:
+        direct = FP8Linear(lin, scaling, emulate=False)(x)
+    except (NotImplementedError, RuntimeError) as err:
+        pytest.skip(f"no CPU _scaled_mm in torch {torch.__version__}: {err}")
+    emulated = FP8Linear(lin, scaling, emulate=True)(x)
+    assert direct.shape == (5, 37, 48) and direct.dtype == torch.bfloat16
+    assert relative_error(direct, emulated) < 2.0 ** -8
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("scaling", ["row", "tensor"])
 @pytest.mark.parametrize("out_features", [1536, 8960])

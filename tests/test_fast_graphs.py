@@ -65,6 +65,37 @@ def test_eager_fallback_after_reset_and_prompt_recache():
     assert all(torch.equal(a, b) for a, b in again)
 
 
+class _ReplayCall:
+    """Stand-in for a captured CUDA graph on the CPU: replay() re-runs the body."""
+
+    def __init__(self, fn) -> None:
+        self.replay = fn
+
+
+def test_capture_bookkeeping_with_a_stand_in_graph(monkeypatch):
+    """The graph-mode host logic (phases, capture once, replay, device counter resync on reset) on the CPU:
+    capture is replaced by a stand-in that records without executing, like CUDA capture does."""
+    from rfrt.fast import graphs
+
+    def record(self, phase):
+        state = [t.clone() for t in (self.cache.kv, self.cache.sink_acc, self._counter, self._out, *self._cursors)]
+        self._body(phase[1])  # "recording" must not change the stream: undo its effects
+        for t, saved in zip((self.cache.kv, self.cache.sink_acc, self._counter, self._out, *self._cursors), state):
+            t.copy_(saved)
+        self._graphs[phase] = _ReplayCall(lambda: self._body(phase[1]))
+
+    monkeypatch.setattr(graphs.ChunkGraphs, "_record", record)
+    _, ref = _stream(None, 7)
+    gen = StreamGenerator(tiny_model(8), device="cpu", runtime=RuntimeConfig(cuda_graphs=True))
+    gen.reset("a red ball", seed=3)
+    gen._graphs.capture = True
+    for c in range(7):
+        assert torch.equal(gen.step().latents, ref[c]), c
+    assert gen._graphs.captured_phases == ((3, False), (6, False), (9, False), (9, True))
+    gen.reset("a red ball", seed=3)
+    assert all(torch.equal(gen.step().latents, ref[c]) for c in range(5))
+
+
 def test_runtime_config_validates():
     with pytest.raises(TypeError, match="cuda_graphs"):
         RuntimeConfig(cuda_graphs=1)
