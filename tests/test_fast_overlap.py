@@ -95,6 +95,19 @@ def test_generator_overlap_equals_sequential():
     fast.decoder.close()
 
 
+@pytest.mark.parametrize("recache", [True, False])
+def test_prompt_switch_with_overlap_shows_one_chunk_later(recache):
+    """With overlap_decode chunk k+1 is already sampled when step k returns: set_prompt before step k equals
+    set_prompt before step k+1 of the sequential stream (documented in StreamGenerator)."""
+    from test_fast_graphs import _stream
+
+    _, seq = _stream(None, 8, {5: ("a blue cube", recache)})
+    _, over = _stream(RuntimeConfig(overlap_decode=True), 8, {4: ("a blue cube", recache)})
+    _, unchanged = _stream(None, 8)
+    assert all(torch.equal(a, b) for a, b in zip(over, seq))
+    assert not torch.equal(over[5], unchanged[5])
+
+
 def test_overlap_rejects_bad_input():
     with pytest.raises(TypeError, match="StreamingDecoder"):
         OverlappedDecoder(object())
