@@ -65,6 +65,13 @@ class RingCache:
     def layers(self) -> int:
         return self.kv.shape[1]
 
+    @property
+    def cursors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The device cursors the kernels read: write [slot_token, time_pos], query [time_pos], fold
+        [evicted_slot_token, evicted_time_pos, new_sink_time_pos]. Fixed addresses: a CUDA graph may update them
+        in place."""
+        return self._write_cursor, self._query_cursor, self._fold_cursor
+
     def reset(self) -> None:
         """Forget the stream: the next chunk is chunk 0."""
         self.kv.zero_()
@@ -111,5 +118,13 @@ class RingCache:
 
 
 def _upload(cursor: Tensor, values: list[int]) -> None:
-    """Copy host-computed positions into a device cursor (once per chunk, never per forward)."""
-    cursor.copy_(torch.tensor(values, dtype=torch.int64))
+    """Copy host-computed positions into a device cursor (once per chunk, never per forward).
+
+    On a GPU the values go through pinned memory with a non-blocking copy, so the host never waits for the
+    stream; torch's caching host allocator keeps the pinned block alive until the copy has run.
+    """
+    host = torch.tensor(values, dtype=torch.int64)
+    if cursor.is_cuda:
+        cursor.copy_(host.pin_memory(), non_blocking=True)
+    else:
+        cursor.copy_(host)

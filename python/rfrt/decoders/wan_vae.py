@@ -53,8 +53,10 @@ class WanVAEDecoder(StreamingDecoder):
             if len(getattr(cfg, name)) != cfg.z_dim:
                 raise ValueError(f"WanVAEDecoder: config.{name} has {len(getattr(cfg, name))} entries, "
                                  f"z_dim is {cfg.z_dim}")
-        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32)
-        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32)
+        # Kept on the VAE's device once, so de-normalising a chunk copies nothing from the host.
+        vae_device = next(vae.parameters()).device
+        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
         self._num_causal_convs = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.decoder.modules())
         self._patch_size = cfg.patch_size
         self._unpatchify = wan.unpatchify
@@ -87,10 +89,10 @@ class WanVAEDecoder(StreamingDecoder):
         """Normalised latents [B, F, C, h, w] -> VAE latents [B, C, F, h, w] (z = latents * std + mean), in the
         VAE's dtype and device."""
         p = next(self.vae.parameters())
-        shape = (1, -1, 1, 1, 1)
+        if self._mean.device != p.device:  # the VAE was moved after construction
+            self._mean, self._std = self._mean.to(p.device), self._std.to(p.device)
         z = latents.to(device=p.device, dtype=torch.float32).permute(0, 2, 1, 3, 4)
-        z = z * self._std.to(p.device).view(shape) + self._mean.to(p.device).view(shape)
-        return z.to(p.dtype)
+        return (z * self._std + self._mean).to(p.dtype)
 
     def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         # post_quant_conv is a 1x1x1 causal conv: it needs no cache, so it runs on the chunk at once.

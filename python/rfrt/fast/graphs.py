@@ -100,12 +100,8 @@ def device_cursors(cache: RingCache, chunk: Tensor) -> tuple[Tensor, Tensor, Ten
 
 
 def _cursor_tensors(cache: RingCache) -> tuple[Tensor, Tensor, Tensor]:
-    """RingCache keeps its cursors private; the graph must update them in place (fixed addresses)."""
-    names = ("_write_cursor", "_query_cursor", "_fold_cursor")
-    missing = [n for n in names if not isinstance(getattr(cache, n, None), Tensor)]
-    if missing:
-        raise TypeError(f"ChunkGraphs needs RingCache device cursors {names}; this RingCache lacks {missing}")
-    return tuple(getattr(cache, n) for n in names)
+    """The cache's device cursors (write, query, fold), updated in place by the graph (fixed addresses)."""
+    return cache.cursors
 
 
 class ChunkGraphs:
