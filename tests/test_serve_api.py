@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,10 +47,23 @@ def server(one_thread):  # noqa: F811
     srv.stop()
 
 
+async def _receive(ws, deadline, waiting_for, errors_fail=True):
+    """Next message before the deadline; a closed socket or the deadline is a failure, never a hang."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise AssertionError(f"timed out waiting for {waiting_for}")
+    msg = await ws.receive(timeout=left)
+    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+        raise AssertionError(f"socket closed while waiting for {waiting_for}: {msg!r}")
+    if errors_fail and msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "error":
+        raise AssertionError(f"server error while waiting for {waiting_for}: {msg.data}")
+    return msg
+
+
 async def _next_event(ws, kind, timeout=60.0, skip_frames=True):
     deadline = time.monotonic() + timeout
     while True:
-        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        msg = await _receive(ws, deadline, f"a {kind!r} event", errors_fail=kind != "error")
         if msg.type == aiohttp.WSMsgType.TEXT:
             ev = json.loads(msg.data)
             if ev["type"] == kind:
@@ -62,7 +76,7 @@ async def _frames(ws, n, timeout=90.0):
     out = []
     deadline = time.monotonic() + timeout
     while len(out) < n:
-        msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+        msg = await _receive(ws, deadline, f"{n} frames (got {len(out)})")
         if msg.type == aiohttp.WSMsgType.BINARY:
             out.append(msg.data)
     return out
@@ -81,7 +95,7 @@ def test_start_frames_prompt_switch_stop(server):
                 await ws.send_json({"cmd": "start", "prompt": "a cat walks on the beach", "seed": 3})
                 frames = await _frames(ws, 6)
                 chunk, number = FRAME_HEADER.unpack_from(frames[0])
-                assert (chunk, number) == (0, 0)
+                assert (chunk, number) == (0, 0), [FRAME_HEADER.unpack_from(f) for f in frames]
                 assert frames[0][FRAME_HEADER.size:FRAME_HEADER.size + 2] == b"\xff\xd8"  # a JPEG
                 numbers = [FRAME_HEADER.unpack_from(f)[1] for f in frames]
                 assert numbers == sorted(numbers) and len(set(numbers)) == 6
@@ -170,8 +184,8 @@ def test_cli_ctrl_c_finalises_the_recording(tmp_path):
     av = pytest.importorskip("av")
     model = write_model_dir(tmp_path / "model", size=SIZE)
     out = tmp_path / "live.mp4"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "python"),
-                                                        os.environ.get("PYTHONPATH", "")]),
+    # the child imports what this process imports: the installed rfrt (with its compiled core), not the source
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "rfrt.cli", "serve", "--model", str(model), "--port", "0",
                              "--device", "cpu", "--record", str(out)], env=env, stderr=subprocess.PIPE, text=True)
@@ -183,6 +197,9 @@ def test_cli_ctrl_c_finalises_the_recording(tmp_path):
             assert line, "server exited before listening"
             if "serving on http://127.0.0.1:" in line:
                 port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        log_lines: list[str] = []  # drained in the background: a full pipe would block the server
+        drain = threading.Thread(target=lambda: log_lines.extend(proc.stderr), daemon=True)
+        drain.start()
 
         async def watch():
             async with aiohttp.ClientSession() as http:
@@ -200,7 +217,8 @@ def test_cli_ctrl_c_finalises_the_recording(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    log = proc.stderr.read()
+    drain.join(timeout=10)
+    log = "".join(log_lines)
     assert "recording finalised" in log, log
     with av.open(str(out)) as f:
         n = sum(1 for _ in f.decode(video=0))

@@ -30,8 +30,8 @@ QUEUE = 8
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = write_model_dir(tmp_path_factory.mktemp("serve-load") / "model", size=SIZE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "python"),
-                                                        os.environ.get("PYTHONPATH", "")]),
+    # the child imports what this process imports: the installed rfrt (with its compiled core), not the source
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
            "OMP_NUM_THREADS": "1"}  # one core for the generator, the other for this process's 20 viewers
     proc = subprocess.Popen([sys.executable, "-m", "rfrt.serve", "--model", str(model), "--port", "0", "--device",
                              "cpu", "--queue-frames", str(QUEUE), "--send-buffer-bytes", "4096"],

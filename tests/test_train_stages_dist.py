@@ -45,7 +45,8 @@ def test_dmd_stage_two_ranks_gloo(tmp_path):
     torch.set_num_threads(1)
     run_stage(tmp_path / "teacher", stage={"kind": "teacher"})
     run_stage(tmp_path / "ode", stage={"kind": "ode"}, model={"teacher": str(tmp_path / "teacher/export")})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT), str(ROOT / "tests")]),
+    # the child imports what this process imports: the installed rfrt (with its compiled core), not the source
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
            "OMP_NUM_THREADS": "1"}
     cmd = [_torchrun(), "--standalone", "--nproc_per_node", "2", str(Path(__file__)), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
