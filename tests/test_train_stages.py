@@ -254,7 +254,7 @@ def test_bad_configs_and_missing_weights_are_clear(tmp_path):
         build_stage(make_cfg(tmp_path / "b", stage={"kind": "dmd"},
                              model={"student_init": str(tmp_path / "nowhere"), "teacher": str(tmp_path)}),
                     progress=False)
-    with pytest.raises(NotImplementedError, match="fsdp"):
+    with pytest.raises(ConfigError, match="fsdp"):
         build_stage(make_cfg(tmp_path / "c", run={"parallel": "fsdp"}), progress=False)
 
 

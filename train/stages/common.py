@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from rfrt.models import CausalWanDiT, ModelConfig
 from rfrt.text_vocab import VocabTextEncoder
-from train.config import ArchSection, TrainConfig
+from train.config import ArchSection, ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def check_parallel(cfg: TrainConfig, info: DistInfo) -> None:
     """FSDP shards parameters over NCCL; refuse it clearly where that backend is absent."""
     if cfg.run.parallel == "fsdp":
         backend = dist.get_backend() if dist.is_initialized() else "none"
-        raise NotImplementedError(
+        raise ConfigError(
             f"run.parallel=fsdp is not supported by this trainer (process group backend: {backend}); the "
             "stages average gradients data-parallel (run.parallel=ddp), which fits the tiny and mid-size "
             "models they train")
