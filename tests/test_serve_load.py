@@ -23,7 +23,8 @@ from test_generator_tiny import write_model_dir  # noqa: E402
 
 SIZE = 32
 VIEWERS = 20
-PHASE_S = 4.0
+PHASE_S = 3.0
+REPS = 4  # alternations of 0 / 20 viewers: more of them average out a shared machine's noise
 QUEUE = 8
 
 
@@ -103,18 +104,18 @@ def test_twenty_viewers_keep_generation_speed_and_a_stalled_viewer_is_bounded(se
                     if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("state") == "running":
                         break
             await asyncio.sleep(1.0)  # warm-up chunks
-            # 0 viewers / 20 viewers / 0 viewers / 20 viewers: interleaved, so that load from other processes
+            # 0 viewers / 20 viewers, REPS times: interleaved, so that load from other processes
             # on a shared machine hits both conditions alike
             alone, watched = [], []
             rss = [mem.memory_info().rss]
             counts = [0] * VIEWERS
             stalled = None
-            for rep in range(2):
+            for rep in range(REPS):
                 alone += await _phase_steps(http, port, PHASE_S)
                 stop = asyncio.Event()
                 counts = [0] * VIEWERS
                 tasks = [asyncio.create_task(_viewer(http, port, counts, i, stop)) for i in range(VIEWERS)]
-                if rep == 1:
+                if rep == REPS - 1:
                     stalled = _stalled_viewer(port)
                 await asyncio.sleep(0.5)  # all connected
                 f0 = (await _status(http, port))["frames_out"]
@@ -148,6 +149,6 @@ def test_twenty_viewers_keep_generation_speed_and_a_stalled_viewer_is_bounded(se
         assert all(v["queued"] <= QUEUE for v in stats)
         assert sum(v["dropped"] > 0 for v in stats) == 1, stats  # only the stalled viewer lost frames
         # memory: the phase with the stalled viewer adds no more than noise to the phase without it
-        assert rss[2] - rss[1] < 16 * 2**20 and rss[2] - rss[0] < 64 * 2**20, rss
+        assert rss[-1] - rss[-2] < 16 * 2**20 and rss[-1] - rss[0] < 64 * 2**20, rss
     finally:
         stalled.close()
