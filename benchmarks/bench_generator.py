@@ -26,16 +26,6 @@ CONFIGS = {"cpu-tiny": (dict(dim=64, ffn_dim=128, num_heads=4, num_layers=4, in_
 WARM_CHUNKS = 6  # past the filling chunks: every timed chunk folds the sink
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared machine spinning OpenMP workers make the
-    timings meaningless (measured here: 4x slower per chunk with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Text:
     def __init__(self, dim: int) -> None:
         self.dim = dim

@@ -64,15 +64,6 @@ GPU, CPU = "gpu-wan1.3b-832x480", "cpu-tiny"
 SWITCHES = [(g, f) for g in (False, True) for f in (False, True)]  # (cuda_graphs, fp8)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    """One intra-op thread on the CPU: the machine is shared and tiny tensors gain nothing from more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Text:
     """Random text states (the text encoder is not what is timed)."""
 

