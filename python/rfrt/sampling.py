@@ -90,9 +90,14 @@ def warped_sigmas(config: SamplerConfig) -> torch.Tensor:
 
 def timestep_tensor(t: float | torch.Tensor, batch: int, frames: int,
                     device: torch.device | str | None = None) -> torch.Tensor:
-    """The per-frame timestep the DiT takes: fp32 [batch, frames], every entry equal to t."""
-    value = t.item() if isinstance(t, torch.Tensor) else float(t)
-    return torch.full((batch, frames), value, dtype=torch.float32, device=device)
+    """The per-frame timestep the DiT takes: fp32 [batch, frames], every entry equal to t.
+
+    A tensor t stays a tensor (no .item(): reading a device value back would sync the host every step)."""
+    if isinstance(t, torch.Tensor):
+        if t.numel() != 1:
+            raise ValueError(f"timestep_tensor takes one timestep, got a tensor of shape {tuple(t.shape)}")
+        return t.reshape(1, 1).to(device=device, dtype=torch.float32).expand(batch, frames).contiguous()
+    return torch.full((batch, frames), float(t), dtype=torch.float32, device=device)
 
 
 def _broadcast_sigma(sigma: float | torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
