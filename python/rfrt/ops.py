@@ -29,9 +29,8 @@ def _check(name: str, t: Tensor, ndim: int, *, dtype: torch.dtype | None = None,
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    want = dtype if dtype is not None else None
-    if want is not None and t.dtype != want:
-        raise TypeError(f"{name} must have dtype {want}, got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
     if t.dtype not in _DTYPE_CODES and t.dtype != torch.int64:
         raise TypeError(f"{name} has unsupported dtype {t.dtype} (float32, bfloat16 or float16)")
     if device is not None and t.device != device:
