@@ -98,10 +98,6 @@ class CachePolicy:
         victim = chunk - self.ring_chunks
         return victim if victim >= 1 else None
 
-    def frame_position(self, frame: int) -> int:
-        """Stored RoPE position of a logical frame (rfrt stores ring K rotated at its absolute position)."""
-        return frame
-
     def sink_position(self, chunk: int) -> int:
         """RoPE position given to the first sink frame while chunk `chunk` is generated.
 
