@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cache_harness import max_rel_error, run_pair
+from cache_harness import max_rel_error, run_pair, stream_inputs
 from rfrt.cache import CachePolicy, ReferenceCache, RingCache
 
 # (sink/window/chunk frames, grid h x w, heads, head_dim, batch): the released 3/9/3 layout and others.
@@ -119,9 +119,8 @@ def test_ring_memory_is_allocated_once():
     ring = RingCache(policy, layers=3, heads=2, head_dim=16, grid_h=2, grid_w=2)
     ptrs = (ring.kv.data_ptr(), ring.sink_acc.data_ptr())
     assert ring.kv.shape == (2, 3, 1, policy.window_tokens, 2, 16)
-    for c, _, layer, q, k, v in __import__("cache_harness").stream_inputs(policy, chunks=12, layers=3, heads=2,
-                                                                        head_dim=16):
-        if layer == 0 and _ == 0:
+    for _, forward, layer, q, k, v in stream_inputs(policy, chunks=12, layers=3, heads=2, head_dim=16):
+        if forward == 0 and layer == 0:
             ring.begin_chunk()
         ring(layer, q, k, v)
     assert (ring.kv.data_ptr(), ring.sink_acc.data_ptr()) == ptrs
