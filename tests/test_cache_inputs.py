@@ -81,6 +81,8 @@ def test_ops_reject_non_contiguous_wrong_device_and_writes_past_the_ring():
         ops.cache_write(ring.kv, ring.sink_acc, kt, v, cursor, 0, 4, 2, 1e4)
     with pytest.raises(ValueError, match="is on meta but the cache is on cpu"):
         ops.cache_write(ring.kv, ring.sink_acc, k.to("meta"), v, cursor, 0, 4, 2, 1e4)
+    with pytest.raises(TypeError, match="kv has unsupported dtype torch.int64"):
+        ops.cache_write(ring.kv.long(), ring.sink_acc, k, v, cursor, 0, 4, 2, 1e4)
     with pytest.raises(TypeError, match="cursor must have dtype torch.int64"):
         ops.cache_write(ring.kv, ring.sink_acc, k, v, cursor.int(), 0, 4, 2, 1e4)
     past = torch.tensor([policy.window_tokens - 4, 0])

@@ -31,7 +31,7 @@ def _check(name: str, t: Tensor, ndim: int, *, dtype: torch.dtype | None = None,
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if t.dtype not in _DTYPE_CODES and t.dtype != torch.int64:
+    if dtype is None and t.dtype not in _DTYPE_CODES:
         raise TypeError(f"{name} has unsupported dtype {t.dtype} (float32, bfloat16 or float16)")
     if device is not None and t.device != device:
         raise ValueError(f"{name} is on {t.device} but the cache is on {device}")
