@@ -38,9 +38,10 @@ def test_determinism_and_bounds():
     assert any(not torch.equal(a[i][0], other[i][0]) for i in range(5))
 
 
-@pytest.mark.parametrize("H, W, T", [(16, 16, 8), (32, 32, 12)])
-def test_described_motion_appears_in_pixels(H, W, T):
-    world = SyntheticWorld(H, W, T, max_objects=1, seed=11)
+@pytest.mark.parametrize("layout", ["random", "canonical"])
+@pytest.mark.parametrize("H, W, T", [(16, 16, 8), (32, 32, 12), (16, 16, 9)])
+def test_described_motion_appears_in_pixels(H, W, T, layout):
+    world = SyntheticWorld(H, W, T, max_objects=1, seed=11, layout=layout)
     seen = set()
     for i in range(120):
         video, prompt = world[i]
@@ -71,6 +72,28 @@ def test_described_motion_appears_in_pixels(H, W, T):
             v = v[np.abs(v) > 1e-6]
             assert (np.sign(v[1:]) != np.sign(v[:-1])).any(), prompt  # the velocity reverses at a wall
     assert seen == {"moves", "turns", "bounces", "stays", "appears"}
+
+
+def test_canonical_layout_is_a_function_of_the_prompt():
+    """In the canonical layout two scenes with the same prompt render the same video; in the random one they
+    do not (so the canonical check can fail)."""
+    def by_prompt(layout):
+        world, seen, clashes = SyntheticWorld(16, 16, 9, max_objects=1, seed=5, layout=layout), {}, []
+        for i in range(400):
+            video, prompt = world[i]
+            if prompt in seen:
+                clashes.append(torch.equal(seen[prompt], video))
+            seen[prompt] = video
+        return clashes
+
+    canonical, random = by_prompt("canonical"), by_prompt("random")
+    assert len(canonical) >= 10 and all(canonical)
+    assert len(random) >= 10 and not any(random)
+
+
+def test_unknown_layout_is_named():
+    with pytest.raises(ValueError, match="layout 'grid'"):
+        SyntheticWorld(16, 16, 9, layout="grid")
 
 
 def test_vocabulary_covers_prompts():

@@ -122,6 +122,7 @@ class DataSection:
     max_objects: int = 2
     seed: int = 0
     num_workers: int = 0
+    layout: Literal["random", "canonical"] = "random"  # canonical: the prompt fixes the layout (synthetic_world)
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "max_objects"):

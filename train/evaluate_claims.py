@@ -87,12 +87,14 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--size", type=int, nargs=2, default=(16, 16))
     ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--layout", choices=("random", "canonical"), default="canonical",
+                    help="synthetic-world layout of the prompts (the default model is trained on canonical)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.chunks < 15:
         raise SystemExit("--chunks must be >= 15 (10 late chunks are compared with chunk 0)")
     torch.set_num_threads(1)
-    world = SyntheticWorld(args.size[0], args.size[1], 9, 1, args.seed)
+    world = SyntheticWorld(args.size[0], args.size[1], 9, 1, args.seed, args.layout)
     prompts = [world[i][1] for i in range(args.prompts)]
     variants = [("full (EMA sink + Re-DMD)", args.student, 0.999)]
     if args.plain:

@@ -10,7 +10,7 @@ For a generated video [T, 3, H, W] in [-1, 1] and the Scene its prompt describes
 Measured reference levels (64 held-out scenes, 16x16x9): ground truth 1.0 / 1.0 / 0.40 px / 1.0; uniform
 noise 0.20 / 0.72 / 3.7 px / 0.43; a flat grey video 0.20 / 0.0 / 3.7 px / -.
 
-Usage: python train/world_eval.py --model runs/default/ode/export --kind student|teacher [--n 64]
+Usage: python train/world_eval.py --model runs/default/ode/export --kind student|teacher [--n 64] [--layout L]
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames: int, seed: int = 12345,
-             guidance: float = 3.0) -> dict[str, float]:
+             guidance: float = 3.0, layout: str = "random") -> dict[str, float]:
     """Generate n held-out prompts (world seed `seed`) with the teacher ODE or the student rollout; score them."""
     from train.config import RolloutSection
     from train.stages.common import load_dit, load_text
@@ -87,7 +87,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
     from train.stages.rollout import rollout, training_policy
     from rfrt.sampling import SamplerConfig
 
-    world = SyntheticWorld(height, width, frames, 1, seed)
+    world = SyntheticWorld(height, width, frames, 1, seed, layout)
     dit, text = load_dit(model_dir, "model").eval(), load_text(model_dir, "model").eval()
     sampler = SamplerConfig()
     torch.manual_seed(seed)
@@ -114,9 +114,11 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--size", type=int, nargs=3, default=(16, 16, 9), metavar=("H", "W", "T"))
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--layout", choices=("random", "canonical"), default="canonical",
+                    help="synthetic-world layout of the held-out prompts (the default model's is canonical)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(evaluate(args.model, args.kind, args.n, *args.size, guidance=args.guidance))
+    print(evaluate(args.model, args.kind, args.n, *args.size, guidance=args.guidance, layout=args.layout))
     return 0
 
 

@@ -85,7 +85,8 @@ class ODETrainer(StageTrainer):
         path = Path(st.ode_pairs_path or self.out_dir / "ode_pairs.pt")
         if self.info.is_main and not path.is_file():
             d = self.cfg.data
-            world = SyntheticWorld(d.height, d.width, self.cfg.rollout.num_frames, d.max_objects, d.seed + 7919)
+            world = SyntheticWorld(d.height, d.width, self.cfg.rollout.num_frames, d.max_objects, d.seed + 7919,
+                                   d.layout)
             prompts = [world[i][1] for i in range(st.ode_pairs)]
             gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
             states, x0s = [], []
