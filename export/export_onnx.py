@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from rfrt.cache import CachePolicy, RingCache
-from rfrt.cache.functional import (MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS, CacheLayout, FunctionalCacheAttention,
-                                   StepControls, fold_sink, step_controls)
-from rfrt.models import CausalWanDiT, CrossKV, ModelConfig, load_model
+from rfrt.cache.functional import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS, CacheLayout, StepControls, step_controls
+from rfrt.chunk_step import chunk_step_forward
+from rfrt.models import CausalWanDiT, ModelConfig, load_model
 
 PHASES = ("steady", "any")
 # ONNX protobufs are capped at 2 GiB: larger models keep their weights in an external data file.
@@ -102,12 +102,8 @@ class ChunkStep(nn.Module):
         if not masked:  # steady state: every slot of the buffer holds a key
             valid_tokens = torch.full((1,), self.layout.policy.window_tokens, dtype=torch.int64)
         controls = StepControls(slots, rope_cos, rope_sin, fold, valid_tokens)
-        kv, sink_acc = fold_sink(self.layout, kv, sink_acc, controls)
-        backend = FunctionalCacheAttention(self.layout, kv, sink_acc, controls, masked=masked)
-        text = CrossKV(tuple(cross_kv[0].unbind(0)), tuple(cross_kv[1].unbind(0)))
-        flow = self.model(x, t, text, backend)
-        kv_out, acc_out = backend.updated()
-        return flow, kv_out, acc_out
+        # The same function StreamGenerator's engine backends are checked against (rfrt.chunk_step).
+        return chunk_step_forward(self.model, self.layout, masked, x, t, cross_kv, kv, sink_acc, controls)
 
 
 def example_inputs(model: CausalWanDiT, spec: ExportSpec, chunk: int | None = None,

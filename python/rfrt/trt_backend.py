@@ -3,7 +3,9 @@
 The engine comes from ``export/export_onnx.py`` -> ``export/build_engine.py``; its interface is the functional
 cache step of ``rfrt.cache.functional`` (inputs STEP_INPUTS [+ valid_tokens], outputs STEP_OUTPUTS), so a
 stream drives it exactly like the eager ``ChunkStep``: per forward, ``step_controls(...)`` gives the control
-inputs and the returned kv_out / sink_acc_out are the next forward's kv / sink_acc.
+inputs and the returned kv_out / sink_acc_out are the next forward's kv / sink_acc. ``StreamGenerator(...,
+backend="tensorrt", engine=PATH)`` does that through ``rfrt.chunk_step.StepCache`` (this class is a
+``ChunkStepRunner``).
 
 TensorRT is imported lazily, on construction, never at ``import rfrt``; where it is missing the error says what
 to install. Written against the TensorRT 10 Python API (``Runtime.deserialize_cuda_engine``, the name-based
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rfrt.cache.functional import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS
+from rfrt.chunk_step import step_feeds
 
 TENSORRT_INSTALL_HINT = (
     "TensorRT's Python package is not installed. On a machine with an NVIDIA GPU and driver, install it with "
@@ -105,16 +108,15 @@ class TensorRTChunkStep:
             self._dtypes[name] = torch_dtype(self.engine.get_tensor_dtype(name))
         self.masked = check_interface(inputs, outputs)
         self.input_shapes, self.output_shapes = inputs, outputs
+        # Public: StreamGenerator allocates the cache state in the engine's own dtypes (rfrt.chunk_step).
+        self.input_dtypes = {n: self._dtypes[n] for n in inputs}
         self._out = [{n: torch.empty(s, dtype=self._dtypes[n], device=self.device) for n, s in outputs.items()}
                      for _ in range(2)]
         self._calls = 0
 
     def __call__(self, x: Tensor, t: Tensor, cross_kv: Tensor, kv: Tensor, sink_acc: Tensor,
                  controls) -> tuple[Tensor, Tensor, Tensor]:
-        feeds = {"x": x, "t": t, "cross_kv": cross_kv, "kv": kv, "sink_acc": sink_acc, "slots": controls.slots,
-                 "rope_cos": controls.rope_cos, "rope_sin": controls.rope_sin, "fold": controls.fold}
-        if self.masked:
-            feeds[MASK_INPUT] = controls.valid_tokens
+        feeds = step_feeds(x, t, cross_kv, kv, sink_acc, controls, self.masked)
         out = self._out[self._calls % 2]
         keep = []  # converted inputs must outlive the asynchronous execution
         for name, tensor in feeds.items():
