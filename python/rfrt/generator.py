@@ -21,19 +21,24 @@ import collections
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from rfrt.cache.functional import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
+from rfrt.chunk_step import StepCache, TorchChunkStep, check_runner, check_step_shapes
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.sampling import SamplerConfig, flow_to_x0, renoise, warped_sigmas, warped_timesteps
 from rfrt.text import PromptCache
 
-__all__ = ["StreamGenerator", "Chunk"]
+__all__ = ["StreamGenerator", "Chunk", "BACKENDS"]
+
+BACKENDS = ("torch", "tensorrt")
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,12 +79,20 @@ class StreamGenerator:
                 place; cuda_graphs replays each chunk as a CUDA graph (eager on a CPU, same results);
                 overlap_decode decodes chunk k while chunk k+1 denoises, so the stream runs one chunk ahead and
                 a set_prompt() shows from the second chunk after it.
+    backend:    "torch" (default: the DiT over the RingCache), "tensorrt" (every denoising forward and context
+                pass on the serialized engine `engine`, from export/export_onnx.py -> export/build_engine.py,
+                for this model, resolution and cache; CUDA only), or a chunk-step runner object
+                (rfrt.chunk_step.ChunkStepRunner, e.g. export/ort_chunk_step.OnnxRuntimeChunkStep to run an
+                exported ONNX on the CPU). With an engine, text K/V, timesteps, noise and decoding stay in
+                PyTorch, the cache is rfrt.chunk_step.StepCache, and a "steady" engine's filling chunks
+                (the first window_frames / chunk_frames - 1) run the same step in eager PyTorch.
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, *, checkpoint=None,
                  use_ema: bool = False, device=None, dtype: torch.dtype | None = None, height: int | None = None,
                  width: int | None = None, cache: CachePolicy | None = None, sampler: SamplerConfig | None = None,
-                 attention: str = "sdpa", runtime: RuntimeConfig | None = None) -> None:
+                 attention: str = "sdpa", runtime: RuntimeConfig | None = None, backend="torch",
+                 engine: str | os.PathLike | None = None) -> None:
         if attention not in ATTENTION_KERNELS:
             raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
         for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig),
@@ -87,6 +100,8 @@ class StreamGenerator:
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
         self.device = _default_device(device)
+        # Before any weights load: a wrong backend setting costs a moment, not a model load.
+        engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         if model is None:
@@ -129,6 +144,14 @@ class StreamGenerator:
                    for t in ts]
         self._t_context = torch.zeros(1, self.policy.chunk_frames, dtype=torch.float32, device=self.device)
         self.attention = attention
+        self.backend = backend if isinstance(backend, str) else type(backend).__name__
+        self._layout = CacheLayout(self.policy, layers=cfg.num_layers, batch=1, heads=cfg.num_heads,
+                                   head_dim=cfg.head_dim, grid_h=self._grid[0], grid_w=self._grid[1])
+        self._runner = _load_runner(backend, engine_path, self.device)
+        if self._runner is not None:
+            what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
+            check_step_shapes(self._runner, cfg, self._layout, what)
+        self._cross_step = None  # the prompt's cross K/V stacked for the runner: [2, layers, 1, Ltext, H, D]
         self._cache = None
         self._graphs = None
         self._ahead = None  # overlap_decode: latents of the chunk generated ahead
@@ -164,7 +187,8 @@ class StreamGenerator:
 
     @property
     def cache(self):
-        """The stream's RingCache (None before the first reset)."""
+        """The stream's self-attention cache (None before the first reset): a RingCache with the torch backend,
+        an rfrt.chunk_step.StepCache with an engine. Both hold it in .kv and .sink_acc."""
         return self._cache
 
     @property
@@ -189,7 +213,10 @@ class StreamGenerator:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self._set_text(prompt)
-        if self._cache is None:
+        if self._cache is None and self._runner is not None:
+            filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
+            self._cache = StepCache(self._runner, self._layout, self.device, filling=filling)
+        elif self._cache is None:
             cfg = self.dit.config
             self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
                                     grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
@@ -225,13 +252,23 @@ class StreamGenerator:
             with torch.no_grad():
                 for latents in self._recent:
                     self._cache.begin_chunk()
-                    self.dit(latents, self._t_context, self._cross, self._cache)
+                    self._forward(latents, self._t_context)
 
     def _set_text(self, prompt: str) -> None:
         with torch.no_grad():
             states = self.text.encode(prompt)
             self._cross = self.dit.cross_kv(states.to(self.device))
+            if self._runner is not None:
+                # Stacked and cast once per prompt, not in every forward (~190 MB in fp32 for Wan 1.3B).
+                stacked = torch.stack([torch.stack(self._cross.keys), torch.stack(self._cross.values)])
+                self._cross_step = stacked.to(self._runner.input_dtypes["cross_kv"])
         self._prompt = prompt
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One DiT forward of the current chunk through the cache -> flow; the cache moves on by one forward."""
+        if self._runner is not None:
+            return self._cache(x, t, self._cross_step)
+        return self.dit(x, t, self._cross, self._cache)
 
     def step(self) -> Chunk:
         """Generate the next chunk (SPEC §2.1; see the module docstring for the exact order of operations)."""
@@ -276,11 +313,11 @@ class StreamGenerator:
         cache.begin_chunk()
         x = draws[0].to(self.dtype)
         for i, t in enumerate(self._t):
-            flow = self.dit(x, t, self._cross, cache)
+            flow = self._forward(x, t)
             x0 = flow_to_x0(x, flow, self._sigma64[i])
             if i + 1 < len(self._t):
                 x = renoise(x0, draws[i + 1].to(self.dtype), self._sigma32[i + 1])
-        self.dit(x0, self._t_context, self._cross, cache)  # context pass: rewrites this chunk's K/V
+        self._forward(x0, self._t_context)  # context pass: rewrites this chunk's K/V
         return x0
 
     def flush(self) -> torch.Tensor:
@@ -294,6 +331,51 @@ class StreamGenerator:
         """Endless: yields step() until the caller stops."""
         while True:
             yield self.step()
+
+
+def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig) -> Path | None:
+    """Validate the backend arguments before any weights load; returns the engine path (tensorrt) or None."""
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or a chunk-step runner object, got {backend!r}")
+        if backend == "torch":
+            if engine is not None:
+                raise ValueError("engine= is the TensorRT engine of backend='tensorrt'; the torch backend takes "
+                                 "none (pass backend='tensorrt' to use it)")
+            return None
+    else:
+        check_runner(backend)
+        if engine is not None:
+            raise ValueError("engine= goes with backend='tensorrt'; a chunk-step runner object is its own engine")
+    # An engine replaces the PyTorch DiT's forwards, so the fast paths that rewrite or capture them do not apply.
+    if runtime.cuda_graphs or runtime.fp8:
+        raise ValueError(f"RuntimeConfig cuda_graphs / fp8 speed up the PyTorch DiT, which backend "
+                         f"{backend if isinstance(backend, str) else type(backend).__name__} does not run; "
+                         "turn them off (an FP8 engine is built with export/build_engine.py --fp8)")
+    if not isinstance(backend, str):
+        return None
+    if engine is None:
+        raise ValueError("backend='tensorrt' needs engine=PATH, a serialized engine built by export/build_engine.py "
+                         "from export/export_onnx.py's graph of this model")
+    path = Path(engine)
+    if not path.is_file():
+        raise FileNotFoundError(f"TensorRT engine {path} does not exist (build it with export/build_engine.py)")
+    if device.type != "cuda":
+        raise ValueError(f"backend='tensorrt' runs on an NVIDIA GPU, but the generator's device is {device}; pass "
+                         "device='cuda' (or use backend='torch' on a CPU)")
+    from rfrt.trt_backend import import_tensorrt
+
+    import_tensorrt()  # TensorRTUnavailable, with what to install, before the model loads
+    return path
+
+
+def _load_runner(backend, engine_path: Path | None, device: torch.device):
+    """The chunk-step runner of an engine backend (None for torch)."""
+    if engine_path is not None:
+        from rfrt.trt_backend import TensorRTChunkStep
+
+        return TensorRTChunkStep(engine_path, device)
+    return None if isinstance(backend, str) else backend
 
 
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
