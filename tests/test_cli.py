@@ -123,6 +123,25 @@ def test_bad_output_path_and_prompts_fail_before_generation(model_root, tmp_path
     assert not (tmp_path / "v.mp4").exists()
 
 
+def test_tensorrt_backend_errors_come_before_generation(model_root, tmp_path, capsys):
+    import importlib.util
+
+    engine = tmp_path / "chunk.plan"
+    engine.write_bytes(b"not an engine")
+    out = tmp_path / "v.mp4"
+    cases = [(["--backend", "tensorrt"], 2, "--backend tensorrt needs --engine PATH"),
+             (["--engine", str(engine)], 2, "add --backend tensorrt"),
+             (["--backend", "tensorrt", "--engine", str(tmp_path / "none.plan")], 2, "none.plan' does not exist"),
+             (["--backend", "tensorrt", "--engine", str(engine), "--device", "cpu"], 1, "runs on an NVIDIA GPU")]
+    if importlib.util.find_spec("tensorrt") is None:  # CUDA requested but TensorRT missing: what to install
+        cases.append((["--backend", "tensorrt", "--engine", str(engine), "--device", "cuda"], 1,
+                      "pip install tensorrt"))
+    for args, status, why in cases:
+        assert cli.main(["generate", "a cat", "--model", str(model_root), "--out", str(out), *args]) == status, args
+        assert why in capsys.readouterr().err, why
+    assert not out.exists()
+
+
 def test_missing_model_is_reported(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(model_dir, "DEFAULT_MODEL_DIR", tmp_path / "absent")
     assert cli.main(["generate", "a cat", "--out", str(tmp_path / "v.mp4")]) == 1

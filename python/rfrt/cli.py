@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int)
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=sorted(_DTYPES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
+    gen.add_argument("--backend", choices=("torch", "tensorrt"), default="torch",
+                     help="torch (default) or tensorrt: every DiT forward on --engine (CUDA only)")
+    gen.add_argument("--engine", help="TensorRT engine for --backend tensorrt (export/export_onnx.py of this model, "
+                                      "then export/build_engine.py)")
     sub.add_parser("info", help="print the build, torch, devices and the default model")
     from rfrt.serve.cli import add_arguments as add_serve_arguments  # no aiohttp import until `serve` runs
     add_serve_arguments(sub.add_parser("serve", help="stream live generation to a browser, prompts switchable"))
@@ -104,6 +108,16 @@ def _check_output(path: str) -> None:
         raise CLIError(str(err)) from None
 
 
+def _check_engine(args) -> None:
+    """Usage errors of --backend / --engine (exit 2); the generator checks the rest (CUDA, TensorRT, shapes)."""
+    if args.backend == "tensorrt" and args.engine is None:
+        raise CLIError("--backend tensorrt needs --engine PATH (a serialized engine from export/build_engine.py)")
+    if args.backend != "tensorrt" and args.engine is not None:
+        raise CLIError("--engine is used by --backend tensorrt; add --backend tensorrt")
+    if args.engine is not None and not Path(args.engine).is_file():
+        raise CLIError(f"engine {args.engine!r} does not exist (build it with export/build_engine.py)")
+
+
 def _generate(args) -> int:
     import torch
     from tqdm import tqdm
@@ -125,9 +139,11 @@ def _generate(args) -> int:
         except ValueError as err:
             raise CLIError(f"prompt for chunk {chunk}: {err}") from None
     _check_output(args.out)
+    _check_engine(args)
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
-                                dtype=dtype, height=args.height, width=args.width)
+                                dtype=dtype, height=args.height, width=args.width, backend=args.backend,
+                                engine=args.engine)
     chunks = _chunks_for(args, generator)
     generator.reset(schedule[0], seed=args.seed)
     for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
