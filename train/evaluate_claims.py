@@ -12,7 +12,10 @@ Metrics (video in [-1, 1]):
              (the synthetic world only has flat palette colours: blur, smears and colour drift lower it);
   drift:     max - min over time of the quality of consecutive 5-chunk segments (lower = more stable);
   copy:      first-frame copying, 1 - mean |x| distance / 2 between each of the last 10 chunks and chunk 0
-             (1 = identical to the start).
+             (1 = identical to the start);
+  object:    prompt adherence late in the stream: the fraction of frames of the last 10 chunks holding the
+             prompted object (pixels of its palette colour within [0.4, 2.5] x its rendered area, as
+             train/world_eval.py counts) and the prompted background (median pixel's nearest palette colour).
 Usage: python train/evaluate_claims.py --student runs/default/redmd/export [--plain runs/default/dmd/export]
        [--chunks 60] [--prompts 8] --out train/results/claims_default.md
 """
@@ -33,11 +36,12 @@ for _p in (_ROOT, _ROOT / "python"):
 
 from rfrt.cache import CachePolicy  # noqa: E402
 from rfrt.sampling import SamplerConfig  # noqa: E402
-from train.data.synthetic_world import COLOURS, SyntheticWorld  # noqa: E402
+from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, describe_scene, render_scene  # noqa: E402
 from train.rewards import to_unit_range  # noqa: E402
 from train.rewards.motion import MotionReward  # noqa: E402
 from train.stages.common import load_dit, load_text  # noqa: E402
 from train.stages.rollout import rollout  # noqa: E402
+from train.world_eval import _NAMES, nearest_colour  # noqa: E402
 
 _PALETTE = torch.tensor(list(COLOURS.values())) * 2 - 1
 
@@ -49,7 +53,21 @@ def palette_quality(video: torch.Tensor) -> torch.Tensor:
     return 1 - d.mean(dim=(-2, -1)) / math.sqrt(12)
 
 
-def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward) -> dict[str, float]:
+def late_adherence(video: torch.Tensor, scenes: list[Scene], late_frames: int) -> float:
+    """Fraction of the last `late_frames` frames showing the prompted object on the prompted background."""
+    hits = []
+    for clip, scene in zip(video[:, -late_frames:], scenes):
+        obj = scene.objects[0]
+        area = (nearest_colour(render_scene(scene)[-1].permute(1, 2, 0)) == _NAMES.index(obj.colour)).sum()
+        labels = nearest_colour(clip.clamp(-1, 1).permute(0, 2, 3, 1))  # [T, H, W]
+        count = (labels == _NAMES.index(obj.colour)).flatten(1).sum(1)
+        bg = labels.flatten(1).median(1).values == _NAMES.index(scene.background)
+        hits.append(((count >= 0.4 * area) & (count <= 2.5 * area) & bg).float())
+    return torch.cat(hits).mean().item()
+
+
+def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward,
+                   scenes: list[Scene]) -> dict[str, float]:
     """video [B, F, 3, H, W] of long streams -> the metrics of the module docstring (means over B)."""
     B, F = video.shape[:2]
     n_chunks = F // chunk_frames
@@ -62,21 +80,22 @@ def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward)
     return {"dynamic": motion.score(to_unit_range(video)).mean().item(),
             "quality": q.mean().item(),
             "drift": (segments.max(1).values - segments.min(1).values).mean().item(),
-            "copy": copy.mean().item()}
+            "copy": copy.mean().item(),
+            "object": late_adherence(video, scenes, 10 * chunk_frames)}
 
 
 @torch.no_grad()
-def run_variant(model_dir: str, alpha: float, chunks: int, prompts: list[str], h: int, w: int,
+def run_variant(model_dir: str, alpha: float, chunks: int, scenes: list[Scene], h: int, w: int,
                 seed: int) -> tuple[dict[str, float], float]:
     dit, text = load_dit(model_dir, "student").eval(), load_text(model_dir, "student").eval()
     ph, pw = dit.config.patch_size[1:]
     policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=(h // ph) * (w // pw),
                          sink_ema_alpha=alpha)
     torch.manual_seed(seed)
-    noise = torch.randn(len(prompts), chunks * 3, dit.config.in_dim, h, w)
+    noise = torch.randn(len(scenes), chunks * 3, dit.config.in_dim, h, w)
     t0 = time.perf_counter()
-    video = rollout(dit, text.encode(prompts), noise, policy, SamplerConfig())
-    return stream_metrics(video, 3, MotionReward()), time.perf_counter() - t0
+    video = rollout(dit, text.encode([describe_scene(s) for s in scenes]), noise, policy, SamplerConfig())
+    return stream_metrics(video, 3, MotionReward(), scenes), time.perf_counter() - t0
 
 
 def main() -> int:
@@ -95,18 +114,18 @@ def main() -> int:
         raise SystemExit("--chunks must be >= 15 (10 late chunks are compared with chunk 0)")
     torch.set_num_threads(1)
     world = SyntheticWorld(args.size[0], args.size[1], 9, 1, args.seed, args.layout)
-    prompts = [world[i][1] for i in range(args.prompts)]
+    scenes = [world.scene(i) for i in range(args.prompts)]
     variants = [("full (EMA sink + Re-DMD)", args.student, 0.999)]
     if args.plain:
         variants.append(("plain DMD (EMA sink)", args.plain, 0.999))
     variants += [("static sink", args.student, 1.0), ("no sink (sliding window)", args.student, 0.0)]
     lines = [f"Long rollouts: {args.chunks} chunks x 3 frames, {args.prompts} prompts, {args.size[0]}x{args.size[1]}",
-             "", "| variant | dynamic (px/frame) | quality | drift | first-chunk copy | wall s |",
-             "|---|---|---|---|---|---|"]
+             "", "| variant | dynamic (px/frame) | quality | drift | first-chunk copy | late object + background "
+             "| wall s |", "|---|---|---|---|---|---|---|"]
     for name, model, alpha in variants:
-        m, wall = run_variant(model, alpha, args.chunks, prompts, *args.size, args.seed)
+        m, wall = run_variant(model, alpha, args.chunks, scenes, *args.size, args.seed)
         lines.append(f"| {name} | {m['dynamic']:.3f} | {m['quality']:.4f} | {m['drift']:.4f} | {m['copy']:.4f} "
-                     f"| {wall:.0f} |")
+                     f"| {m['object']:.2f} | {wall:.0f} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
