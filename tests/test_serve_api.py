@@ -40,7 +40,9 @@ class Recorder:
 @pytest.fixture
 def server(one_thread):  # noqa: F811
     made = Recorder()
-    srv = BackgroundServer(made, ServeConfig(port=0, max_streams=1, token="s3cret"))
+    # A deep per-viewer queue: these tests check frame order from chunk 0, and with the default 8 frames a
+    # loaded machine's slow client loses the oldest frames (dropping is tested in test_serve_load.py).
+    srv = BackgroundServer(made, ServeConfig(port=0, max_streams=1, token="s3cret", queue_frames=4096))
     srv.start()
     srv.made = made
     yield srv
