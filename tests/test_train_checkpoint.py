@@ -140,6 +140,23 @@ def test_rank_rng_roundtrip(tmp_path):
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
+def test_rank_file_holds_rank_local_state(tmp_path):
+    """Each rank's data position travels in its rank file (rank 0's alone is in the checkpoint)."""
+    path = tmp_path / "step_00000001.pt"
+    lin = torch.nn.Linear(2, 2)
+    ck.save_rank_rng(path, rank=1, states={"data": lin.state_dict()})
+    other = torch.nn.Linear(2, 2)
+    ck.load_rank_rng(path, rank=1, objects={"data": other})
+    assert all(torch.equal(a, b) for a, b in zip(lin.state_dict().values(), other.state_dict().values()))
+    with pytest.raises(KeyError, match=r"no rank-local state for \['optim'\]"):
+        ck.load_rank_rng(path, rank=1, objects={"optim": other})
+    # a rank file of the older layout (the RNG states alone) still restores the RNG
+    ck.atomic_torch_save(ck.capture_rng_state(), ck.rank_rng_path(path, 2))
+    a = torch.rand(3)
+    ck.load_rank_rng(path, rank=2)
+    assert torch.equal(torch.rand(3), a)
+
+
 def test_weight_ema_closed_form():
     lin = torch.nn.Linear(1, 1, bias=False)
     ema = ck.WeightEMA(lin, weight_ema_decay=0.5, start_step=2)

@@ -15,7 +15,7 @@ from rfrt.models import BlockCausalAttention
 from rfrt.sampling import flow_to_x0, renoise, timestep_tensor, warped_sigmas, warped_timesteps
 from train.config import ConfigError, load_config
 from train.stages import build_stage
-from train.stages.common import dit_config, init_dit
+from train.stages.common import DistInfo, dit_config, init_dit
 from train.stages.dmd import generator_loss
 from train.stages.ode import sampler_of
 from train.stages.rollout import rollout, training_policy
@@ -254,8 +254,18 @@ def test_bad_configs_and_missing_weights_are_clear(tmp_path):
         build_stage(make_cfg(tmp_path / "b", stage={"kind": "dmd"},
                              model={"student_init": str(tmp_path / "nowhere"), "teacher": str(tmp_path)}),
                     progress=False)
-    with pytest.raises(ConfigError, match="fsdp"):
-        build_stage(make_cfg(tmp_path / "c", run={"parallel": "fsdp"}), progress=False)
+    # FSDP over ranks needs a process group whose backend it runs on (nccl or gloo); here there is none
+    with pytest.raises(ConfigError, match=r"run.parallel=fsdp needs .* backend is none"):
+        build_stage(make_cfg(tmp_path / "c", run={"parallel": "fsdp"}), DistInfo(rank=0, world_size=2),
+                    progress=False)
+
+
+def test_fsdp_on_one_process_trains_unsharded(tmp_path):
+    """run.parallel=fsdp on one process has nothing to shard: it is the plain run, bit for bit."""
+    plain, _ = run_stage(tmp_path / "plain", stage={"kind": "teacher"})
+    fsdp, _ = run_stage(tmp_path / "fsdp", stage={"kind": "teacher"}, run={"parallel": "fsdp"})
+    for (k, a), (_, b) in zip(plain.dit.state_dict().items(), fsdp.dit.state_dict().items()):
+        assert torch.equal(a, b), k
 
 
 def test_grad_checkpointing_is_exact_and_bf16_runs(tmp_path):

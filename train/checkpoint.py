@@ -7,8 +7,10 @@ one (given deterministic kernels). The public trainer never saved with its shipp
 write either fully lands or leaves the previous file untouched: temp file in the same directory, fsync,
 os.replace, then fsync of the directory so the rename itself survives a crash.
 
-With several ranks, each rank's RNG differs: rank 0 writes the checkpoint, and every rank writes its own RNG
-state beside it with `save_rank_rng` / restores it with `load_rank_rng`.
+With several ranks, each rank's RNG and data position differ: rank 0 writes the checkpoint, and every rank
+writes its own RNG state and rank-local state dicts beside it with `save_rank_rng` / restores them with
+`load_rank_rng`. State dicts of FSDP-sharded objects
+are the full (gathered) ones, so a checkpoint has the same layout whatever run.parallel wrote it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 FORMAT_VERSION = 1
 
@@ -139,12 +142,19 @@ def save_checkpoint(path: str | os.PathLike, step: int, objects: Mapping[str, St
     objects: e.g. {"generator": m, "critic": c, "generator_optim": o, "ema": WeightEMA, "data": dataset};
     anything with state_dict()/load_state_dict(). Call it on rank 0 only (see `save_rank_rng` for the rest).
     """
+    return save_states(path, step, {name: obj.state_dict() for name, obj in objects.items()}, extra, include_rng)
+
+
+def save_states(path: str | os.PathLike, step: int, states: Mapping[str, Any],
+                extra: Mapping[str, Any] | None = None, include_rng: bool = True) -> Path:
+    """`save_checkpoint` with the state dicts already taken: with FSDP-sharded models every rank takes part
+    in gathering them, and rank 0 then writes them here."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     payload = {
         "format_version": FORMAT_VERSION,
         "step": int(step),
-        "states": {name: obj.state_dict() for name, obj in objects.items()},
+        "states": dict(states),
         "rng": capture_rng_state() if include_rng else None,
         "extra": dict(extra or {}),
     }
@@ -152,11 +162,12 @@ def save_checkpoint(path: str | os.PathLike, step: int, objects: Mapping[str, St
 
 
 def resume(path: str | os.PathLike, objects: Mapping[str, Stateful], map_location: str | torch.device = "cpu",
-           restore_rng: bool = True, strict: bool = True) -> ResumeInfo:
+           restore_rng: bool = True, strict: bool = True, skip: tuple[str, ...] = ()) -> ResumeInfo:
     """Load a checkpoint written by `save_checkpoint` into `objects` (in place) and restore the RNG states.
 
     strict: every name in `objects` must be in the checkpoint and vice versa (a missing critic or optimiser
     state would silently break exact resume otherwise).
+    skip: names not loaded here (a rank other than 0 restores its rank-local objects from its rank file).
     """
     payload = torch.load(path, map_location=map_location, weights_only=True)
     if payload.get("format_version") != FORMAT_VERSION:
@@ -165,7 +176,7 @@ def resume(path: str | os.PathLike, objects: Mapping[str, Stateful], map_locatio
     if strict and set(states) != set(objects):
         raise KeyError(f"{path}: checkpoint holds {sorted(states)}, caller passed {sorted(objects)}")
     for name, obj in objects.items():
-        if name in states:
+        if name in states and name not in skip:
             obj.load_state_dict(states[name])
     if restore_rng:
         if payload["rng"] is None:
@@ -179,13 +190,25 @@ def rank_rng_path(checkpoint: str | os.PathLike, rank: int) -> Path:
     return p.with_name(f"{p.stem}.rng_rank{rank}.pt")
 
 
-def save_rank_rng(checkpoint: str | os.PathLike, rank: int) -> Path:
-    """Each rank's own RNG states, written atomically beside the (rank-0) checkpoint file."""
-    return atomic_torch_save(capture_rng_state(), rank_rng_path(checkpoint, rank))
+def save_rank_rng(checkpoint: str | os.PathLike, rank: int, states: Mapping[str, Any] | None = None) -> Path:
+    """Each rank's own RNG states, and the state dicts of its rank-local objects (e.g. its data position),
+    written atomically beside the (rank-0) checkpoint."""
+    payload = {"rng": capture_rng_state(), "states": dict(states or {})}
+    return atomic_torch_save(payload, rank_rng_path(checkpoint, rank))
 
 
-def load_rank_rng(checkpoint: str | os.PathLike, rank: int) -> None:
-    restore_rng_state(torch.load(rank_rng_path(checkpoint, rank), map_location="cpu", weights_only=True))
+def load_rank_rng(checkpoint: str | os.PathLike, rank: int, objects: Mapping[str, Stateful] | None = None) -> None:
+    """Restore what `save_rank_rng` wrote for `rank` into `objects` (in place) and the RNG states."""
+    path = rank_rng_path(checkpoint, rank)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "rng" not in payload:  # an older rank file: the RNG states alone
+        payload = {"rng": payload, "states": {}}
+    missing = sorted(set(objects or {}) - set(payload["states"]))
+    if missing:
+        raise KeyError(f"{path}: holds no rank-local state for {missing} (each rank needs its own to resume)")
+    for name, obj in (objects or {}).items():
+        obj.load_state_dict(payload["states"][name])
+    restore_rng_state(payload["rng"])
 
 
 # ---------------------------------------------------------------------------------------------- weight EMA
@@ -196,6 +219,10 @@ class WeightEMA:
     Before `start_step` the shadow simply tracks the weights (the public trainer creates its EMA at that step
     from the current weights, which is the same thing). Kept in fp32 whatever the model's dtype, so a decay
     of 0.99 is not lost to bf16 rounding. Not to be confused with the KV cache's sink EMA (sink_ema_alpha).
+
+    On an FSDP-sharded model the shadow is sharded like the parameters (DTensors: each rank averages its own
+    shard, no communication); state_dict / full_shadow gather it (every rank must call them) and
+    load_state_dict takes the full tensors and keeps each rank's shard.
     """
 
     def __init__(self, model: torch.nn.Module, weight_ema_decay: float = 0.99, start_step: int = 200):
@@ -231,12 +258,19 @@ class WeightEMA:
         self.copy_to(m)
         return m
 
+    def full_shadow(self) -> dict[str, torch.Tensor]:
+        """The shadow as full tensors (gathered, on CPU, when sharded; the shadow itself otherwise)."""
+        return {n: v.full_tensor().cpu() if isinstance(v, DTensor) else v for n, v in self.shadow.items()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "start_step": self.start_step, "shadow": dict(self.shadow)}
+        return {"decay": self.decay, "start_step": self.start_step, "shadow": self.full_shadow()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["shadow"].keys() != self.shadow.keys():
             raise KeyError("EMA state holds different parameter names than this model")
         self.decay, self.start_step = float(state["decay"]), int(state["start_step"])
         for n, v in state["shadow"].items():
-            self.shadow[n].copy_(v)
+            s = self.shadow[n]
+            if isinstance(s, DTensor):  # every rank holds the full tensor: keep its own shard, no communication
+                v = distribute_tensor(v.to(s.device), s.device_mesh, s.placements, src_data_rank=None)
+            s.copy_(v)

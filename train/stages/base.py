@@ -2,10 +2,12 @@
 
 A stage implements `build()` (models, optimisers, data), `train_step(step) -> metrics`, `state()` (every
 stateful object a checkpoint must hold) and `export(directory)`. The skeleton owns nothing stage-specific,
-so teacher, ODE and DMD training share the same resume and logging behaviour.
+so teacher, ODE and DMD training share the same resume and logging behaviour. Every rank calls state()'s
+state_dict()s and export() (gathering an FSDP-sharded model is a collective); rank 0 alone writes files.
 
 Exact resume: a checkpoint holds every object of `state()` plus the RNG states (rank 0's in the checkpoint,
-each other rank's beside it), so a run of 2 + 2 steps equals one of 4 steps bit for bit on the same machine.
+each other rank's beside it, with its own `rank_local` objects: its data position), so a run of 2 + 2 steps
+equals one of 4 steps bit for bit on the same machine.
 """
 from __future__ import annotations
 
@@ -16,15 +18,18 @@ from typing import Any
 
 import torch
 
-from train.checkpoint import (checkpoint_path, latest_checkpoint, load_rank_rng, resume, save_checkpoint,
-                              save_rank_rng)
+from train.checkpoint import (checkpoint_path, latest_checkpoint, load_rank_rng, resume, save_rank_rng,
+                              save_states)
 from train.config import TrainConfig, config_to_dict
 from train.metrics import MetricsLogger
-from train.stages.common import DistInfo, barrier, check_parallel
+from train.stages.common import DistInfo, barrier, broadcast_int, check_parallel
 
 
 class StageTrainer(abc.ABC):
     """Skeleton of a training stage. `run()` trains to cfg.run.steps (resuming from out_dir) and exports."""
+
+    # Names in state() whose state is each rank's own (every rank reads its own shard of the data).
+    rank_local: tuple[str, ...] = ("data",)
 
     def __init__(self, cfg: TrainConfig, info: DistInfo | None = None, progress: bool = True) -> None:
         self.cfg = cfg
@@ -50,23 +55,28 @@ class StageTrainer(abc.ABC):
 
     @abc.abstractmethod
     def export(self, directory: Path) -> None:
-        """Write the stage's product as a model directory (see train.stages.common)."""
+        """Write the stage's product as a model directory (see train.stages.common). Called on every rank:
+        gather the weights there, write them on rank 0 only."""
 
     def _resume(self) -> int:
         ck = latest_checkpoint(self.out_dir)
         if ck is None:
             return 0
-        info = resume(ck, self.state(), map_location=self.info.device)
-        if self.info.world_size > 1 and not self.info.is_main:
-            load_rank_rng(ck, self.info.rank)
+        state = self.state()
+        local = {name: state[name] for name in self.rank_local if name in state}
+        other_rank = self.info.world_size > 1 and not self.info.is_main
+        info = resume(ck, state, map_location=self.info.device, skip=tuple(local) if other_rank else ())
+        if other_rank:
+            load_rank_rng(ck, self.info.rank, local)
         return info.step
 
     def _save(self, step: int) -> None:
         path = checkpoint_path(self.out_dir, step)
+        states = {name: obj.state_dict() for name, obj in self.state().items()}  # every rank: see module doc
         if self.info.is_main:
-            save_checkpoint(path, step, self.state(), extra={"config": config_to_dict(self.cfg)})
+            save_states(path, step, states, extra={"config": config_to_dict(self.cfg)})
         if self.info.world_size > 1:
-            save_rank_rng(path, self.info.rank)
+            save_rank_rng(path, self.info.rank, {name: states[name] for name in self.rank_local if name in states})
         barrier(self.info)
 
     def run(self) -> dict[str, float]:
@@ -90,7 +100,9 @@ class StageTrainer(abc.ABC):
                     self._save(step + 1)
         # Also export when a finished run's export is missing (e.g. after stopping a run early with a lower
         # run.steps: re-running resumes at the last checkpoint and only exports).
-        if self.info.is_main and (start < run.steps or not (self.out_dir / "export").is_dir()):
+        # Rank 0 decides for all: the others must join its export's gathers even if they see the directory.
+        export = start < run.steps or not (self.out_dir / "export").is_dir()
+        if broadcast_int(int(export), self.info):
             self.export(self.out_dir / "export")
         barrier(self.info)
         return last

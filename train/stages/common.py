@@ -9,6 +9,8 @@ Gradients of data-parallel ranks are averaged by `allreduce_grads` once per opti
 DistributedDataParallel: a Self-Forcing rollout calls the generator many times (chunks x steps, with a
 stateful KV cache) before one backward, which DDP's reducer (one forward per backward) does not model. One
 all-reduce after the accumulation micro-steps is exactly DDP's averaging, and it works with gloo and nccl.
+With run.parallel=fsdp the trained modules are sharded instead (train.stages.parallel) and FSDP averages their
+gradients itself in each backward; `allreduce_grads` then has nothing left to do for them.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch.distributed as dist
 
 from rfrt.models import CausalWanDiT, ModelConfig
 from rfrt.text_vocab import VocabTextEncoder
-from train.config import ArchSection, ConfigError, TrainConfig
+from train.config import ArchSection, TrainConfig
+from train.stages.parallel import as_float, check_fsdp_backend, local_grad_params
 
 
 @dataclass(frozen=True)
@@ -52,20 +55,16 @@ def setup_distributed() -> DistInfo:
 
 
 def check_parallel(cfg: TrainConfig, info: DistInfo) -> None:
-    """FSDP shards parameters over NCCL; refuse it clearly where that backend is absent."""
-    if cfg.run.parallel == "fsdp":
-        backend = dist.get_backend() if dist.is_initialized() else "none"
-        raise ConfigError(
-            f"run.parallel=fsdp is not supported by this trainer (process group backend: {backend}); the "
-            "stages average gradients data-parallel (run.parallel=ddp), which fits the tiny and mid-size "
-            "models they train")
+    """run.parallel=fsdp over several ranks needs a process group FSDP runs on (nccl or gloo)."""
+    check_fsdp_backend(cfg, info.world_size)
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
-    """Average .grad over ranks (DDP semantics). Parameters without a gradient count as zero."""
+    """Average .grad over ranks (DDP semantics). Parameters without a gradient count as zero. FSDP-sharded
+    parameters (DTensors) are skipped: their gradients were reduce-scattered, averaged, in backward."""
     if info.world_size == 1:
         return
-    for p in params:
+    for p in local_grad_params(params):
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
@@ -106,13 +105,14 @@ def make_optimizer(params, lr: float, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], cfg: TrainConfig,
                    info: DistInfo) -> float:
-    """Average gradients over ranks, clip (optim.max_grad_norm), step, zero. Returns the gradient norm."""
+    """Average gradients over ranks, clip (optim.max_grad_norm), step, zero. Returns the gradient norm (over
+    the whole model also when sharded: clip_grad_norm_ reduces the shards' norms)."""
     allreduce_grads(params, info)
     max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return as_float(norm)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -132,9 +132,11 @@ def init_dit(cfg: ModelConfig, seed: int) -> CausalWanDiT:
 
 
 def save_model_dir(directory: str | Path, dit: CausalWanDiT, text: VocabTextEncoder | None = None,
-                   state: dict[str, torch.Tensor] | None = None) -> Path:
+                   state: dict[str, torch.Tensor] | None = None,
+                   text_state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write dit/config.json + dit/model.safetensors (+ text_encoder/). `state` overrides the DiT's weights
-    (e.g. the generator's EMA shadow)."""
+    (e.g. the generator's EMA shadow, or the gathered weights of a sharded DiT); `text_state` the text
+    encoder's (the gathered weights of a sharded encoder)."""
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -146,8 +148,18 @@ def save_model_dir(directory: str | Path, dit: CausalWanDiT, text: VocabTextEnco
     save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
               str(d / "dit" / "model.safetensors"))
     if text is not None:
-        text.save(d / "text_encoder")
+        (text if text_state is None else unsharded_text(text, text_state)).save(d / "text_encoder")
     return d
+
+
+def unsharded_text(text: VocabTextEncoder, state: dict[str, torch.Tensor]) -> VocabTextEncoder:
+    """A plain VocabTextEncoder like `text` holding `state` (VocabTextEncoder.save writes its own state_dict,
+    which for a sharded encoder would be the local shards)."""
+    c = text.config
+    with torch.random.fork_rng(devices=[]):  # the throwaway random init must not move the training RNG
+        plain = VocabTextEncoder(text.vocab, c.dim, c.max_words, c.layers, c.heads)
+    plain.load_state_dict(state)
+    return plain
 
 
 def load_dit(directory: str | Path, role: str) -> CausalWanDiT:

@@ -26,6 +26,7 @@ from train.rewards import build_reward, to_unit_range
 from train.stages.base import StageTrainer
 from train.stages.common import (autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
+from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
 from train.stages.ode import sampler_of
 from train.stages.rollout import draw_exit_step, rollout, training_policy
 from train.stages.teacher import Batches
@@ -51,6 +52,8 @@ class DMDTrainer(StageTrainer):
         if cfg.data.height % mc.patch_size[1] or cfg.data.width % mc.patch_size[2]:
             raise ValueError(f"data {cfg.data.height}x{cfg.data.width} not divisible by patch {mc.patch_size}")
         tpf = (cfg.data.height // mc.patch_size[1]) * (cfg.data.width // mc.patch_size[2])
+        for m in (self.student, self.critic):
+            shard_trained(m, cfg, self.info.world_size, dev)
         self.policy = training_policy(cfg.rollout, tpf)
         self.sampler = sampler_of(cfg)
         self.gen_params = list(self.student.parameters())
@@ -65,8 +68,9 @@ class DMDTrainer(StageTrainer):
         self.exit_steps: list[int] = []  # per step, for inspection (tests check ranks agree)
 
     def state(self) -> dict[str, Any]:
-        return {"student": self.student, "critic": self.critic, "gen_optim": self.gen_opt,
-                "critic_optim": self.critic_opt, "ema": self.ema, "data": self.prompts}
+        return {"student": model_state(self.student), "critic": model_state(self.critic),
+                "gen_optim": optimizer_state(self.student, self.gen_opt),
+                "critic_optim": optimizer_state(self.critic, self.critic_opt), "ema": self.ema, "data": self.prompts}
 
     def _rollout(self, prompts: list[str], grad: bool) -> torch.Tensor:
         cfg, dev = self.cfg, self.info.device
@@ -144,4 +148,6 @@ class DMDTrainer(StageTrainer):
         return metrics
 
     def export(self, directory: Path) -> None:
-        save_model_dir(directory, self.student, self.text, state={**self.student.state_dict(), **self.ema.shadow})
+        weights = {**full_state_dict(self.student), **self.ema.full_shadow()}  # the EMA replaces the parameters
+        if self.info.is_main:
+            save_model_dir(directory, self.student, self.text, state=weights)

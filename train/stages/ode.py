@@ -25,6 +25,7 @@ from train.losses import cfg_combine
 from train.stages.base import StageTrainer
 from train.stages.common import (autocast, barrier, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
+from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
 
 
 def sampler_of(cfg) -> SamplerConfig:
@@ -76,6 +77,7 @@ class ODETrainer(StageTrainer):
         self.pairs = self._pairs(teacher)
         init = cfg.model.student_init or self.teacher_dir
         self.student = load_dit(init, "model.student_init").to(dev).train()
+        shard_trained(self.student, cfg, self.info.world_size, dev)
         self.params = list(self.student.parameters())
         self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
         self.backend = BlockCausalAttention(cfg.rollout.chunk_frames)
@@ -104,7 +106,7 @@ class ODETrainer(StageTrainer):
         return pairs
 
     def state(self) -> dict[str, Any]:
-        return {"student": self.student, "optim": self.opt}
+        return {"student": model_state(self.student), "optim": optimizer_state(self.student, self.opt)}
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
         """Regression loss of the pairs `idx` [B]."""
@@ -133,4 +135,6 @@ class ODETrainer(StageTrainer):
         return {"loss": total, "grad_norm": norm}
 
     def export(self, directory: Path) -> None:
-        save_model_dir(directory, self.student, self.text)
+        student = full_state_dict(self.student)
+        if self.info.is_main:
+            save_model_dir(directory, self.student, self.text, state=student)

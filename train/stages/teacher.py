@@ -18,6 +18,7 @@ from train.losses import add_noise, flow_matching_loss, shift_sigma
 from train.stages.base import StageTrainer
 from train.stages.common import (autocast, checkpointed, dit_config, init_dit, make_optimizer, optimizer_step,
                                  save_model_dir)
+from train.stages.parallel import full_state_dict, is_sharded, model_state, optimizer_state, shard_trained
 
 
 class Batches:
@@ -56,14 +57,18 @@ class TeacherTrainer(StageTrainer):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.run.seed + 1)
             self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(self.info.device)
+        for m in (self.dit, self.text):
+            shard_trained(m, cfg, self.info.world_size, self.info.device)
         self.params = list(self.dit.parameters()) + list(self.text.parameters())
         self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
+        self.trained = torch.nn.ModuleDict({"dit": self.dit, "text": self.text})  # names the optimiser's params
         ds = SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size)
         self.data = Batches(ds, cfg.run.batch_size)
         self.backend = FullAttention()
 
     def state(self) -> dict[str, Any]:
-        return {"dit": self.dit, "text": self.text, "optim": self.opt, "data": self.data}
+        return {"dit": model_state(self.dit), "text": model_state(self.text),
+                "optim": optimizer_state(self.trained, self.opt), "data": self.data}
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Flow-matching loss of one micro-batch; video [B, T, 3, H, W] in [-1, 1]."""
@@ -90,4 +95,7 @@ class TeacherTrainer(StageTrainer):
         return {"loss": total, "grad_norm": norm}
 
     def export(self, directory: Path) -> None:
-        save_model_dir(directory, self.dit, self.text)
+        dit = full_state_dict(self.dit)
+        text = full_state_dict(self.text) if is_sharded(self.text) else None  # else: the encoder saves itself
+        if self.info.is_main:
+            save_model_dir(directory, self.dit, self.text, state=dit, text_state=text)
