@@ -61,6 +61,8 @@ class ArchSection:
     The stages that load weights (ODE, DMD) read the architecture from the weights' config.json instead.
     in/out channels are the data's 3 RGB channels: the default model's "pixel" decoder (latents are frames).
     text_layers: transformer layers of the VocabTextEncoder (0 or 1); max_words: its positions (= text_len).
+    position_embedding: add a learned spatial position embedding over the data's token grid
+                 (rfrt.models.ModelConfig.pos_grid): without it a tiny RoPE-only DiT cannot place objects.
     """
 
     dim: int = 64
@@ -72,6 +74,7 @@ class ArchSection:
     text_dim: int = 64
     max_words: int = 16
     text_layers: int = 1
+    position_embedding: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "text_dim", "max_words"):

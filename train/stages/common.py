@@ -117,11 +117,17 @@ def optimizer_step(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
 
 # ---------------------------------------------------------------------------------------------- models
 
-def dit_config(arch: ArchSection, channels: int = 3) -> ModelConfig:
-    """The DiT of `arch` over `channels`-channel latents (3: the pixel decoder's RGB frames)."""
+def dit_config(arch: ArchSection, channels: int = 3, frame_size: tuple[int, int] | None = None) -> ModelConfig:
+    """The DiT of `arch` over `channels`-channel latents (3: the pixel decoder's RGB frames) of `frame_size`
+    (H, W; needed when arch.position_embedding fixes the token grid)."""
+    grid = None
+    if arch.position_embedding:
+        if frame_size is None:
+            raise ValueError("arch.position_embedding needs the frame size (H, W) of the data")
+        grid = (frame_size[0] // arch.patch_size[1], frame_size[1] // arch.patch_size[2])
     return ModelConfig(dim=arch.dim, ffn_dim=arch.ffn_dim, num_heads=arch.num_heads, num_layers=arch.num_layers,
                        in_dim=channels, out_dim=channels, text_dim=arch.text_dim, freq_dim=arch.freq_dim,
-                       patch_size=tuple(arch.patch_size), text_len=arch.max_words)
+                       patch_size=tuple(arch.patch_size), text_len=arch.max_words, pos_grid=grid)
 
 
 def init_dit(cfg: ModelConfig, seed: int) -> CausalWanDiT:

@@ -53,7 +53,8 @@ class TeacherTrainer(StageTrainer):
 
     def build(self) -> None:
         cfg, a = self.cfg, self.cfg.arch
-        self.dit = init_dit(dit_config(a), cfg.run.seed).to(self.info.device).train()
+        dit_cfg = dit_config(a, frame_size=(cfg.data.height, cfg.data.width))
+        self.dit = init_dit(dit_cfg, cfg.run.seed).to(self.info.device).train()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.run.seed + 1)
             self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(self.info.device)

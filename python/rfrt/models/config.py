@@ -21,7 +21,8 @@ from ..rope import axis_pairs
 
 # Keys that name the same architecture in both spellings but that rfrt does not need beyond validation.
 _WAN_KEYS = {"dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim",
-             "patch_size", "eps", "text_len", "model_type", "window_size", "qk_norm", "cross_attn_norm"}
+             "patch_size", "eps", "text_len", "model_type", "window_size", "qk_norm", "cross_attn_norm",
+             "pos_grid"}  # pos_grid: rfrt's extension (ModelConfig), absent from Wan's own configs
 _DIFFUSERS_KEYS = {"patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
                    "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps",
                    "image_dim", "added_kv_proj_dim", "rope_max_seq_len", "pos_embed_seq_len"}
@@ -50,6 +51,10 @@ class ModelConfig:
     freq_dim:   width of the timestep sinusoid (256).
     patch_size: (pt, ph, pw) patchification of the latent, (1, 2, 2).
     eps:        epsilon of every LayerNorm / RMSNorm (1e-6).
+    pos_grid:   (h, w) token grid of an optional learned spatial position embedding added after the patch
+                embedding (rfrt's tiny default model). Wan has RoPE only and leaves it None: RoPE attention is
+                relative, so a tiny model sees no absolute position and cannot put an object where a prompt
+                says (docs/design.md). Fixes the resolution to pos_grid * patch.
     """
 
     dim: int = 1536
@@ -63,6 +68,7 @@ class ModelConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     text_len: int = 512
+    pos_grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
@@ -79,6 +85,10 @@ class ModelConfig:
             axis_pairs(self.head_dim)
         except ValueError as err:
             raise ConfigError(f"ModelConfig: head_dim {self.head_dim} does not fit 3-axis RoPE: {err}") from None
+        grid = self.pos_grid
+        if grid is not None and (not isinstance(grid, tuple) or len(grid) != 2
+                                 or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)):
+            raise ConfigError(f"ModelConfig.pos_grid must be None or a tuple of 2 positive ints, got {grid!r}")
         if self.freq_dim % 2 != 0:
             raise ConfigError(f"ModelConfig.freq_dim must be even (cos | sin halves), got {self.freq_dim}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 < self.eps < 1:
@@ -144,6 +154,9 @@ class ModelConfig:
                                       "text_dim", "freq_dim", "eps", "text_len") if k in raw}
         if "patch_size" in raw:
             kwargs["patch_size"] = _patch(raw["patch_size"])
+        if raw.get("pos_grid") is not None:
+            grid = raw["pos_grid"]
+            kwargs["pos_grid"] = tuple(grid) if isinstance(grid, (list, tuple)) else grid
         return cls(**kwargs)
 
     @classmethod

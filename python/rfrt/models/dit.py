@@ -170,6 +170,8 @@ class CausalWanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = WanHead(cfg)
+        if cfg.pos_grid is not None:  # not in Wan: see ModelConfig.pos_grid
+            self.pos_embedding = nn.Parameter(torch.randn(cfg.pos_grid[0] * cfg.pos_grid[1], cfg.dim) * 0.02)
 
     def cross_kv(self, text: torch.Tensor) -> CrossKV:
         """Embed text [B, Ltext, text_dim] and project it to every layer's cross-attention K/V.
@@ -233,7 +235,14 @@ class CausalWanDiT(nn.Module):
         p = x.reshape(B, grid.frames, pt, C, grid.h, ph, grid.w, pw)
         p = p.permute(0, 1, 4, 6, 3, 2, 5, 7).reshape(B, grid.tokens, C * pt * ph * pw)
         w = self.patch_embedding.weight
-        return F.linear(p, w.flatten(1), self.patch_embedding.bias)
+        h = F.linear(p, w.flatten(1), self.patch_embedding.bias)
+        if self.config.pos_grid is not None:
+            if (grid.h, grid.w) != self.config.pos_grid:
+                raise ValueError(f"this model's position embedding is for a {self.config.pos_grid} token grid "
+                                 f"({self.config.pos_grid[0] * ph}x{self.config.pos_grid[1] * pw} latents), "
+                                 f"got {grid.h}x{grid.w} tokens")
+            h = (h.view(B, grid.frames, grid.h * grid.w, -1) + self.pos_embedding.to(h.dtype)).view_as(h)
+        return h
 
     def _unpatchify(self, y: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
         """[B, L, pt*ph*pw*C] with C fastest -> [B, F, C, H, W]."""
