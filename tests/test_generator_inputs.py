@@ -164,3 +164,17 @@ def test_bad_options():
         StreamGenerator(tiny_model(), device="cpu", cache={"window_frames": 9})
     with pytest.raises(ValueError, match="checkpoint= applies to a model directory"):
         StreamGenerator(tiny_model(), device="cpu", checkpoint="x.pt")
+
+
+def test_position_embedding_fixes_the_resolution(one_thread):
+    from dataclasses import replace
+
+    from test_generator_tiny import tiny_config
+
+    model = tiny_model()  # 8 x 8 px, patch 2: a 4 x 4 token grid
+    dit = CausalWanDiT(replace(tiny_config(), pos_grid=(4, 4))).eval()
+    model = model_dir.LoadedModel(dit=dit, text_encoder=model.text_encoder, decoder=model.decoder,
+                                  cache=model.cache, video=model.video)
+    StreamGenerator(model, device="cpu")
+    with pytest.raises(ValueError, match="position embedding for 8x8 px video only, got 16x8"):
+        StreamGenerator(model, device="cpu", height=16, width=8)

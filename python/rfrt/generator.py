@@ -205,6 +205,10 @@ class StreamGenerator:
             if value % (s * p):
                 raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
                                  f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")
+        grid = self.dit.config.pos_grid
+        if grid is not None and (height // (s * ph), width // (s * pw)) != grid:
+            raise ValueError(f"this model has a learned position embedding for {grid[0] * s * ph}x"
+                             f"{grid[1] * s * pw} px video only, got {height}x{width}")
         return height, width
 
     # ---- the stream ----
