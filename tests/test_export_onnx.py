@@ -88,3 +88,22 @@ def test_spec_validation():
         spec.layout(tiny_model(0).config)
     with pytest.raises(SystemExit):
         main(["--out", "x.onnx"])  # neither --checkpoint nor --tiny-random
+
+
+def test_position_embedded_model_exports_with_parity(tmp_path):
+    # The default model's architecture: a learned spatial position embedding (ModelConfig.pos_grid).
+    import dataclasses
+
+    from export.export_onnx import tiny_config
+    from rfrt.models import CausalWanDiT
+
+    torch.manual_seed(1)
+    model = CausalWanDiT(dataclasses.replace(tiny_config(), pos_grid=(LATENT_H // 2, LATENT_W // 2))).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+    spec = ExportSpec(batch=1, latent_h=LATENT_H, latent_w=LATENT_W, policy=POLICY, phase="steady")
+    session = ort_session(export_chunk_step(model, spec, tmp_path / "pos.onnx"))
+    text = torch.randn(1, model.config.text_len, model.config.text_dim, generator=torch.Generator().manual_seed(3))
+    worst = verify_stream(model, spec, session, text, chunks=2, forwards=(1000.0, 625.0, 0.0))
+    assert max(worst.values()) <= TOL, worst
