@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
+# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
+# wins over the source tree, also in the subprocesses of whoever imports this module.
 for _p in (_ROOT, _ROOT / "python"):
     if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+        sys.path.append(str(_p))
 
 from rfrt.cache import CachePolicy  # noqa: E402
 from rfrt.sampling import SamplerConfig  # noqa: E402

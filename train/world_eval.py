@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 
 _ROOT = Path(__file__).resolve().parent.parent
+# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
+# wins over the source tree, also in the subprocesses of whoever imports this module.
 for _p in (_ROOT, _ROOT / "python"):
     if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+        sys.path.append(str(_p))
 
 from train.data.synthetic_world import (COLOURS, DIRECTIONS, Scene, SyntheticWorld, render_scene,  # noqa: E402
                                        trajectory)
