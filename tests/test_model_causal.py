@@ -13,9 +13,10 @@ CFG = ModelConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=2, in_dim=4, out_d
 CHUNK = 2
 
 
-def _model() -> CausalWanDiT:
+def _model(cfg: ModelConfig = CFG) -> CausalWanDiT:
+    """A DiT with every parameter random (a fresh one has zero adaLN tables and gates)."""
     torch.manual_seed(0)
-    net = CausalWanDiT(CFG).eval()
+    net = CausalWanDiT(cfg).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn_like(p) * 0.2)

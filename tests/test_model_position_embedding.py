@@ -13,20 +13,11 @@ import torch
 
 from rfrt.models.attention import BlockCausalAttention, FullAttention
 from rfrt.models.config import ConfigError, ModelConfig
-from rfrt.models.dit import CausalWanDiT
+from test_model_causal import _model as _random
 
 BASE = ModelConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=2, in_dim=3, out_dim=3, text_dim=24,
                    freq_dim=16, text_len=8)
 POS = replace(BASE, pos_grid=(2, 3))  # latents 4 x 6 with patch (1, 2, 2)
-
-
-def _random(cfg: ModelConfig) -> CausalWanDiT:
-    torch.manual_seed(0)
-    net = CausalWanDiT(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return net
 
 
 def _inputs(frames=4):
