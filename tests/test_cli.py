@@ -1,6 +1,7 @@
 """`rfrt generate | info` end to end on a tiny model directory written here."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -72,8 +73,9 @@ def test_interrupted_run_leaves_a_playable_video(model_root, tmp_path, monkeypat
     out = tmp_path / "partial.mp4"
     assert cli.main(["generate", "a cat", "--model", str(model_root), "--chunks", "10", "--out", str(out),
                      "--device", "cpu"]) == 1
-    assert "simulated failure" in capsys.readouterr().err
-    assert len(decoded_frames(out)) == 9
+    err = capsys.readouterr().err
+    assert "simulated failure" in err and f"the 9 frames written so far were finalised in {out}" in err, err
+    assert len(decoded_frames(out)) == 9  # there was no video at --out: the finalised frames moved there
 
     def interrupted_step(self):
         if self.chunk_index == 2:
@@ -83,8 +85,13 @@ def test_interrupted_run_leaves_a_playable_video(model_root, tmp_path, monkeypat
     monkeypatch.setattr(StreamGenerator, "step", interrupted_step)
     assert cli.main(["generate", "a cat", "--model", str(model_root), "--chunks", "10", "--out", str(out),
                      "--device", "cpu"]) == 130
-    assert "interrupted" in capsys.readouterr().err
-    assert len(decoded_frames(out)) == 6
+    err = capsys.readouterr().err
+    partial = tmp_path / "partial.partial.mp4"
+    # An interrupted run never replaces an existing video: the old 9 frames stay, the new 6 are beside them.
+    assert f"interrupted by SIGINT; the 6 frames written so far were finalised in {partial}" in err, err
+    assert f"({out} was not changed)" in err
+    assert len(decoded_frames(out)) == 9
+    assert len(decoded_frames(partial)) == 6
 
 
 @pytest.mark.parametrize("content, why", [
@@ -133,7 +140,11 @@ def test_tensorrt_backend_errors_come_before_generation(model_root, tmp_path, ca
              (["--engine", str(engine)], 2, "add --backend tensorrt"),
              (["--backend", "tensorrt", "--engine", str(tmp_path / "none.plan")], 2, "none.plan' does not exist"),
              (["--backend", "tensorrt", "--engine", str(engine), "--device", "cpu"], 1, "runs on an NVIDIA GPU")]
-    if importlib.util.find_spec("tensorrt") is None:  # CUDA requested but TensorRT missing: what to install
+    import torch
+    if not torch.cuda.is_available():  # CUDA requested where there is none: said before TensorRT is looked for
+        cases.append((["--backend", "tensorrt", "--engine", str(engine), "--device", "cuda"], 2,
+                      "--device: device 'cuda' was asked for"))
+    elif importlib.util.find_spec("tensorrt") is None:  # CUDA requested but TensorRT missing: what to install
         cases.append((["--backend", "tensorrt", "--engine", str(engine), "--device", "cuda"], 1,
                       "pip install tensorrt"))
     for args, status, why in cases:
@@ -157,3 +168,104 @@ def test_info_subprocess():
     assert done.returncode == 0, done.stderr
     for needle in ("build:", "torch ", "devices: cpu", "default model:"):
         assert needle in done.stdout
+
+
+# ---- issue #14: the output path is never destroyed; clear errors before the model loads ----
+
+def _no_model(monkeypatch):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded")
+    monkeypatch.setattr("rfrt.generator.StreamGenerator.__init__", no_model)
+
+
+def test_output_that_is_an_input_or_not_a_video_is_refused_untouched(model_root, tmp_path, monkeypatch, capsys):
+    _no_model(monkeypatch)
+    ckpt = tmp_path / "mymodel.pt"
+    ckpt.write_bytes(b"\x80" + b"w" * 1000)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    prompts = tmp_path / "p.mp4"  # a prompts file that happens to carry a video extension
+    prompts.write_text("0\ta cat\n")
+    cases = [(["a cat", "--checkpoint", str(ckpt), "--out", str(ckpt)], "extension '.pt'"),
+             (["a cat", "--out", str(notes)], "extension '.txt'"),
+             (["a cat", "--out", str(tmp_path / "video")], "has no extension"),
+             (["--prompts", str(prompts), "--out", str(prompts)], "is also an input"),
+             (["a cat", "--out", str(tmp_path / "newdir") + "/"], "is a directory")]
+    for args, why in cases:
+        assert cli.main(["generate", *args, "--model", str(model_root)]) == 2, args
+        assert why in capsys.readouterr().err, why
+    assert ckpt.read_bytes() == b"\x80" + b"w" * 1000 and notes.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mymodel.pt", "notes.txt", "p.mp4"]
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--seed", "-1"], "--seed: seed must be an integer in 0..2**63-1"),
+    (["--seed", str(2**64)], "--seed: seed must be an integer in 0..2**63-1"),
+    (["--seconds", "inf"], "--seconds must be a finite number above 0, got inf"),
+    (["--seconds", "nan"], "--seconds must be a finite number above 0, got nan"),
+])
+def test_seed_and_length_rules(args, why, model_root, tmp_path, capsys):
+    assert cli.main(["generate", "a cat", "--model", str(model_root), "--device", "cpu",
+                     "--out", str(tmp_path / "v.mp4"), *args]) == 2
+    assert why in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(model_root, tmp_path, monkeypatch, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    _no_model(monkeypatch)
+    assert cli.main(["generate", "a cat", "--model", str(model_root), "--device", "cuda",
+                     "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "--device: device 'cuda' was asked for, but" in err and "AssertionError" not in err, err
+
+
+def test_huge_seconds_is_refused_in_closed_form(model_root, tmp_path, capsys):
+    for seconds in ("1e12", "1e300"):
+        assert cli.main(["generate", "a cat", "--model", str(model_root), "--device", "cpu", "--seconds", seconds,
+                         "--out", str(tmp_path / "v.mp4")]) == 2
+        assert "is too long: at most 2147483647 frames" in capsys.readouterr().err
+    assert cli.main(["generate", "a cat", "--model", str(model_root), "--device", "cpu", "--chunks", str(10**9),
+                     "--out", str(tmp_path / "v.mp4")]) == 2
+    assert "--chunks 1000000000 is too long (3000000000 frames)" in capsys.readouterr().err
+
+
+class _WanLikeDecoder:
+    """frames_for of a causal video VAE: the first latent frame gives 1 frame, every later one 4."""
+
+    def frames_for(self, n, start=0):
+        first = 1 if start == 0 and n > 0 else 0
+        return first + (n - first) * 4
+
+
+@pytest.mark.parametrize("decoder", ["pixel", "wan"])
+def test_chunk_count_matches_a_chunk_by_chunk_count(decoder, model_root):
+    from types import SimpleNamespace
+
+    from rfrt.decoders import PixelDecoder
+
+    dec = PixelDecoder() if decoder == "pixel" else _WanLikeDecoder()
+    gen = SimpleNamespace(fps=16, decoder=dec, policy=SimpleNamespace(chunk_frames=3),
+                          dit=SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2))))
+    for seconds in [0.001, 0.1, 0.1875, 0.2, 0.5625, 0.6, 1, 1.3, 2.75, 5, 17.3, 60, 3600.5]:
+        wanted, frames, chunks = math.ceil(seconds * 16), 0, 0  # the reference: step chunk by chunk
+        while frames < wanted:
+            frames += dec.frames_for(3, start=chunks * 3)
+            chunks += 1
+        assert cli._chunks_for(SimpleNamespace(chunks=None, seconds=seconds), gen) == chunks, seconds
+
+
+def test_prompts_file_chunk_rules(model_root, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "prompts.txt"
+    path.write_text("0\ta cat\n\u00b2\ta dog\n")  # '²' passes str.isdigit(), int() refuses it
+    monkeypatch.setattr(cli, "_check_output", lambda path, inputs=(): None)
+    assert cli.main(["generate", "--prompts", str(path), "--out", str(tmp_path / "v.mp4")]) == 2
+    assert "prompts.txt:2: expected 'CHUNK<tab>prompt'" in capsys.readouterr().err
+    path.write_text("0\ta cat\n999\ta dog\n")
+    monkeypatch.undo()
+    assert cli.main(["generate", "--prompts", str(path), "--chunks", "2", "--model", str(model_root),
+                     "--device", "cpu", "--out", str(tmp_path / "v.mp4")]) == 2
+    assert "chunk 999 is past the end of the run (2 chunks, 0 .. 1)" in capsys.readouterr().err
+    assert not (tmp_path / "v.mp4").exists()

@@ -1,15 +1,21 @@
 """`rfrt generate | info`: stream a video to an MP4, report the build.
 
-Everything that can be checked before generating is checked first (prompts file, output path, model files),
-so a mistake costs seconds, not a half-generated video. During generation frames are encoded as each chunk
-arrives; on Ctrl-C or an error the MP4 written so far is finalised (playable) and the exit status is non-zero.
+Everything that can be checked before generating is checked first (prompts file, output path and container,
+seed, device, model files), so a mistake costs seconds, not a half-generated video. During generation frames
+are encoded as each chunk arrives into a partial file next to --out, which replaces --out only when the video
+is complete (rfrt.video). Ctrl-C, SIGTERM and SIGHUP finalise the frames written so far and exit with
+128 + the signal number; an error exits 1. Neither replaces an existing --out.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +27,44 @@ _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat1
 
 class CLIError(Exception):
     """A usage error reported as `rfrt: error: ...` with exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP during `rfrt generate`: unwinds like Ctrl-C, so the video is finalised."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` for the duration (main thread only).
+
+    SIGTERM is what `kill`, `timeout`, systemd, docker stop and job schedulers send, SIGHUP what a closed
+    terminal sends: without this they end the process before the video's index is written. Only the first
+    signal raises; later ones are ignored so that they cannot cut the finalisation short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    previous = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def parse_prompts_file(path: str | os.PathLike) -> dict[int, str]:
@@ -40,7 +84,7 @@ def parse_prompts_file(path: str | os.PathLike) -> dict[int, str]:
             continue
         parts = text.split(None, 1)
         where = f"{os.fspath(path)}:{number}"
-        if not parts[0].isdigit():
+        if not re.fullmatch(r"[0-9]+", parts[0]):  # str.isdigit() also takes '²', which int() refuses
             raise CLIError(f"{where}: expected 'CHUNK<tab>prompt' with CHUNK a non-negative integer, got {line!r}")
         if len(parts) < 2 or not parts[1].strip():
             raise CLIError(f"{where}: chunk {parts[0]} has no prompt text")
@@ -65,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     length.add_argument("--chunks", type=int, help="number of chunks to generate")
     length.add_argument("--seconds", type=float, help="video length in seconds (default 5)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
+    gen.add_argument("--out", default="video.mp4",
+                     help="output video, .mp4 (default video.mp4), .mov or .mkv; replaced only when complete")
     gen.add_argument("--prompts", help="file of 'CHUNK<tab>prompt' lines switching prompts at given chunks")
     gen.add_argument("--recache", action="store_true", help="re-cache the window under each new prompt")
     gen.add_argument("--height", type=int)
@@ -83,29 +128,72 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _chunks_for(args, generator) -> int:
+    """Chunks to generate for --chunks or --seconds (rounded up to whole chunks), in closed form: the decoder
+    yields `first` frames for the first chunk and `rest` for every later one."""
+    from rfrt.video import MAX_FRAMES
+
+    fps = generator.fps
+    per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
+    first = generator.decoder.frames_for(per_chunk)
+    rest = generator.decoder.frames_for(per_chunk, start=per_chunk)
+    too_long = (f"at most {MAX_FRAMES} frames ({MAX_FRAMES / fps:.0f} s at {fps} fps) fit in one video file; for "
+                "an endless stream use `rfrt serve` or the Python API (StreamGenerator)")
     if args.chunks is not None:
         if args.chunks <= 0:
             raise CLIError(f"--chunks must be positive, got {args.chunks}")
-        return args.chunks
-    seconds = 5.0 if args.seconds is None else args.seconds
-    if not seconds > 0 or not math.isfinite(seconds):
-        raise CLIError(f"--seconds must be positive, got {seconds}")
-    wanted, frames, chunks = math.ceil(seconds * generator.fps), 0, 0
-    per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
-    while frames < wanted:
-        frames += generator.decoder.frames_for(per_chunk, start=chunks * per_chunk)
-        chunks += 1
+        chunks = args.chunks
+    else:
+        seconds = 5.0 if args.seconds is None else args.seconds
+        if not math.isfinite(seconds) or not seconds > 0:
+            raise CLIError(f"--seconds must be a finite number above 0, got {seconds}")
+        if seconds * fps > MAX_FRAMES:
+            raise CLIError(f"--seconds {seconds:g} is too long: {too_long}")
+        wanted = math.ceil(seconds * fps)
+        chunks = 1 if wanted <= first else 1 + -(-(wanted - first) // rest)
+    if first + (chunks - 1) * rest > MAX_FRAMES:
+        raise CLIError(f"--chunks {chunks} is too long ({first + (chunks - 1) * rest} frames): {too_long}")
     return chunks
 
 
-def _check_output(path: str) -> None:
+def _inputs(args) -> list[str]:
+    """Files the run reads; --out must be none of them (a typo there would destroy a checkpoint)."""
+    files = [getattr(args, name, None) for name in ("checkpoint", "prompts", "engine")]
+    model = getattr(args, "model", None)
+    if model is not None and Path(model).is_file():
+        files.append(model)
+    return [f for f in files if f is not None]
+
+
+def _check_output(path: str, inputs=()) -> None:
     """Fail before loading the model when the video could not be written."""
-    from rfrt.video import check_writable
+    from rfrt.video import check_output
 
     try:
-        check_writable(path)
-    except OSError as err:
+        check_output(path, inputs)
+    except (OSError, ValueError) as err:
         raise CLIError(str(err)) from None
+
+
+def _check_run_args(args) -> None:
+    """Seed and device rules shared with the API and serve (rfrt.checks), as usage errors before the load."""
+    from rfrt.checks import check_seed, resolve_device
+
+    for option, check, value in (("--seed", check_seed, args.seed), ("--device", resolve_device, args.device)):
+        try:
+            check(value)
+        except ValueError as err:
+            raise CLIError(f"{option}: {err}") from None
+
+
+def _output_note(writer, out: str, existed: bool) -> str:
+    """Where the frames of an interrupted or failed run are (for the one-line message)."""
+    unchanged = f"{out} was not changed" if existed else f"{out} was not created"
+    if writer is None or writer.video_path is None:
+        return f"no frame was written; {unchanged}"
+    n = writer.frames_written
+    if writer.video_path == writer.path:
+        return f"the {n} frames written so far were finalised in {out}"
+    return f"the {n} frames written so far were finalised in {writer.video_path} ({unchanged})"
 
 
 def _check_engine(args) -> None:
@@ -120,7 +208,6 @@ def _check_engine(args) -> None:
 
 def _generate(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from rfrt.generator import StreamGenerator
     from rfrt.text import validate_prompt
@@ -138,17 +225,42 @@ def _generate(args) -> int:
             validate_prompt(prompt)
         except ValueError as err:
             raise CLIError(f"prompt for chunk {chunk}: {err}") from None
-    _check_output(args.out)
+    inputs = _inputs(args)
+    _check_output(args.out, inputs)
     _check_engine(args)
+    _check_run_args(args)
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
-    generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
-                                dtype=dtype, height=args.height, width=args.width, backend=args.backend,
-                                engine=args.engine)
-    chunks = _chunks_for(args, generator)
-    generator.reset(schedule[0], seed=args.seed)
-    for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
-        generator.text.encode(prompt)
-    with Mp4Writer(args.out, fps=generator.fps) as writer:
+    existed, writer = os.path.exists(args.out), None
+    try:
+        generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema,
+                                    device=args.device, dtype=dtype, height=args.height, width=args.width,
+                                    backend=args.backend, engine=args.engine)
+        chunks = _chunks_for(args, generator)
+        late = sorted(c for c in schedule if c >= chunks)
+        if late:
+            raise CLIError(f"--prompts {args.prompts}: chunk {late[0]} is past the end of the run ({chunks} "
+                           f"chunks, 0 .. {chunks - 1}); lengthen the run or drop the line")
+        generator.reset(schedule[0], seed=args.seed)
+        for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
+            generator.text.encode(prompt)
+        writer = Mp4Writer(args.out, fps=generator.fps, inputs=inputs)
+        if writer.replaced_partial:
+            print(f"rfrt: replacing {writer.partial_path}, the partial video of an earlier interrupted run",
+                  file=sys.stderr)
+        written = _stream(args, generator, writer, schedule, chunks)
+    except BaseException as err:
+        if not isinstance(err, CLIError):
+            err.rfrt_output = _output_note(writer, args.out, existed)
+        raise
+    print(f"wrote {written} frames ({written / generator.fps:.2f} s at {generator.fps} fps) to {args.out}")
+    return 0
+
+
+def _stream(args, generator, writer, schedule: dict[int, str], chunks: int) -> int:
+    """Generate `chunks` chunks into the writer (closed when complete, aborted otherwise) -> frames written."""
+    from tqdm import tqdm
+
+    with writer:  # __exit__: close() (rename over --out) when complete, abort() on an error or a signal
         try:
             latent_frames = chunks * generator.policy.chunk_frames * generator.dit.config.patch_size[0]
             total = generator.decoder.frames_for(latent_frames)
@@ -167,8 +279,7 @@ def _generate(args) -> int:
                     writer.write(tail)
         finally:
             written = writer.frames_written
-    print(f"wrote {written} frames ({written / generator.fps:.2f} s at {generator.fps} fps) to {args.out}")
-    return 0
+    return written
 
 
 def _info() -> int:
@@ -195,18 +306,25 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `rfrt` command. Returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "serve":
+        if args.command == "serve":  # the server handles its signals in its event loop
             from rfrt.serve.cli import main as serve_main
             return serve_main(args)
-        return _generate(args) if args.command == "generate" else _info()
+        if args.command == "info":
+            return _info()
+        with _signals_interrupt():
+            return _generate(args)
     except CLIError as err:
         print(f"rfrt: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rfrt: interrupted; the video written so far was finalised", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        where = getattr(err, "rfrt_output", None) or "no frame was written"
+        print(f"rfrt: interrupted by {signal.Signals(signum).name}; {where}", file=sys.stderr)
+        return 128 + int(signum)
     except Exception as err:  # noqa: BLE001 - one line for the user, not a traceback, with a non-zero status
         print(f"rfrt: error: {type(err).__name__}: {err}", file=sys.stderr)
+        if getattr(err, "rfrt_output", None):
+            print(f"rfrt: {err.rfrt_output}", file=sys.stderr)
         return 1
 
 

@@ -29,6 +29,7 @@ import torch
 from rfrt.cache.functional import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
+from rfrt.checks import FiniteWatch, NonFiniteError, check_dtype, check_seed, resolve_device
 from rfrt.chunk_step import StepCache, TorchChunkStep, check_runner, check_step_shapes
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.fast.config import RuntimeConfig
@@ -60,7 +61,10 @@ class Chunk:
 
 def _default_device(device) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError):
+            return resolve_device(device)  # the ValueError naming the bad device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -99,9 +103,14 @@ class StreamGenerator:
                                  ("runtime", runtime, RuntimeConfig)):
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+        if model is not None and not isinstance(model, (str, os.PathLike, LoadedModel)):
+            raise TypeError(f"model must be a model directory path, a LoadedModel or None (the default model), "
+                            f"got {type(model).__name__} {model!r}")
+        dtype = check_dtype(dtype)
         self.device = _default_device(device)
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
         engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
+        resolve_device(self.device)  # a CUDA device that does not exist: a clear ValueError, not an AssertionError
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         if model is None:
@@ -214,8 +223,7 @@ class StreamGenerator:
     # ---- the stream ----
     def reset(self, prompt: str, seed: int = 0) -> None:
         """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise."""
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        seed = check_seed(seed)
         self._set_text(prompt)
         if self._cache is None and self._runner is not None:
             filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
@@ -281,7 +289,7 @@ class StreamGenerator:
         if self.runtime.overlap_decode:
             return self._step_ahead()
         with torch.no_grad():
-            latents = self._sample_chunk()
+            latents = self._sample_chunk() if self._chunk else self._first_chunk()
             video = self.decoder.decode(latents)
         self._recent.append(latents)
         chunk = Chunk(index=self._chunk, frames=to_uint8_frames(video)[0], video=video[0], latents=latents[0])
@@ -295,7 +303,7 @@ class StreamGenerator:
         """
         with torch.no_grad():
             if self._ahead is None:
-                self._ahead = self._sample_chunk()
+                self._ahead = self._first_chunk()
                 self._recent.append(self._ahead)
             latents = self._ahead
             pending = self.decoder.submit(latents)
@@ -323,6 +331,30 @@ class StreamGenerator:
                 x = renoise(x0, draws[i + 1].to(self.dtype), self._sigma32[i + 1])
         self._forward(x0, self._t_context)  # context pass: rewrites this chunk's K/V
         return x0
+
+    def _first_chunk(self) -> torch.Tensor:
+        """_sample_chunk() for chunk 0, with a NaN / infinity check that names where it started (one host
+        sync per stream; the weights were checked on load, so this catches overflow in the DiT dtype)."""
+        watch = FiniteWatch(self.dit) if self._graphs is None and self._runner is None else None
+        if watch is None:
+            latents = self._sample_chunk()
+        else:
+            with watch:
+                latents = self._sample_chunk()
+        if bool(torch.isfinite(latents).all()):
+            return latents
+        where = watch.first_bad() if watch is not None else None
+        steps = len(self._t)
+        if where is None:
+            origin = "the DiT outputs were finite, so the sampler update produced them" if watch else \
+                f"backend {self.backend} does not report where"
+        else:
+            forward, module = where
+            what = f"denoising step {forward + 1} of {steps}" if forward < steps else "the context pass"
+            origin = f"first in module {module!r} during {what}"
+        raise NonFiniteError(f"chunk 0 of the stream has non-finite latents (NaN or infinity), {origin}; "
+                             f"dtype {self.dtype}, device {self.device}. Try dtype=torch.float32, or check the "
+                             "weights")
 
     def flush(self) -> torch.Tensor:
         """Frames the decoder still holds back: uint8 [T, H, W, 3] (T = 0 for the causal decoders)."""

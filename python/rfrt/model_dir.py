@@ -159,8 +159,8 @@ def _config(cls, raw: Any, where: str, exclude: set[str] = frozenset()):
 def _rfrt_manifest(path: Path) -> ModelManifest:
     root = path.parent
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelDirError(f"cannot read model manifest {path}: {err}") from None
     raw = _object(raw, str(path))
     _keys(raw, _TOP_KEYS, {"format", "dit", "text_encoder", "decoder"}, str(path))

@@ -3,8 +3,9 @@
 The default model is trained on a synthetic world whose prompts use a few dozen words, so a learned word
 embedding (+ learned positions, + optionally one small pre-norm transformer layer) replaces umT5 there. It is
 trained together with the teacher and reused frozen by the student. Words are lower-cased and split on
-anything that is not a letter, digit or apostrophe; an unknown word is an error that names it (the model has
-never seen it, so silently dropping it would generate something the prompt did not ask for).
+spaces, punctuation and control characters (`split_words`; non-ASCII letters and symbols belong to words); an
+unknown word is an error that names it (the model has never seen it, so silently dropping it would generate
+something the prompt did not ask for), and so is a non-empty prompt with no word at all.
 
 Output [B, max_words, dim] with padding positions zeroed, like Wan's umT5 path; the empty prompt therefore
 encodes to all zeros, which is the unconditional embedding used for classifier-free guidance.
@@ -13,15 +14,17 @@ Saved as <dir>/config.json, <dir>/vocab.json and <dir>/model.safetensors. No dep
 from __future__ import annotations
 
 import json
-import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from rfrt.checks import check_finite
+
 FORMAT = "rfrt-vocab-text/1"
-_WORD = re.compile(r"[a-z0-9']+")
 # A large finite negative (not -inf) so a row whose keys are all padding gives a finite softmax.
 _MASK_VALUE = -1e4
 
@@ -46,11 +49,37 @@ class VocabTextConfig:
             raise ValueError(f"VocabTextConfig.dim {self.dim} is not divisible by heads {self.heads}")
 
 
+def _word_char(ch: str) -> bool:
+    """ASCII: letters, digits and the apostrophe. Beyond ASCII every letter, mark, digit and symbol (é, 赤, 🚀)
+    is part of a word, so a word the encoder does not know is reported, not cut into pieces or dropped;
+    spaces, punctuation and control characters separate words."""
+    if ch < "\x80":
+        return ch.isalnum() or ch == "'"
+    return unicodedata.category(ch)[0] in "LMNS"
+
+
 def split_words(prompt: str) -> list[str]:
-    """Lower-case and split a prompt into words ("A Red circle, moves!" -> ["a", "red", "circle", "moves"])."""
+    """Lower-case and split a prompt into words ("A Red circle, moves!" -> ["a", "red", "circle", "moves"];
+    "a réd 🚀!" -> ["a", "réd", "🚀"])."""
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    return _WORD.findall(prompt.lower())
+    words, current = [], []
+    for ch in prompt.lower():
+        if _word_char(ch):
+            current.append(ch)
+        elif current:
+            words.append("".join(current))
+            current = []
+    if current:
+        words.append("".join(current))
+    return words
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from None
 
 
 class _Layer(nn.Module):
@@ -111,10 +140,14 @@ class VocabTextEncoder(nn.Module):
         for b, prompt in enumerate(prompts):
             words = split_words(prompt)
             unknown = sorted({w for w in words if w not in self._index})
+            known = f"(it knows {len(self.vocab)} words, e.g. {', '.join(self.vocab[:8])}, ...)"
             if unknown:
-                known = ", ".join(self.vocab[:8])
                 raise ValueError(f"prompt {prompt!r} has words outside this text encoder's vocabulary: {unknown} "
-                                 f"(it knows {len(self.vocab)} words, e.g. {known}, ...)")
+                                 f"{known}")
+            if not words and prompt.strip():
+                # Only the empty prompt means "unconditional" (training's classifier-free dropout uses it);
+                # "!!!" would otherwise generate the same unconditional video without a word of warning.
+                raise ValueError(f"prompt {prompt!r} has no word this text encoder knows {known}")
             if len(words) > self.max_words:
                 raise ValueError(f"prompt {prompt!r} has {len(words)} words, more than max_words={self.max_words}")
             ids[b, : len(words)] = torch.tensor([self._index[w] for w in words], dtype=torch.long)
@@ -152,16 +185,30 @@ class VocabTextEncoder(nn.Module):
         for name in ("config.json", "vocab.json", "model.safetensors"):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"vocab text encoder at {d} lacks {name}")
-        raw = json.loads((d / "config.json").read_text())
-        if raw.pop("format", None) != FORMAT:
+        raw, vocab = _read_json(d / "config.json"), _read_json(d / "vocab.json")
+        if not isinstance(raw, dict) or raw.pop("format", None) != FORMAT:
             raise ValueError(f"{d / 'config.json'} is not a {FORMAT} config")
-        cfg = VocabTextConfig(**raw)
-        enc = cls(json.loads((d / "vocab.json").read_text()), cfg.dim, cfg.max_words, cfg.layers, cfg.heads)
-        state = load_file(str(d / "model.safetensors"))
+        try:
+            cfg = VocabTextConfig(**raw)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{d / 'config.json'}: {err}") from None
+        if not isinstance(vocab, list) or not all(isinstance(w, str) for w in vocab):
+            raise ValueError(f"{d / 'vocab.json'} must be a JSON list of words")
+        enc = cls(vocab, cfg.dim, cfg.max_words, cfg.layers, cfg.heads)
+        weights = d / "model.safetensors"
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"cannot read {weights} as safetensors (corrupt or truncated?): {err}") from None
         missing, unexpected = set(enc.state_dict()) - set(state), set(state) - set(enc.state_dict())
         if missing or unexpected:
-            raise ValueError(f"{d / 'model.safetensors'}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        enc.load_state_dict(state)
+            raise ValueError(f"{weights}: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        for name, tensor in state.items():
+            check_finite(name, tensor, weights)
+        try:
+            enc.load_state_dict(state)
+        except RuntimeError as err:  # shapes that do not match config.json
+            raise ValueError(f"{weights} does not match {d / 'config.json'}: {err}") from None
         return enc.to(device)
 
     @classmethod

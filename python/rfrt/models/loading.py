@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from rfrt.checks import check_finite
+
 from .config import ConfigError, ModelConfig
 from .diffusers_names import diffusers_to_wan, is_diffusers_key
 from .dit import CausalWanDiT
@@ -56,9 +58,12 @@ def load_model(path: str | Path, *, use_ema: bool = False, config: ModelConfig |
     dtype = dtype or state["patch_embedding.weight"].dtype
     if not dtype.is_floating_point:
         raise CheckpointError(f"{path}: parameter dtype must be floating point, got {dtype}")
-    # Convert one tensor at a time, dropping the source as we go, so peak memory stays ~one model.
+    # Convert one tensor at a time, dropping the source as we go, so peak memory stays ~one model. Each tensor
+    # is checked for NaN / infinity in the target dtype (a cast to fp16 can overflow): one NaN in the DiT makes
+    # every frame black, silently.
     for name in list(state):
         state[name] = state[name].to(device=device, dtype=dtype)
+        check_finite(name, state[name], path)
     model.load_state_dict(state, strict=True, assign=True)
     return model
 

@@ -260,7 +260,7 @@ async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *
             ready(port)
         if threading.current_thread() is threading.main_thread():
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")

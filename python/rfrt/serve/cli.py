@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames queued per viewer before a slow viewer's oldest frames are dropped")
     parser.add_argument("--send-buffer-bytes", type=int,
                         help="cap each viewer's socket buffers (lower: a stalled viewer drops frames sooner)")
-    parser.add_argument("--record", metavar="OUT.mp4", help="also record the (first) stream to this MP4")
+    parser.add_argument("--record", metavar="OUT.mp4",
+                        help="also record the (first) stream to this video (.mp4, .mov, .mkv); written to "
+                             "OUT.partial.mp4 and renamed over OUT.mp4 when the server stops")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -37,10 +39,11 @@ def _generator_factory(args):
     read-only DiT and text encoder weights."""
     import torch
 
-    from rfrt.generator import StreamGenerator, _default_device
+    from rfrt.checks import resolve_device
+    from rfrt.generator import StreamGenerator
     from rfrt.model_dir import ModelDirError, default_model_path, load_model_dir
 
-    device = _default_device(args.device)
+    device = resolve_device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -60,7 +63,7 @@ def _generator_factory(args):
 
 def main(args: argparse.Namespace) -> int:
     """Run the server until Ctrl-C / SIGTERM. Returns the exit status (0 after a clean shutdown)."""
-    from rfrt.video import Mp4Writer
+    from rfrt.video import Mp4Writer, check_output
 
     try:
         from .app import ServeConfig, serve
@@ -71,8 +74,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         config = ServeConfig(host=args.host, port=args.port, token=args.token, max_streams=args.max_streams,
                              queue_frames=args.queue_frames, send_buffer_bytes=args.send_buffer_bytes)
+        inputs = [args.checkpoint]
+        if args.record:  # before the model loads; the file itself is replaced only when the server stops
+            check_output(args.record, inputs)
         make_generator, fps = _generator_factory(args)
-        recorder = Mp4Writer(args.record, fps=fps) if args.record else None
+        recorder = Mp4Writer(args.record, fps=fps, inputs=inputs) if args.record else None
     except (ValueError, OSError) as err:
         print(f"rfrt serve: error: {err}", file=sys.stderr)
         return 2

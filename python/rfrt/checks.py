@@ -1,0 +1,137 @@
+"""Argument rules shared by the CLI, the Python API and `rfrt serve`, and the finiteness checks.
+
+One rule each, so the three entry points accept and refuse the same values with the same message:
+- seed: an integer (Python or numpy) in 0..2**63-1. torch.manual_seed would also take negative seeds, but it
+  maps -1 onto 2**64-1 (the same stream, bit for bit), so a negative seed is refused rather than aliased;
+- dtype: a floating torch.dtype or its name ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16");
+- device: anything torch.device takes; CUDA must exist when it is asked for (a clear error, not torch's
+  AssertionError from deep inside the first allocation).
+
+Non-finite values: weights are checked tensor by tensor as they load (`check_finite`), and the first chunk
+of a stream is watched (`FiniteWatch`) so a NaN is reported with the step and the module that produced it.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+__all__ = ["MAX_SEED", "check_seed", "check_dtype", "resolve_device", "check_finite", "NonFiniteError",
+           "FiniteWatch", "DTYPE_NAMES"]
+
+MAX_SEED = 2**63 - 1
+DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+               "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class NonFiniteError(ValueError):
+    """A weight, latent or loss holds NaN or infinity."""
+
+
+def check_seed(seed: object) -> int:
+    """-> the seed as a Python int, or ValueError. Accepts int and numpy integers (not bool)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer in 0..2**63-1, got {seed!r} ({type(seed).__name__})")
+    seed = int(seed)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in 0..2**63-1 ({MAX_SEED}), got {seed}")
+    return seed
+
+
+def check_dtype(dtype: object) -> torch.dtype | None:
+    """None (the default), a floating torch.dtype, or one of DTYPE_NAMES -> torch.dtype / None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPE_NAMES)} (or a torch.dtype)")
+        return DTYPE_NAMES[dtype.lower()]
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or one of {sorted(DTYPE_NAMES)}, got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be floating point (float32, bfloat16, float16), got {dtype}")
+    return dtype
+
+
+def resolve_device(device: object) -> torch.device:
+    """None -> CUDA when available, else the CPU. A CUDA device that does not exist is a ValueError."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device (cpu, cuda, cuda:1, ...): {err}") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(f"device {str(dev)!r} was asked for, but this torch build has no CUDA support "
+                             f"(torch {torch.__version__}); use the CPU (--device cpu) or install a CUDA build")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device {str(dev)!r} was asked for, but no CUDA device is visible (driver, "
+                             "CUDA_VISIBLE_DEVICES?); use the CPU (--device cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(dev)!r} does not exist: {count} CUDA device(s) are visible")
+    return dev
+
+
+def check_finite(name: str, tensor: torch.Tensor, source: object) -> None:
+    """Raise NonFiniteError naming `source` and the tensor when it holds NaN or infinity.
+
+    One temporary bool per element of this tensor (not a copy of the model); one host sync per tensor.
+    """
+    if not tensor.is_floating_point() and not tensor.is_complex():
+        return
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return
+    bad = int(finite.numel() - finite.sum())
+    nan = int(torch.isnan(tensor).sum())
+    raise NonFiniteError(f"{source}: tensor {name!r} {tuple(tensor.shape)} has {bad} non-finite value(s) "
+                         f"({nan} NaN, {bad - nan} infinite); refusing weights that would generate black video")
+
+
+class FiniteWatch:
+    """Forward hooks that record, without any host sync, whether each module's output is finite.
+
+    Used for a stream's first chunk: `first_bad()` (one sync) names the first forward and module whose output
+    held a NaN or infinity. Modules run in execution order, so the first entry is where it started.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._names = {m: n or "(the model's output)" for n, m in model.named_modules()}
+        self._root = model
+        self._forward = -1
+        self._marks: list[tuple[int, str, torch.Tensor]] = []
+        self._handles = []
+
+    def __enter__(self) -> "FiniteWatch":
+        self._handles.append(self._root.register_forward_pre_hook(self._count))
+        for module in self._names:
+            self._handles.append(module.register_forward_hook(self._record))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _count(self, module, args) -> None:
+        self._forward += 1
+
+    def _record(self, module, args, output) -> None:
+        tensors = [output] if isinstance(output, torch.Tensor) else [
+            t for t in (output if isinstance(output, (tuple, list)) else ()) if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            if t.is_floating_point():
+                self._marks.append((self._forward, self._names[module], torch.isfinite(t).all()))
+
+    def first_bad(self) -> tuple[int, str] | None:
+        """(forward index, module name) of the first non-finite module output, or None."""
+        if not self._marks:
+            return None
+        ok = torch.stack([m[2] for m in self._marks]).cpu()
+        bad = (~ok).nonzero()
+        if bad.numel() == 0:
+            return None
+        forward, name, _ = self._marks[int(bad[0, 0])]
+        return forward, name
