@@ -167,4 +167,7 @@ def test_ort_runner_and_step_cache_validation(tmp_path):
         StepCache(steady, layout, "cpu")
     cache = StepCache(torch_step, layout, "cpu")
     with pytest.raises(RuntimeError, match="begin_chunk"):
-        cache(torch.zeros(1, 3, 3, SIZE, SIZE), torch.zeros(1, 3), torch.zeros(2, 2, 1, 12, 2, 16))
+        cache(torch.zeros(1, 3, 3, SIZE, SIZE), torch.zeros(1, 3))
+    cache.begin_chunk()
+    with pytest.raises(RuntimeError, match="set_text"):
+        cache(torch.zeros(1, 3, 3, SIZE, SIZE), torch.zeros(1, 3))
