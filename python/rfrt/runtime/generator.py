@@ -31,7 +31,8 @@ import torch
 from rfrt.cache.functional import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
-from rfrt.chunk_step import StepCache, TorchChunkStep, check_runner, check_step_shapes
+from rfrt.engine.interface import check_runner, check_step_shapes
+from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
@@ -87,9 +88,9 @@ class StreamGenerator:
     backend:    "torch" (default: the DiT over the RingCache), "tensorrt" (every denoising forward and context
                 pass on the serialized engine `engine`, from export/export_onnx.py -> export/build_engine.py,
                 for this model, resolution and cache; CUDA only), or a chunk-step runner object
-                (rfrt.chunk_step.ChunkStepRunner, e.g. export/ort_chunk_step.OnnxRuntimeChunkStep to run an
+                (rfrt.engine.ChunkStepRunner, e.g. rfrt.engine.OnnxRuntimeChunkStep to run an
                 exported ONNX on the CPU). With an engine, text K/V, timesteps, noise and decoding stay in
-                PyTorch, the cache is rfrt.chunk_step.StepCache, and a "steady" engine's filling chunks
+                PyTorch, the cache is rfrt.engine.EngineForward, and a "steady" engine's filling chunks
                 (the first window_frames / chunk_frames - 1) run the same step in eager PyTorch.
     """
 
@@ -150,7 +151,7 @@ class StreamGenerator:
         if self._runner is not None:
             what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
             check_step_shapes(self._runner, cfg, self._layout, what)
-        self._forward = None  # the chunk forward: the DiT over a RingCache, or an engine's StepCache
+        self._forward = None  # the chunk forward: the DiT over a RingCache, or an engine's EngineForward
         self._cache = None
         self._graphs = None
         self._ahead = None  # overlap_decode: latents of the chunk generated ahead
@@ -192,7 +193,7 @@ class StreamGenerator:
     @property
     def cache(self):
         """The stream's self-attention cache (None before the first reset): a RingCache with the torch backend,
-        an rfrt.chunk_step.StepCache with an engine. Both hold it in .kv and .sink_acc."""
+        an rfrt.engine.EngineForward with an engine. Both hold it in .kv and .sink_acc."""
         return self._cache
 
     @property
@@ -259,7 +260,7 @@ class StreamGenerator:
         """The stream's cache and the chunk forward over it (once per generator; reset() clears them)."""
         if self._runner is not None:
             filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
-            self._forward = self._cache = StepCache(self._runner, self._layout, self.device, filling=filling)
+            self._forward = self._cache = EngineForward(self._runner, self._layout, self.device, filling=filling)
             return
         cfg = self.dit.config
         self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
@@ -363,7 +364,7 @@ def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig
     if device.type != "cuda":
         raise ValueError(f"backend='tensorrt' runs on an NVIDIA GPU, but the generator's device is {device}; pass "
                          "device='cuda' (or use backend='torch' on a CPU)")
-    from rfrt.trt_backend import import_tensorrt
+    from rfrt.engine.tensorrt import import_tensorrt
 
     import_tensorrt()  # TensorRTUnavailable, with what to install, before the model loads
     return path
@@ -372,7 +373,7 @@ def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig
 def _load_runner(backend, engine_path: Path | None, device: torch.device):
     """The chunk-step runner of an engine backend (None for torch)."""
     if engine_path is not None:
-        from rfrt.trt_backend import TensorRTChunkStep
+        from rfrt.engine.tensorrt import TensorRTChunkStep
 
         return TensorRTChunkStep(engine_path, device)
     return None if isinstance(backend, str) else backend
