@@ -209,7 +209,7 @@ def _check_engine(args) -> None:
 def _generate(args) -> int:
     import torch
 
-    from rfrt.generator import StreamGenerator
+    from rfrt.runtime.generator import StreamGenerator
     from rfrt.text import validate_prompt
     from rfrt.video import Mp4Writer
 

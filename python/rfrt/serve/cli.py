@@ -40,7 +40,7 @@ def _generator_factory(args):
     import torch
 
     from rfrt.checks import resolve_device
-    from rfrt.generator import StreamGenerator
+    from rfrt.runtime.generator import StreamGenerator
     from rfrt.model_dir import ModelDirError, default_model_path, load_model_dir
 
     device = resolve_device(args.device)
