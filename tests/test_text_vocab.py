@@ -67,3 +67,61 @@ def test_bad_vocab_rejected():
         VocabTextEncoder(["a", "a"], 4, 2)
     with pytest.raises(ValueError, match="single lower-case words"):
         VocabTextEncoder(["two words"], 4, 2)
+
+
+# ---- issue #14, item 8: no silent unconditional generation; non-ASCII letters belong to words ----
+
+def test_non_ascii_letters_and_symbols_are_word_characters():
+    assert split_words("a large réd circle") == ["a", "large", "réd", "circle"]
+    assert split_words("赤い円が右へ") == ["赤い円が右へ"]
+    assert split_words("a red circle 🚀🔥!") == ["a", "red", "circle", "🚀🔥"]
+    assert split_words("RÉD\x01\x1b[31m, don't") == ["réd", "31m", "don't"]  # controls and punctuation split
+    assert split_words("a-b_c/d+e") == ["a", "b", "c", "d", "e"]  # ASCII splits exactly as before
+
+
+@pytest.mark.parametrize("prompt, why", [
+    ("a large réd circle", r"outside this text encoder's vocabulary: \['large', 'réd'\]"),
+    ("赤い円が右へ", r"outside this text encoder's vocabulary: \['赤い円が右へ'\]"),
+    ("a red circle 🚀🔥", r"vocabulary: \['🚀🔥'\]"),
+    ("!!!", r"has no word this text encoder knows \(it knows 8 words, e\.g\. a, red"),
+    ("... ?", "has no word this text encoder knows"),
+])
+def test_prompts_without_known_words_are_refused(prompt, why):
+    with pytest.raises(ValueError, match=why):
+        _enc().encode([prompt])
+
+
+def test_the_empty_prompt_stays_the_unconditional_embedding():
+    """Training's classifier-free dropout encodes "" on purpose: that stays all zeros."""
+    assert torch.equal(_enc().encode([""]), torch.zeros(1, 6, 8))
+
+
+def test_corrupt_encoder_files_name_the_file(tmp_path):
+    d = _enc().save(tmp_path / "enc")
+    (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"cannot read .*model\.safetensors as safetensors"):
+        VocabTextEncoder.load(d)
+    (d / "config.json").write_bytes(b"\xa7\xff")
+    with pytest.raises(ValueError, match=r"cannot read .*config\.json"):
+        VocabTextEncoder.load(d)
+
+
+def test_default_model_refuses_wordless_prompts_in_the_api_and_the_cli(tmp_path, capsys):
+    from rfrt import cli
+    from rfrt.model_dir import default_model_path
+    from rfrt.runtime.generator import StreamGenerator
+
+    if default_model_path() is None:
+        pytest.skip("the embedded default model is not installed")
+    gen = StreamGenerator(device="cpu")
+    for prompt in ("!!!", "赤い円が右へ", "🚀"):
+        with pytest.raises(ValueError, match="no word this text encoder knows|outside this text encoder"):
+            gen.reset(prompt)
+    gen.reset("a large red circle moves right on a blue background")
+    with pytest.raises(ValueError, match="no word"):
+        gen.set_prompt("!!!")
+    assert gen.prompt == "a large red circle moves right on a blue background"  # the old prompt is kept
+    out = tmp_path / "v.mp4"
+    assert cli.main(["generate", "!!!", "--chunks", "1", "--device", "cpu", "--out", str(out)]) == 1
+    assert "has no word this text encoder knows" in capsys.readouterr().err
+    assert not out.exists()

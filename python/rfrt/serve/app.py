@@ -35,6 +35,8 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("rfrt serve needs aiohttp: pip install 'rfrt[serve]' (or pip install aiohttp)") from err
 
+from rfrt.checks import check_seed
+
 from .hub import Hub, ServeError, Stream, Viewer
 
 log = logging.getLogger("rfrt.serve")
@@ -98,10 +100,10 @@ def parse_command(text: str, max_prompt_chars: int) -> tuple[str, dict]:
             raise ServeError(f"{cmd}: the prompt is too long ({len(prompt)} characters, at most {max_prompt_chars})")
         kw["prompt"] = prompt.strip()
     if "seed" in msg:
-        seed = msg["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ServeError(f"{cmd}: the seed must be an integer in 0..2^63-1, got {seed!r}")
-        kw["seed"] = seed
+        try:  # the rule of the CLI and the API (rfrt.checks)
+            kw["seed"] = check_seed(msg["seed"])
+        except ValueError as err:
+            raise ServeError(f"{cmd}: {err}") from None
     if "recache" in msg:
         if not isinstance(msg["recache"], bool):
             raise ServeError(f"{cmd}: recache must be true or false")

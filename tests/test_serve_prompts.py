@@ -1,0 +1,51 @@
+"""rfrt serve on the embedded default model: a prompt with no known word, or a bad seed, is refused over a real
+WebSocket on loopback with the encoder's vocabulary hint, and the stream keeps its prompt (issue #14, item 8)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
+
+from rfrt.model_dir import default_model_path  # noqa: E402
+from rfrt.runtime.generator import StreamGenerator  # noqa: E402
+from rfrt.serve import BackgroundServer, ServeConfig  # noqa: E402
+
+pytestmark = pytest.mark.skipif(default_model_path() is None, reason="the embedded default model is not installed")
+PROMPT = "a large red circle moves right on a blue background"
+
+
+async def _errors(port, commands, want, timeout=60.0):
+    """Send the commands; collect the text of `want` error events (bounded by the deadline)."""
+    errors = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+            for cmd in commands:
+                await ws.send_json(cmd)
+            deadline = time.monotonic() + timeout
+            while len(errors) < want:
+                left = deadline - time.monotonic()
+                assert left > 0, f"timed out; errors so far {errors}"
+                msg = await ws.receive(timeout=left)
+                assert msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY), msg
+                if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "error":
+                    errors.append(json.loads(msg.data)["message"])
+    return errors
+
+
+def test_serve_refuses_prompts_without_a_known_word():
+    srv = BackgroundServer(lambda: StreamGenerator(device="cpu"), ServeConfig(port=0))
+    port = srv.start()
+    try:
+        errors = asyncio.run(_errors(port, [{"cmd": "start", "prompt": "!!!", "seed": 0},
+                                            {"cmd": "start", "prompt": "赤い円が右へ", "seed": 0},
+                                            {"cmd": "start", "prompt": PROMPT, "seed": -1}], want=3))
+    finally:
+        srv.stop()
+    text = "\n".join(errors)  # the seed is refused on arrival, the prompts by the generator thread: any order
+    assert "start failed: prompt '!!!' has no word this text encoder knows (it knows" in text, errors
+    assert "outside this text encoder's vocabulary: ['赤い円が右へ']" in text, errors
+    assert "start: seed must be an integer in 0..2**63-1" in text, errors
