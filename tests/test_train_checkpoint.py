@@ -172,3 +172,44 @@ def test_weight_ema_closed_form():
     assert ema.ema_model(lin).weight.item() == pytest.approx(5.5) and lin.weight.item() == 8.0
     with pytest.raises(ValueError):
         ck.WeightEMA(lin, weight_ema_decay=1.0)
+
+
+# ---- housekeeping (issue #14): orphaned temp files, retention, file mode ----
+
+def test_orphaned_temp_files_are_removed_and_nothing_else(tmp_path):
+    d = tmp_path / "checkpoints"
+    ck.atomic_torch_save({"v": torch.tensor(1)}, ck.checkpoint_path(tmp_path, 455))
+    orphan = d / ".step_00000462.pt.fkv8x2a2.tmp"  # the name a kill mid-write left in the reliability probe
+    orphan.write_bytes(b"x" * 1000)
+    rank_orphan = d / ".step_00000462.rng_rank1.pt.ab12cd.tmp"
+    rank_orphan.write_bytes(b"x")
+    keep = [d / "notes.tmp", d / ".hidden", d / "step_00000462.pt.tmp"]  # not atomic_torch_save's names
+    for p in keep:
+        p.write_bytes(b"user")
+    assert sorted(ck.remove_orphans(tmp_path)) == sorted([orphan, rank_orphan])
+    assert sorted(p.name for p in d.iterdir()) == sorted([p.name for p in keep] + ["step_00000455.pt"])
+    assert ck.remove_orphans(tmp_path / "nowhere") == []
+
+
+def test_prune_keeps_the_last_n_with_their_rank_files(tmp_path):
+    for step in (2, 4, 6, 8, 10):
+        ck.atomic_torch_save({"v": torch.tensor(step)}, ck.checkpoint_path(tmp_path, step))
+        ck.save_rank_rng(ck.checkpoint_path(tmp_path, step), rank=1)
+    assert ck.prune_checkpoints(tmp_path, None) == []
+    removed = ck.prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in removed] == ["step_00000002.pt", "step_00000004.pt", "step_00000006.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step_00000008.pt", "step_00000008.rng_rank1.pt", "step_00000010.pt", "step_00000010.rng_rank1.pt"]
+    assert ck.latest_checkpoint(tmp_path).name == "step_00000010.pt"
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="keep must be a positive int or None"):
+            ck.prune_checkpoints(tmp_path, bad)
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ck.atomic_torch_save({"v": torch.tensor(1)}, ck.checkpoint_path(tmp_path, 1))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644

@@ -5,7 +5,9 @@ optimisers, the weight EMA, the data iterator...), the step, and the RNG states 
 and every CUDA device. Restoring all of them makes a resumed run continue bit for bit like an uninterrupted
 one (given deterministic kernels). The public trainer never saved with its shipped config (SPEC 3); here a
 write either fully lands or leaves the previous file untouched: temp file in the same directory, fsync,
-os.replace, then fsync of the directory so the rename itself survives a crash.
+os.replace, then fsync of the directory so the rename itself survives a crash. Housekeeping: the temp files a
+kill mid-write leaves are removed at the next start (`remove_orphans`), `prune_checkpoints` keeps the last N
+(run.keep_checkpoints), and files get the umask's mode (0644 usually; `FILE_MODE`), not mkstemp's 0600.
 
 With several ranks, each rank's RNG and data position differ: rank 0 writes the checkpoint, and every rank
 writes its own RNG state and rank-local state dicts beside it with `save_rank_rng` / restores them with
@@ -29,6 +31,12 @@ import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 FORMAT_VERSION = 1
+# Checkpoint files get the mode a new file would (0666 less the umask: 0644 under the usual 022), not
+# mkstemp's 0600.
+FILE_MODE = 0o666
+_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
+# atomic_torch_save's temp files: .<name>.<random>.tmp; a kill mid-write leaves one behind.
+_TEMP = re.compile(r"\.step_\d+(\.rng_rank\d+)?\.pt\..+\.tmp")
 
 
 class Stateful(Protocol):
@@ -85,6 +93,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, FILE_MODE & ~_umask())  # mkstemp's 0600 would hide checkpoints from the user's group
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -96,6 +105,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(d: Path) -> None:
@@ -131,8 +146,42 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     d = Path(out_dir) / "checkpoints"
     if not d.is_dir():
         return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
-    return max(found)[1] if found else None
+    found = _checkpoints(d)
+    return found[-1][1] if found else None
+
+
+def _checkpoints(d: Path) -> list[tuple[int, Path]]:
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _CHECKPOINT.fullmatch(p.name)))
+
+
+def remove_orphans(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files that a kill during a checkpoint write left in <out_dir>/checkpoints (each one
+    is as large as a checkpoint). Call on rank 0 before training starts, when no write is in flight."""
+    d = Path(out_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    orphans = [p for p in d.iterdir() if _TEMP.fullmatch(p.name) and p.is_file()]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return orphans
+
+
+def prune_checkpoints(out_dir: str | os.PathLike, keep: int | None) -> list[Path]:
+    """Keep the `keep` highest-step checkpoints (with their per-rank RNG files) and delete the older ones;
+    None keeps every checkpoint. Returns the deleted checkpoint paths."""
+    if keep is None:
+        return []
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive int or None, got {keep!r}")
+    d = Path(out_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    old = [p for _, p in _checkpoints(d)[:-keep]]
+    for p in old:
+        for rank_file in d.glob(f"{p.stem}.rng_rank*.pt"):
+            rank_file.unlink(missing_ok=True)
+        p.unlink(missing_ok=True)  # the checkpoint last: a kill here leaves it loadable, never a lone RNG file
+    return old
 
 
 def save_checkpoint(path: str | os.PathLike, step: int, objects: Mapping[str, Stateful],
