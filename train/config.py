@@ -249,6 +249,7 @@ class RunSection:
     out_dir: str = "runs/default"
     checkpoint_every: int = 100
     log_every: int = 10
+    keep_checkpoints: int | None = 3  # the newest N checkpoints are kept; null keeps every one
     bf16: bool = True
     grad_checkpointing: bool = True
     parallel: Literal["ddp", "fsdp"] = "ddp"
@@ -257,6 +258,8 @@ class RunSection:
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
             _require(getattr(self, name) >= 1, f"run.{name}", f"must be >= 1, got {getattr(self, name)}")
         _require(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
+        _require(self.keep_checkpoints is None or self.keep_checkpoints >= 1, "run.keep_checkpoints",
+                 f"must be >= 1 or null (keep all), got {self.keep_checkpoints}")
         _require(bool(self.out_dir), "run.out_dir", "must be a non-empty path")
 
 
@@ -331,6 +334,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), where,
                  f"expected a number, got {value!r}")
+        # No training setting means anything at NaN or infinity (optim.lr: .inf trains NaN from step 1).
+        _require(math.isfinite(value), where, f"must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         _require(isinstance(value, str), where, f"expected a string, got {value!r}")
@@ -369,8 +374,12 @@ def load_config(source: str | os.PathLike | Mapping[str, Any] | None, cls: type[
     elif isinstance(source, Mapping):
         data = source
     else:
-        with open(source, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        from train.yaml_load import YamlError, read_yaml
+
+        try:
+            data = read_yaml(source)
+        except YamlError as err:
+            raise ConfigError(str(err)) from None
         data = {} if data is None else data
     return _build(cls, data, "")
 

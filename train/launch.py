@@ -21,7 +21,8 @@ for _p in (_ROOT, _ROOT / "python"):
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from train.config import load_config  # noqa: E402
+from train.config import ConfigError, TrainConfig, load_config  # noqa: E402
+from train.yaml_load import YamlError, read_yaml  # noqa: E402
 from train.stages import build_stage  # noqa: E402
 from train.stages.common import setup_distributed  # noqa: E402
 
@@ -31,7 +32,26 @@ def _override(data: dict, assignment: str) -> None:
     if not sep or "." not in key:
         raise SystemExit(f"--set expects section.key=value, got {assignment!r}")
     section, name = key.split(".", 1)
-    data.setdefault(section, {})[name] = yaml.safe_load(value)
+    node = data.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {assignment!r}: {section} is not a section")
+    node[name] = yaml.safe_load(value)
+
+
+def _config(args) -> TrainConfig:
+    data = read_yaml(args.config)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{args.config}: the top level must be a mapping of sections (run:, optim:, ...), "
+                          f"got a {type(data).__name__}")
+    for assignment in args.set:
+        _override(data, assignment)
+    return load_config(data)
+
+
+def _one_line(err: BaseException) -> str:
+    """PyYAML's messages span lines ('in "<file>", line 3, column 1'): one line for one mistake."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with open(args.config, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    for assignment in args.set:
-        _override(data, assignment)
-    cfg = load_config(data)
+    try:
+        cfg = _config(args)
+    except (ConfigError, YamlError) as err:  # the user's config: one message, no traceback, usage status
+        print(f"train.launch: error: {_one_line(err)}", file=sys.stderr)
+        return 2
     info = setup_distributed()
-    trainer = build_stage(cfg, info, progress=not args.no_progress)
-    last = trainer.run()
+    try:
+        trainer = build_stage(cfg, info, progress=not args.no_progress)
+        last = trainer.run()
+    except (ValueError, OSError) as err:  # config-dependent failures (missing teacher, diverged run, disk)
+        print(f"train.launch: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
+        return 1
     if info.is_main:
         print("final:", {k: round(v, 6) for k, v in last.items()}, flush=True)
     if torch.distributed.is_initialized():

@@ -12,14 +12,17 @@ equals one of 4 steps bit for bit on the same machine.
 from __future__ import annotations
 
 import abc
+import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from train.checkpoint import (checkpoint_path, latest_checkpoint, load_rank_rng, resume, save_rank_rng,
-                              save_states)
+from rfrt.checks import NonFiniteError
+from train.checkpoint import (checkpoint_path, latest_checkpoint, load_rank_rng, prune_checkpoints,
+                              remove_orphans, resume, save_rank_rng, save_states)
 from train.config import TrainConfig, config_to_dict
 from train.metrics import MetricsLogger
 from train.stages.common import DistInfo, barrier, broadcast_int, check_parallel
@@ -59,6 +62,10 @@ class StageTrainer(abc.ABC):
         gather the weights there, write them on rank 0 only."""
 
     def _resume(self) -> int:
+        if self.info.is_main:
+            for orphan in remove_orphans(self.out_dir):  # a kill mid-write: as large as a checkpoint, never read
+                print(f"removed {orphan}, left by a checkpoint write that was interrupted", file=sys.stderr)
+        barrier(self.info)
         ck = latest_checkpoint(self.out_dir)
         if ck is None:
             return 0
@@ -78,6 +85,30 @@ class StageTrainer(abc.ABC):
         if self.info.world_size > 1:
             save_rank_rng(path, self.info.rank, {name: states[name] for name in self.rank_local if name in states})
         barrier(self.info)
+        if self.info.is_main:  # after the barrier: every rank's file of the new checkpoint is on disk
+            prune_checkpoints(self.out_dir, self.cfg.run.keep_checkpoints)
+
+    def _non_finite(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The step's non-finite metrics (loss, grad_norm ...); with several ranks, any rank's count for all,
+        so that every rank stops at the same step instead of waiting in the next collective."""
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if self.info.world_size > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(bool(bad))], dtype=torch.long, device=self.info.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and not bad:
+                bad = {"another rank's metrics": math.nan}
+        return bad
+
+    def _diverged(self, step: int, bad: dict[str, float]) -> NonFiniteError:
+        last = latest_checkpoint(self.out_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        return NonFiniteError(
+            f"step {step}: non-finite {', '.join(f'{k} = {v}' for k, v in bad.items())}; training stopped before "
+            f"writing a checkpoint or an export, and {kept}. The run diverged: lower optim.lr / "
+            f"optim.critic_lr (now {self.cfg.optim.lr:g} / {self.cfg.optim.critic_lr:g}) or set "
+            "optim.max_grad_norm, then rerun (it resumes from that checkpoint)")
 
     def run(self) -> dict[str, float]:
         """Train from the latest checkpoint (or step 0) to cfg.run.steps; export to <out_dir>/export.
@@ -93,8 +124,11 @@ class StageTrainer(abc.ABC):
             for step in range(start, run.steps):
                 last = self.train_step(step)
                 last["wall_s"] = time.perf_counter() - t0
-                if step % run.log_every == 0 or step + 1 == run.steps:
+                bad = self._non_finite(last)  # the metrics are host floats already: no extra sync
+                if bad or step % run.log_every == 0 or step + 1 == run.steps:
                     log.log(step, **last)
+                if bad:
+                    raise self._diverged(step, bad)
                 log.advance()
                 if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
                     self._save(step + 1)
