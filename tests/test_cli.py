@@ -269,3 +269,21 @@ def test_prompts_file_chunk_rules(model_root, tmp_path, monkeypatch, capsys):
                      "--device", "cpu", "--out", str(tmp_path / "v.mp4")]) == 2
     assert "chunk 999 is past the end of the run (2 chunks, 0 .. 1)" in capsys.readouterr().err
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_interrupt_during_the_model_load_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("rfrt.runtime.generator.StreamGenerator.__init__", interrupted)
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"precious")
+    assert cli.main(["generate", "a cat", "--out", str(out)]) == 130
+    assert f"interrupted by SIGINT; no frame was written; {out} was not changed" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious" and sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file(tmp_path, capsys):
+    (tmp_path / "rfrt.json").write_bytes(b"\xa7\xff\x00garbage")
+    assert cli.main(["generate", "a cat", "--model", str(tmp_path), "--device", "cpu",
+                     "--out", str(tmp_path / "v.mp4")]) == 1
+    assert f"cannot read model manifest {tmp_path / 'rfrt.json'}" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import pytest
@@ -49,3 +50,42 @@ def test_serve_refuses_prompts_without_a_known_word():
     assert "start failed: prompt '!!!' has no word this text encoder knows (it knows" in text, errors
     assert "outside this text encoder's vocabulary: ['赤い円が右へ']" in text, errors
     assert "start: seed must be an integer in 0..2**63-1" in text, errors
+
+
+def test_serve_record_replaces_its_file_only_when_the_server_stops(tmp_path):
+    """The recording goes through the same writer as `rfrt generate`: the old file stays until shutdown."""
+    import numpy as np
+
+    av = pytest.importorskip("av")
+    from rfrt.video import Mp4Writer, partial_path
+
+    rec = tmp_path / "rec.mp4"
+    rec.write_bytes(b"the old recording")
+    recorder = Mp4Writer(rec, fps=16)
+    srv = BackgroundServer(lambda: StreamGenerator(device="cpu"), ServeConfig(port=0), recorder=recorder)
+    port = srv.start()
+
+    async def watch(n):
+        got = 0
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                await ws.send_json({"cmd": "start", "prompt": PROMPT, "seed": 0})
+                deadline = time.monotonic() + 120
+                while got < n:
+                    msg = await ws.receive(timeout=max(0.1, deadline - time.monotonic()))
+                    assert time.monotonic() < deadline and msg.type in (aiohttp.WSMsgType.TEXT,
+                                                                        aiohttp.WSMsgType.BINARY), msg
+                    got += msg.type == aiohttp.WSMsgType.BINARY
+        return got
+
+    try:
+        assert asyncio.run(watch(30)) == 30
+        assert rec.read_bytes() == b"the old recording"  # recording, but the file is untouched
+        assert os.path.exists(partial_path(rec))  # (x264 holds its look-ahead: maybe no bytes yet)
+    finally:
+        srv.stop()
+    assert recorder.video_path == str(rec) and not os.path.exists(partial_path(rec))
+    with av.open(str(rec)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == recorder.frames_written >= 30 and frames[0].shape == (16, 16, 3)
+    assert np.asarray(frames).std() > 0
