@@ -21,7 +21,7 @@ import copy
 import os
 import random
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -91,9 +91,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save `obj` to `path` atomically: readers see the old file or the complete new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
-        os.chmod(tmp, FILE_MODE & ~_umask())  # mkstemp's 0600 would hide checkpoints from the user's group
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -107,10 +106,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new `.<name>.<random>.tmp` beside `path`, created with FILE_MODE: the kernel applies the umask
+    (tempfile.mkstemp's 0600 would hide checkpoints from the user's group; os.umask is not thread-safe)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_dir(d: Path) -> None:

@@ -150,12 +150,6 @@ def check_output(path: str | os.PathLike, inputs=()) -> None:
 check_writable = check_output  # the name before the partial file existed
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class Mp4Writer:
     """Writes uint8 frames [T, H, W, 3] (RGB) to an H.264 / yuv420p video, incrementally and atomically.
 
@@ -316,11 +310,12 @@ class Mp4Writer:
             os.close(self._fd)
 
     def _match_mode(self) -> None:
-        """A replaced file keeps its permission bits; a new one gets the umask's (0644 usually)."""
+        """A replaced file keeps its permission bits; a new one keeps the partial file's, which os.open gave
+        the umask's mode (0644 usually)."""
         try:
             mode = stat.S_IMODE(os.stat(self._target).st_mode)
         except FileNotFoundError:
-            mode = 0o666 & ~_umask()
+            return
         os.chmod(self.partial_path, mode)
 
     def _keep_partial(self) -> str:
