@@ -5,6 +5,7 @@ on loopback with a real client."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 
 import pytest
@@ -60,11 +61,16 @@ def test_a_fast_stream_is_paced_to_the_video_frame_rate(one_thread):  # noqa: F8
     numbers = [n for n, _ in frames]
     assert numbers == list(range(len(numbers)))  # nothing dropped, nothing out of order
     assert all(v["dropped"] == 0 for v in status["viewer_stats"]), status
+    # a camera: over any stretch, no more frames than real time allows, plus the one chunk of lead. Measured from
+    # the third chunk on (the first two go out together, behind the JPEG encoder's start), with two chunks of
+    # slack for delivery jitter on a loaded machine; unpaced, the excess grows with every second watched.
+    steady = [(n, t) for n, t in frames if n >= 2 * PER_CHUNK]
+    excess = max((nj - ni) - (tj - ti) * FPS for i, (ni, ti) in enumerate(steady) for nj, tj in steady[i:])
     t0 = frames[0][1]
-    # a camera: frame n is never sent before its time, less a lead of one chunk; the slack (two more chunks)
-    # covers a late first frame (the JPEG encoder starts with it) and scheduling on a loaded machine
-    early = [(n, round(t - t0, 3)) for n, t in frames if n > (t - t0) * FPS + 4 * PER_CHUNK]
-    assert not early, f"frames ahead of real time (number, seconds): {early[:5]}"
+    print(f"\npaced: {len(numbers)} frames in {frames[-1][1] - t0:.2f} s ({FPS} FPS video), none dropped; "
+          f"at most {excess:.1f} frames ahead of real time over any stretch; "
+          f"chunk step {1000 * statistics.median(status['step_seconds']):.1f} ms median")
+    assert excess <= 3 * PER_CHUNK, f"{excess:.1f} frames ahead of real time"
     # and it does not fall behind when the machine can keep up: the generator has time to spare
     spare = PER_CHUNK / FPS / max(status["step_seconds"])
     if spare > 2:
@@ -79,8 +85,10 @@ def test_unpaced_mode_runs_as_fast_as_it_can(one_thread):  # noqa: F811
     finally:
         srv.stop()
     capacity = PER_CHUNK / (sum(status["step_seconds"]) / len(status["step_seconds"]))  # frames/s it can make
-    assert capacity > 3 * FPS, f"this machine makes only {capacity:.0f} frames/s: cannot tell paced from not"
-    assert len(frames) > 2 * FPS * 1.0, (len(frames), capacity)  # well beyond real time
+    print(f"\nunpaced: {len(frames)} frames in 1 s ({FPS} FPS video; the generator can make {capacity:.0f}/s)")
+    assert len(frames) >= 0.5 * capacity * 1.0, (len(frames), capacity)  # as fast as it can, no waiting
+    if capacity > 2 * FPS:  # (on a machine loaded so much that it is slower than that, both modes look alike)
+        assert len(frames) > 1.2 * FPS * 1.0, (len(frames), capacity)  # beyond real time
 
 
 def test_pacer_schedule_on_a_fake_clock():

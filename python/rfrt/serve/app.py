@@ -15,6 +15,10 @@ Protocol, client -> server (JSON text): {"cmd": "start", "prompt": str, "seed": 
 "prompt": str, "recache": bool}, {"cmd": "stop"}, {"cmd": "reset", "seed": int, "prompt": str (optional)},
 {"cmd": "status"}. Server -> client: JSON events {"type": "hello" | "status" | "prompt" | "error", ...} and
 binary frames (`hub.FRAME_HEADER`: chunk index, frame number; then one JPEG).
+
+Who may connect (Host names, page origins, the token) is access.py's; what one client may cost (rate, queue)
+is limits.py's; the stream's pace is pacing.py's. Refusals: 403 with a text body before a handshake (Host,
+Origin, token: 401), an error event then close code 1013 after it (viewer or stream limit).
 """
 from __future__ import annotations
 
@@ -315,7 +319,8 @@ async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *
         await site.start()
         port = runner.addresses[0][1]
         query = "?token=" + config.token if config.token else ""
-        log.info("serving on http://%s:%d/%s", config.host, port, query)
+        shown = f"[{config.host}]" if ":" in config.host else config.host
+        log.info("serving on http://%s:%d/%s", shown, port, query)
         if ready is not None:
             ready(port)
         if threading.current_thread() is threading.main_thread():

@@ -361,6 +361,9 @@ class Hub:
         """Stop every stream's threads and finalise the recording (the generator finishes its chunk first)."""
         self._closed = True
         streams = list(self.streams.values())
+        for s in streams:
+            if s.idle_timer is not None:
+                s.idle_timer.cancel()
         await asyncio.gather(*(asyncio.to_thread(s.close) for s in streams))
         if self.recorder is not None:
             self.recorder.close()
