@@ -82,8 +82,8 @@ function tick(now) {
     drawn++;
     // A clock, not a delay since the last frame: each frame is due one interval after the one before, so the
     // page shows videoFps on average however the display's refresh rate divides it (waiting a whole interval
-    // after each draw showed 15 of 16 FPS on a 60 Hz display, and a paced stream then piled up). After a gap
-    // with nothing to show, the clock starts again from now.
+    // after each draw lands on every fourth 60 Hz refresh: 15 of 16 FPS, and a paced stream piles up). After a
+    // gap with nothing to show, the clock starts again from now.
     nextDraw = now - nextDraw > interval ? now + interval : nextDraw + interval;
     drawTimes.push(now);
   }
