@@ -11,7 +11,7 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
 
-from rfrt.generator import StreamGenerator  # noqa: E402
+from rfrt.runtime.generator import StreamGenerator  # noqa: E402
 from rfrt.serve import BackgroundServer, ServeConfig  # noqa: E402
 from rfrt.serve.access import AccessPolicy  # noqa: E402
 from test_generator_tiny import one_thread, tiny_model  # noqa: E402,F401

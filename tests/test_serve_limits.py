@@ -15,7 +15,7 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
 
-from rfrt.generator import StreamGenerator  # noqa: E402
+from rfrt.runtime.generator import StreamGenerator  # noqa: E402
 from rfrt.serve import BackgroundServer, ServeConfig, parse_command  # noqa: E402
 from rfrt.serve.hub import ServeError  # noqa: E402
 from rfrt.serve.limits import CommandQueue, TokenBucket  # noqa: E402
