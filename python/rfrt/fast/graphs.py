@@ -7,7 +7,8 @@ latents. The graph body is: cursor update -> (fold) -> 4 forwards with x0 / reno
 x0 to the output -> chunk counter + 1.
 
 Cursors without a host sync. `RingCache.begin_chunk` computes the chunk's slot and RoPE positions on the host
-and uploads them (a pageable host-to-device copy, which makes the host wait for the stream). Here a device
+and uploads them (a pinned non-blocking copy, which must never be captured: it would freeze a host address the
+allocator reuses, so `_upload` refuses to run under capture). Here a device
 chunk counter feeds the same arithmetic as `CachePolicy` (slot_frame, evicted_chunk, sink_position) written
 as tensor ops, inside the graph, so the step path never waits for the device. The host only mirrors the two
 plain counters (`cache.chunk`, `cache.keys`) it already knows.
@@ -38,7 +39,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rfrt import ops
 from rfrt.cache.ring import RingCache
 from rfrt.models.dit import CrossKV
 from rfrt.sampling import flow_to_x0, renoise
@@ -198,10 +198,9 @@ class ChunkGraphs:
         self._cursors[0].copy_(write)
         self._cursors[1].copy_(query)
         self._cursors[2].copy_(fold_cursor)
+        cache.time_rows()  # this chunk's RoPE time rows, from the cursors just written
         if fold:
-            p = cache.policy
-            ops.sink_fold(cache.kv, cache.sink_acc, self._cursors[2], float(p.sink_ema_alpha), p.tokens_per_frame,
-                          cache.grid_w, cache.rope_theta)
+            cache.fold()
         x = self._noise[0].to(plan.dtype)
         steps = len(plan.timesteps)
         for i, t in enumerate(plan.timesteps):
