@@ -258,3 +258,24 @@ def test_ops_trace_under_torch_compile_and_export():
     exported = torch.export.export(Rotate(), (q, torch.tensor([3])))
     assert any("rfrt.rope_apply" in str(n.target) for n in exported.graph.nodes)
     torch.testing.assert_close(exported.module()(q, torch.tensor([3])), Rotate()(q, torch.tensor([3])))
+
+
+def test_sdpa_choice_is_recorded_and_a_forced_backend_gives_the_same_attention():
+    from rfrt.fast.attention import sdpa_choice
+
+    policy, auto = small_ring()
+    forced = RingCache(policy, layers=2, heads=2, head_dim=8, grid_h=2, grid_w=2, sdpa_backend="math")
+    q, k, v = qkv(policy)
+    for cache in (auto, forced):
+        for _ in range(3):
+            cache.begin_chunk()
+    out_auto, out_math = auto(0, q, k, v), forced(0, q, k, v)
+    torch.testing.assert_close(out_math, out_auto, rtol=1e-5, atol=1e-5)
+    assert sdpa_choice(*auto.sdpa_inputs(0, q)) in ("cudnn", "flash", "efficient", "math")
+    with pytest.raises(ValueError, match="sdpa_backend must be one of"):
+        RingCache(policy, layers=1, heads=2, head_dim=8, grid_h=2, grid_w=2, sdpa_backend="fa3")
+    if not torch.cuda.is_available():
+        cudnn = RingCache(policy, layers=2, heads=2, head_dim=8, grid_h=2, grid_w=2, sdpa_backend="cudnn")
+        cudnn.begin_chunk()
+        with pytest.raises(RuntimeError, match="SDPA backend 'cudnn' cannot run"):
+            cudnn(0, q, k, v)

@@ -224,7 +224,8 @@ class StreamGenerator:
             cfg = self.dit.config
             self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
                                     grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
-                                    device=self.device, attention=self.attention)
+                                    device=self.device, attention=self.attention,
+                                    sdpa_backend=self.runtime.sdpa_backend)
             if self.runtime.cuda_graphs:
                 self._graphs = _chunk_graphs(self)
         else:
@@ -383,7 +384,12 @@ def _load_runner(backend, engine_path: Path | None, device: torch.device):
 
 
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
-    """The fast paths that change the model objects: FP8 block linears (in place), the overlapped decoder."""
+    """The fast paths that change the model objects: modulation precision / fused helpers, FP8 block linears (in
+    place), the overlapped decoder."""
+    if runtime.modulation != "fp32" or runtime.fuse_helpers:
+        from rfrt.models.dit import BlockMath
+
+        dit.set_block_math(BlockMath(runtime.modulation, compile=runtime.fuse_helpers))
     if runtime.fp8:
         from rfrt.fast.fp8 import swap_dit_linears
 

@@ -40,7 +40,8 @@ class RingCache:
 
     def __init__(self, policy: CachePolicy, *, layers: int, heads: int, head_dim: int, grid_h: int, grid_w: int,
                  batch: int = 1, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 rope_theta: float = 10000.0, attention: str = "sdpa", debug: bool = False) -> None:
+                 rope_theta: float = 10000.0, attention: str = "sdpa", debug: bool = False,
+                 sdpa_backend: str = "auto") -> None:
         if grid_h * grid_w != policy.tokens_per_frame:
             raise ValueError(f"grid {grid_h}x{grid_w} has {grid_h * grid_w} tokens but the policy says "
                              f"tokens_per_frame={policy.tokens_per_frame}")
@@ -54,6 +55,11 @@ class RingCache:
         self.policy, self.grid_h, self.grid_w = policy, grid_h, grid_w
         self.rope_theta, self.attention, self.scale = rope_theta, attention, 1.0 / math.sqrt(head_dim)
         self.debug = bool(debug)
+        from rfrt.fast.config import SDPA_BACKENDS
+
+        if sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"RingCache.sdpa_backend must be one of {SDPA_BACKENDS}, got {sdpa_backend!r}")
+        self.sdpa_backend = sdpa_backend
         device = torch.device(device)
         self.kv = torch.zeros(2, layers, batch, policy.window_tokens, heads, head_dim, dtype=dtype, device=device)
         acc_dtype = torch.float32 if policy.sink_precision == "fp32" else dtype
@@ -66,7 +72,8 @@ class RingCache:
         tpf = policy.tokens_per_frame
         self.rope_space = ops.rope_space_table(head_dim, tpf, grid_w, rope_theta, device)
         sink_frames = policy.sink_tokens // tpf
-        self.rope_time = torch.zeros(policy.chunk_frames + 2 * sink_frames, ops._time_pairs(head_dim), 2, dtype=torch.float32, device=device)
+        self.rope_time = torch.zeros(policy.chunk_frames + 2 * sink_frames, ops._time_pairs(head_dim), 2,
+                                     dtype=torch.float32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         self._write_params = [ops.write_params(self.kv, self.sink_acc, self._write_cursor, self.rope_space,
                                                self.rope_time, layer, policy.chunk_tokens, tpf, self.error)
@@ -174,10 +181,21 @@ class RingCache:
             self.check()
         if self.attention == "core":
             return ops.ring_attention(self.kv, q, layer, self.keys, self.scale)
+        q, keys, values = self.sdpa_inputs(layer, q)
+        if self.sdpa_backend == "auto":
+            out = F.scaled_dot_product_attention(q, keys, values, scale=self.scale)
+        else:
+            from rfrt.fast.attention import sdpa
+
+            out = sdpa(q, keys, values, self.scale, self.sdpa_backend)
+        return out.transpose(1, 2)
+
+    def sdpa_inputs(self, layer: int, q_rotated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The BHLD views SDPA reads for layer `layer` (no copies): q [B, H, L, D] and the ring's first
+        `keys` K / V [B, H, keys, D] (rfrt.fast.attention.sdpa_choice reports the kernel torch picks for them)."""
         keys = self.kv[0, layer, :, : self.keys].transpose(1, 2)
         values = self.kv[1, layer, :, : self.keys].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, scale=self.scale)
-        return out.transpose(1, 2)
+        return q_rotated.transpose(1, 2), keys, values
 
 
 def _upload(cursor: Tensor, values: list[int]) -> None:

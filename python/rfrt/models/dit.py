@@ -133,7 +133,8 @@ class BlockMath:
             raise TypeError(f"BlockMath.compile must be a bool, got {compile!r}")
         self.precision, self.compile = precision, compile
         bf16 = precision == "bf16"
-        fns = dict(modulate=modulate_bf16 if bf16 else modulate_fp32, gated_add=gated_add_bf16 if bf16 else gated_add_fp32,
+        fns = dict(modulate=modulate_bf16 if bf16 else modulate_fp32,
+                   gated_add=gated_add_bf16 if bf16 else gated_add_fp32,
                    norm3=norm3_bf16 if bf16 else norm3_fp32, rms_norm=rms_norm)
         if compile:
             fns = {k: torch.compile(f, fullgraph=True, dynamic=False) for k, f in fns.items()}
