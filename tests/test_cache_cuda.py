@@ -79,17 +79,20 @@ print("sanitized run ok")
 """
 
 
-@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+# racecheck only checks shared memory, which these kernels do not use: initcheck (reads of unwritten memory) does.
+@pytest.mark.parametrize("tool", ["memcheck", "initcheck"])
 def test_kernels_under_compute_sanitizer(tool, tmp_path):
     exe = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
     if not os.path.exists(exe):
         pytest.skip("compute-sanitizer not installed")
     script = tmp_path / "sanitize.py"
     script.write_text(SANITIZE.format(tests=os.path.dirname(__file__)))
-    # Only rfrt's kernels are checked: torch's own kernels are out of scope and slow under the tool.
-    cmd = [exe, f"--tool={tool}", "--error-exitcode=7", "--kernel-name-exclude=regex:^(?!.*rfrt).*",
-           sys.executable, str(script)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    # Only rfrt's kernels are checked (their mangled names contain "rfrt"): torch's own kernels are out of scope
+    # and slow under the tool. memcheck cannot see out-of-bounds accesses inside torch's caching allocator's
+    # segments, so the allocator is turned off.
+    cmd = [exe, f"--tool={tool}", "--error-exitcode=7", "--kernel-name", "kns=rfrt", sys.executable, str(script)]
+    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     report = tmp_path / f"{tool}.log"
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]

@@ -386,7 +386,8 @@ def _load_runner(backend, engine_path: Path | None, device: torch.device):
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
     """The fast paths that change the model objects: modulation precision / fused helpers, FP8 block linears (in
     place), the overlapped decoder."""
-    if runtime.modulation != "fp32" or runtime.fuse_helpers:
+    current = getattr(dit, "block_math", None)
+    if current is not None and (current.precision, current.compile) != (runtime.modulation, runtime.fuse_helpers):
         from rfrt.models.dit import BlockMath
 
         dit.set_block_math(BlockMath(runtime.modulation, compile=runtime.fuse_helpers))
