@@ -19,11 +19,13 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 START=$(date +%s)
-DEADLINE=$((START + ${RFRT_DEADLINE_S:-510}))
+DRY=${RFRT_GPU_DRY_RUN:-0}
+# A dry run on a small shared CPU box starts Python slowly: its boxes and deadline are scaled up (x3).
+SCALE=${RFRT_BOX_SCALE:-$([ "$DRY" = 1 ] && echo 3 || echo 1)}
+DEADLINE=$((START + ${RFRT_DEADLINE_S:-$((510 * SCALE))}))
 OUT=${OUT:-/tmp/rfrt-gpu-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-DRY=${RFRT_GPU_DRY_RUN:-0}
 COMMIT=${RFRT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$DRY" = 1 ]; then
@@ -39,7 +41,7 @@ note() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$OUT/probe.log"; }
 
 # run_stage NAME SECONDS LOG CMD...: time-boxed by `timeout`, never aborts the script, records its status.
 run_stage() {
-  local name=$1 box=$2 log=$3
+  local name=$1 box=$(($2 * SCALE)) log=$3
   shift 3
   local left=$((DEADLINE - $(date +%s)))
   if [ "$left" -le 5 ]; then
