@@ -164,7 +164,8 @@ run_stage profile 40 "$OUT/probe.log" probe profile --profile-out "$OUT/profile.
   grep -E "ERROR SUMMARY|exit [0-9]" "$OUT/sanitizer.log" | head -4
   "$PY" - "$OUT/probe.jsonl" <<'PY'
 import json, sys
-keys = ("ms_per_chunk", "fps_dit_only", "first_chunk_cold_s", "first_chunk_warm_s", "max_abs_graphs_vs_eager",
+keys = ("ms_per_chunk", "fps_dit_only", "first_chunk_cold_s", "first_chunk_after_warmup_s", "first_chunk_warm_s",
+        "max_abs_graphs_vs_eager",
         "chosen", "auto_tflops", "cudnn_tflops", "flash_tflops", "tflops", "ms", "gbs", "kv_max_abs", "ok",
         "matmul_tflops", "copy_gbs", "unfused_ms", "fused_ms", "bf16_ms", "finite", "est_fps_dit_only", "skipped")
 for line in open(sys.argv[1]):

@@ -17,7 +17,8 @@ class RuntimeConfig:
     fp8:            replace the transformer blocks' linear layers by FP8 (e4m3) ones (rfrt.fast.fp8), in place,
                     on the generator's DiT; fp8_scaling picks per-row ("row") or per-tensor ("tensor") scales.
     overlap_decode: decode chunk k on a side CUDA stream (a worker thread on a CPU) while chunk k+1 denoises
-                    (rfrt.fast.overlap); the generator then works one chunk ahead.
+                    (rfrt.fast.overlap); each chunk's latents go to the decoder before its context pass; the
+                    first chunk is returned as soon as it is decoded, then the generator works one chunk ahead.
     modulation:     "fp32" (default: the diffusers-exact adaLN arithmetic) or "bf16" (in the weights' dtype, as
                     the released pipeline; ~3.5x less elementwise traffic per block on a GPU). See
                     rfrt.models.dit.BlockMath and docs/design.md for the measured error.
