@@ -131,3 +131,21 @@ def test_compiled_helpers_match_eager():
         net.set_block_math(BlockMath("fp32", compile=True))
         got = net(x, t, text, FullAttention())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_runtime_config_sets_the_block_math_of_the_generator():
+    from rfrt.fast import RuntimeConfig
+    from rfrt.generator import StreamGenerator
+    from test_generator_tiny import tiny_model
+
+    ref = StreamGenerator(tiny_model(8), device="cpu")
+    gen = StreamGenerator(tiny_model(8), device="cpu", runtime=RuntimeConfig(modulation="bf16"))
+    assert gen.dit.block_math.precision == "bf16" and ref.dit.block_math.precision == "fp32"
+    for g in (ref, gen):
+        g.reset("a red ball", seed=1)
+    # fp32 weights: the bf16 mode is the same arithmetic in another order
+    torch.testing.assert_close(gen.step().latents, ref.step().latents, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="modulation must be one of"):
+        RuntimeConfig(modulation="fp16")
+    with pytest.raises(ValueError, match="sdpa_backend must be one of"):
+        RuntimeConfig(sdpa_backend="fa3")
