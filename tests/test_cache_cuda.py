@@ -97,3 +97,30 @@ def test_kernels_under_compute_sanitizer(tool, tmp_path):
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "ERROR SUMMARY: 0 errors" in done.stdout + done.stderr
+
+
+def test_error_flag_and_capture_guard_on_gpu():
+    """A corrupted device cursor sets the flag (nothing written); the pinned upload refuses graph capture."""
+    policy = CachePolicy(tokens_per_frame=24)
+    ring = RingCache(policy, layers=2, heads=2, head_dim=64, grid_h=4, grid_w=6, device="cuda")
+    ring.begin_chunk()
+    ring.cursors[0].fill_(policy.window_tokens)
+    x = torch.randn(1, policy.chunk_tokens, 2, 64, device="cuda")
+    ring(0, x, x, x)
+    with pytest.raises(RuntimeError, match="out-of-range device cursor"):
+        ring.check()
+    assert ring.kv.abs().sum().item() == 0
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="while a CUDA graph is being captured"):
+        with torch.cuda.graph(graph):
+            ring.begin_chunk()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_kernels_launch_on_the_tensors_gpu_not_the_current_one():
+    policy = CachePolicy(tokens_per_frame=24)
+    kw = dict(layers=2, heads=2, head_dim=64, grid_h=4, grid_w=6)
+    cpu, gpu = RingCache(policy, **kw), RingCache(policy, device="cuda:1", **kw)
+    with torch.cuda.device(0):
+        run_pair(gpu, cpu, policy, chunks=4, layers=2, heads=2, head_dim=64, device="cuda:1")
+    torch.testing.assert_close(gpu.kv.cpu(), cpu.kv, rtol=1e-5, atol=1e-5)

@@ -200,6 +200,7 @@ def write_params(kv: Tensor, sink_acc: Tensor, cursor: Tensor, rope_space: Tenso
     layer once and sets only those per call (RingCache); the op fills one per call."""
     _C = _core()
     p = _C.CacheWriteParams()
+    # grid_w and rope_theta are unused here: the tables carry the grid and the angles.
     p.g = _geometry(kv, sink_acc, tokens_per_frame, tokens_per_frame, 1.0)
     p.kv, p.sink_acc, p.cursor = kv.data_ptr(), sink_acc.data_ptr(), cursor.data_ptr()
     p.rope_space, p.rope_time = rope_space.data_ptr(), rope_time.data_ptr()
@@ -260,7 +261,7 @@ def fold_params(kv: Tensor, sink_acc: Tensor, cursor: Tensor, rope_space: Tensor
     """A filled _C.SinkFoldParams (the stream is set at launch)."""
     _C = _core()
     p = _C.SinkFoldParams()
-    p.g = _geometry(kv, sink_acc, tokens_per_frame, tokens_per_frame, 1.0)
+    p.g = _geometry(kv, sink_acc, tokens_per_frame, tokens_per_frame, 1.0)  # grid / theta: in the tables
     p.kv, p.sink_acc, p.cursor = kv.data_ptr(), sink_acc.data_ptr(), cursor.data_ptr()
     p.rope_space, p.rope_time = rope_space.data_ptr(), rope_time.data_ptr()
     p.write_frames = rope_time.shape[0] - 2 * (sink_acc.shape[3] // tokens_per_frame)
