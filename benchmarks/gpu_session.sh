@@ -12,7 +12,8 @@
 #   micro     SDPA backends at the real views, GEMMs, FP8, the rfrt kernels, copy/matmul peaks
 #   kernels   device RingCache vs the CPU kernels at the real geometry, error flag, opcheck
 #   tests     pytest -m gpu tests/ (per-test timeout), the real-geometry graph test included
-#   sanitize  compute-sanitizer memcheck (torch's caching allocator off) and initcheck, rfrt kernels only
+#   memcheck, initcheck  compute-sanitizer (torch's caching allocator off), rfrt kernels only; the dry run
+#             runs the same workload without the tool ("sanitize")
 #   profile   one chunk under torch.profiler: time per category, top kernels
 # Files back (7 of the 8 allowed): summary.txt build.log probe.jsonl probe.log tests.log sanitizer.log profile.txt
 set -uo pipefail
@@ -134,16 +135,25 @@ if [ -z "$CORE_ARGS" ]; then
   run_stage tests 100 "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ -o timeout=60 \
     -x --maxfail=5 -rs
   if command -v compute-sanitizer >/dev/null && [ "$DRY" != 1 ]; then
-    san() {  # memcheck sees out-of-bounds accesses only outside torch's caching allocator: turn it off
-      for tool in memcheck initcheck; do
-        echo "== $tool =="
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --kernel-name kns=rfrt --error-exitcode 9 \
-          --print-limit 20 "$PY" benchmarks/gpu_probe.py sanitize --device cuda --out "$OUT/probe.jsonl"
-        echo "$tool exit $?"
+    san() {  # san TOOL: memcheck sees out-of-bounds accesses only outside torch's caching allocator: turn it off
+      echo "== $1 =="
+      local rc filter
+      for filter in "--kernel-name kns=rfrt" "--filter kns=rfrt"; do  # current syntax, then the older one
+        # shellcheck disable=SC2086
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$1" $filter --error-exitcode 9 \
+          --print-limit 20 "$PY" benchmarks/gpu_probe.py sanitize --device cuda --out "$OUT/probe.jsonl" \
+          > "/tmp/rfrt-san-$1.log" 2>&1
+        rc=$?
+        cat "/tmp/rfrt-san-$1.log"
+        grep -qiE "unrecognized option|unknown option|invalid option" "/tmp/rfrt-san-$1.log" || break
+        echo "(filter '$filter' refused, retrying)"
       done
+      echo "$1 exit $rc"
+      return $rc
     }
     export -f san
-    run_stage sanitize 70 "$OUT/sanitizer.log" san
+    run_stage memcheck 60 "$OUT/sanitizer.log" san memcheck
+    run_stage initcheck 50 "$OUT/sanitizer.log" san initcheck
   else
     echo "compute-sanitizer not run (dry run or not installed)" > "$OUT/sanitizer.log"
     run_stage sanitize 40 "$OUT/sanitizer.log" probe sanitize
