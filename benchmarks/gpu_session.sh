@@ -104,7 +104,9 @@ build() {
     # The PyPI toolkit ships lib/ while nvcc links from lib64/.
     [ -d "$(dirname "$NVCC")/../lib64" ] || ln -sfn lib "$(dirname "$NVCC")/../lib64" 2>/dev/null || true
   fi
-  cmake -S . -B "$bdir" -G Ninja -DRFRT_CUDA=$cuda ${NVCC:+-DCMAKE_CUDA_COMPILER="$NVCC"} \
+  local gen=Ninja
+  command -v ninja >/dev/null || gen="Unix Makefiles"
+  cmake -S . -B "$bdir" -G "$gen" -DRFRT_CUDA=$cuda ${NVCC:+-DCMAKE_CUDA_COMPILER="$NVCC"} \
     -DCMAKE_CUDA_ARCHITECTURES=90 -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" \
     -DPython_EXECUTABLE="$(command -v "$PY")" || return 4
   cmake --build "$bdir" -j "${RFRT_BUILD_JOBS:-16}" -v || return 5

@@ -95,6 +95,7 @@ class FP8Linear(nn.Module):
             raise ValueError(f"FP8Linear needs in/out features divisible by 16, got {in_f} -> {out_f}")
         self.in_features, self.out_features, self.scaling, self.emulate = in_f, out_f, scaling, emulate
         self.quantizer = quantizer
+        self._epilogue_bias = True  # False after _scaled_mm refused a bias (then it is added after the GEMM)
         with torch.no_grad():
             q, s = quantize_fp8(linear.weight.detach(), scaling)
         self.register_buffer("weight_fp8", q)
@@ -145,9 +146,16 @@ class FP8Linear(nn.Module):
         else:
             row = self.scaling == "row"
             bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-            y = torch._scaled_mm(qx, self.weight_fp8.t(), scale_a=sx if row else sx.reshape(()),
-                                 scale_b=self.weight_scale.t() if row else self.weight_scale.reshape(()),
-                                 bias=bias, out_dtype=torch.bfloat16).to(x.dtype)
+            kw = dict(scale_a=sx if row else sx.reshape(()),
+                      scale_b=self.weight_scale.t() if row else self.weight_scale.reshape(()), out_dtype=torch.bfloat16)
+            if bias is not None and self._epilogue_bias:
+                try:
+                    y = torch._scaled_mm(qx, self.weight_fp8.t(), bias=bias, **kw).to(x.dtype)
+                except RuntimeError:  # this torch / scaling has no bias epilogue: add it after the GEMM
+                    self._epilogue_bias = False
+            if bias is None or not self._epilogue_bias:
+                y = torch._scaled_mm(qx, self.weight_fp8.t(), **kw)
+                y = (y if bias is None else y + bias).to(x.dtype)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
