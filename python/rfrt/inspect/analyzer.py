@@ -15,7 +15,7 @@ import numpy as np
 
 from .metrics import FrameMeasurer, psnr, ssim
 from .report import InspectConfig, InspectReport, Seam, SecondCurves, Summary
-from .summary import (chunk_boundaries, delta_e, equal_chunks, late_early, seam_ratios, stall_onset, vde,
+from .summary import (STILL_MOTION, chunk_boundaries, delta_e, equal_chunks, late_early, seam_ratios, stall_onset, vde,
                       vde_colour)
 
 __all__ = ["StreamAnalyzer", "inspect_frames"]
@@ -120,7 +120,7 @@ class StreamAnalyzer:
         n_sec = len(seconds.time_s)
         late_secs = slice(max(1, n_sec - max(1, n_sec // 4)), n_sec) if n_sec > 1 else slice(0, 1)
         has_motion = not np.isnan(motion[1:]).all() if self._n > 1 else False
-        m_early, m_late, m_ratio = late_early(motion, skip_first=True) if has_motion else (None, None, None)
+        m_early, m_late, m_ratio = late_early(motion, skip_first=True, min_early=STILL_MOTION) if has_motion else (None, None, None)
         stall = stall_onset(motion, fps, cfg.opening_s, cfg.stall_fraction, cfg.min_still_s)
         s_early, s_late, s_ratio = late_early(sharp)
         first_sec = slice(0, seconds.frames[0])

@@ -94,8 +94,13 @@ class FrameMeasurer:
         lab_mean = tuple(float(v) for v in lab.reshape(-1, 3).mean(0))
         motion_mean = motion_p95 = None
         if self._prev is not None and self.flow_possible:
-            mag = np.linalg.norm(self._flow(self._prev, grey) * self._to_original, axis=-1)
-            motion_mean, motion_p95 = float(mag.mean()), float(np.percentile(mag, 95))
+            if np.array_equal(self._prev, grey):
+                # A repeated frame moved by exactly 0 (a frozen stream is common; flow would add its own noise,
+                # ~0.007 px/frame from Farneback on 16x16 frames).
+                motion_mean = motion_p95 = 0.0
+            else:
+                mag = np.linalg.norm(self._flow(self._prev, grey) * self._to_original, axis=-1)
+                motion_mean, motion_p95 = float(mag.mean()), float(np.percentile(mag, 95))
         self._prev = grey
         return FrameMeasure(motion_mean, motion_p95, lab_mean, sharpness), grey
 

@@ -59,15 +59,16 @@ def stall_onset(motion: np.ndarray, fps: float, opening_s: float, fraction: floa
     return StallResult(last / fps, last, opening, threshold)
 
 
-def late_early(values: np.ndarray, skip_first: bool = False) -> tuple[float | None, float | None, float | None]:
+def late_early(values: np.ndarray, skip_first: bool = False,
+               min_early: float = 1e-12) -> tuple[float | None, float | None, float | None]:
     """values [T] per frame -> (early mean, late mean, late / early); quarters of the frames. The ratio is None
-    when the early mean is ~0."""
+    when the early mean is below `min_early` (nothing to compare with)."""
     v = np.asarray(values, dtype=np.float64)[1 if skip_first else 0:]
     if v.size == 0:
         return None, None, None
     q = max(1, v.size // 4)
     early, late = float(v[:q].mean()), float(v[-q:].mean())
-    return early, late, (late / early if abs(early) > 1e-12 else None)
+    return early, late, (late / early if abs(early) >= min_early else None)
 
 
 def equal_chunks(n_frames: int, n_chunks: int) -> list[slice]:
