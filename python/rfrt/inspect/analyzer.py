@@ -123,9 +123,6 @@ class StreamAnalyzer:
         m_early, m_late, m_ratio = late_early(motion, skip_first=True, min_early=STILL_MOTION) if has_motion else (None, None, None)
         stall = stall_onset(motion, fps, cfg.opening_s, cfg.stall_fraction, cfg.min_still_s)
         s_early, s_late, s_ratio = late_early(sharp)
-        first_sec = slice(0, seconds.frames[0])
-        first_lab = lab[first_sec].mean(0)
-        q = max(1, self._n // 4)
 
         parts = equal_chunks(self._n, cfg.vde_chunks)
         motion_parts = [motion[p][~np.isnan(motion[p])] for p in parts]
@@ -145,7 +142,7 @@ class StreamAnalyzer:
             opening_motion=stall.opening_motion, stall_threshold=stall.threshold, stall_onset_s=stall.onset_s,
             copy_ssim_late=float(np.mean(seconds.copy_ssim[late_secs])),
             copy_psnr_late=float(np.mean(seconds.copy_psnr[late_secs])),
-            colour_de_late=delta_e(lab[-q:].mean(0), first_lab),
+            colour_de_late=float(np.mean(seconds.colour_de[late_secs])),
             colour_de_max=float(max(seconds.colour_de)),
             sharpness_early=s_early, sharpness_late=s_late, sharpness_decay=s_ratio,
             vde_chunks=len(parts),

@@ -90,7 +90,8 @@ class VideoFrames:
                 raise InspectError(f"{self.path!r}: the video stream has no frame rate")
             self.fps = Fraction(rate)
             self.height, self.width = stream.codec_context.height, stream.codec_context.width
-            self.total = stream.frames or None
+            self._listed = stream.frames or None  # from the container's index (MP4: exact), if it has one
+            self.total = self._listed
             if self.total is None and stream.duration and stream.time_base:
                 self.total = round(float(stream.duration * stream.time_base * self.fps)) or None
             self.chunk = read_chunk_metadata(dict(self._container.metadata)) or \
@@ -109,6 +110,10 @@ class VideoFrames:
                 self.frames_read += 1
         except (av.FFmpegError, ValueError) as err:
             self.error = f"decoding stopped after {self.frames_read} frames: {_reason(err)}"
+            return
+        if self._listed and self.frames_read < self._listed:
+            self.error = (f"the container lists {self._listed} frames but only {self.frames_read} decoded "
+                          "(a truncated file?)")
 
     def close(self) -> None:
         self._container.close()
