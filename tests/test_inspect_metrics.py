@@ -104,6 +104,20 @@ def test_hard_cut_spikes_at_its_chunk_boundary_only(flow):
     assert r.summary.seam_worst_frame == cut
 
 
+def test_seams_compare_each_boundary_with_its_own_neighbourhood():
+    # Pans 3 px/frame, then 1 px/frame from mid-chunk 5 on: a speed change is no seam (against the median of the
+    # whole stream, every boundary of one half would read 3x or 1/3x).
+    tex, chunk, pos, frames = _texture(64, 96, 9), 8, 0, []
+    for t in range(12 * chunk):
+        pos += 0 if t == 0 else (3 if t <= 5 * chunk + 4 else 1)
+        frames.append(np.roll(tex, pos, axis=1))
+    r = inspect_frames(frames, 16, chunk_frames=chunk)
+    assert len(r.seams) == 11
+    for s in r.seams:
+        assert s.ratio == pytest.approx(1.0, abs=0.1) and s.baseline == pytest.approx(3 if s.frame <= 40 else 1,
+                                                                                      rel=0.1)
+
+
 def test_seams_follow_a_different_first_chunk():
     frames = [np.roll(_texture(64, 64, 5), t, axis=0) for t in range(40)]
     r = inspect_frames(frames, 16, chunk_frames=12, first_chunk_frames=9)

@@ -15,8 +15,8 @@ import numpy as np
 
 from .metrics import FrameMeasurer, psnr, ssim
 from .report import InspectConfig, InspectReport, Seam, SecondCurves, Summary
-from .summary import (STILL_MOTION, chunk_boundaries, delta_e, equal_chunks, late_early, seam_ratios, stall_onset, vde,
-                      vde_colour)
+from .summary import (STILL_MOTION, chunk_boundaries, delta_e, equal_chunks, late_early, seam_ratios, stall_onset,
+                      vde, vde_colour)
 
 __all__ = ["StreamAnalyzer", "inspect_frames"]
 
@@ -120,7 +120,8 @@ class StreamAnalyzer:
         n_sec = len(seconds.time_s)
         late_secs = slice(max(1, n_sec - max(1, n_sec // 4)), n_sec) if n_sec > 1 else slice(0, 1)
         has_motion = not np.isnan(motion[1:]).all() if self._n > 1 else False
-        m_early, m_late, m_ratio = late_early(motion, skip_first=True, min_early=STILL_MOTION) if has_motion else (None, None, None)
+        m_early, m_late, m_ratio = (late_early(motion, skip_first=True, min_early=STILL_MOTION) if has_motion
+                                    else (None, None, None))
         stall = stall_onset(motion, fps, cfg.opening_s, cfg.stall_fraction, cfg.min_still_s)
         s_early, s_late, s_ratio = late_early(sharp)
 
@@ -130,11 +131,10 @@ class StreamAnalyzer:
                       if parts and len(parts) >= 2 and all(x.size for x in motion_parts) else None)
 
         seams: tuple[Seam, ...] = ()
-        baseline = None
         if chunk_frames is not None and has_motion:
-            found, baseline = seam_ratios(motion, chunk_boundaries(self._n, chunk_frames, first_chunk_frames),
-                                          cfg.seam_floor)
-            seams = tuple(Seam(t, t / fps, mot, r) for t, mot, r in found)
+            found = seam_ratios(motion, chunk_boundaries(self._n, chunk_frames, first_chunk_frames), chunk_frames,
+                                cfg.seam_floor)
+            seams = tuple(Seam(t, t / fps, mot, base, r) for t, mot, base, r in found)
         worst = max(seams, key=lambda s: s.ratio) if seams else None
         summary = Summary(
             motion_mean=float(np.nanmean(motion)) if has_motion else None,
@@ -152,7 +152,7 @@ class StreamAnalyzer:
             seam_ratio_mean=float(np.mean([s.ratio for s in seams])) if seams else None,
             seam_ratio_max=worst.ratio if worst else None,
             seam_worst_frame=worst.frame if worst else None,
-            seam_baseline=baseline)
+            seam_baseline=float(np.median([x.baseline for x in seams])) if seams else None)
         if chunk_frames is None:
             chunk_source = "none"
         return InspectReport(fps=fps, frames=self._n, height=self._measurer.height, width=self._measurer.width,

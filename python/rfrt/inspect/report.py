@@ -21,7 +21,8 @@ class InspectConfig:
     stall_fraction: motion below this fraction of the opening motion counts as stalled.
     min_still_s:   a stall must last at least this long to be reported.
     vde_chunks:    N, the equal parts the video is split into for the VDE sums.
-    seam_floor:    px/frame floor of the seam baseline (the median motion of non-boundary frames).
+    seam_floor:    px/frame floor of a seam's baseline (the median motion of the non-boundary frames within a
+                   chunk of the boundary).
     """
 
     analysis_size: int = 256
@@ -67,7 +68,8 @@ class Seam:
     frame: int        # first frame of a chunk (the flow from frame - 1 crosses the boundary)
     time_s: float
     motion: float     # px/frame
-    ratio: float      # motion / max(median motion elsewhere, seam_floor)
+    baseline: float   # px/frame: median motion of the other frames within a chunk of it
+    ratio: float      # motion / max(baseline, seam_floor)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Summary:
     seam_ratio_mean: float | None
     seam_ratio_max: float | None
     seam_worst_frame: int | None
-    seam_baseline: float | None
+    seam_baseline: float | None  # median of the seams' baselines, px/frame
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,16 @@ class InspectReport:
         def f(v, spec=".3f", unit=""):
             return "n/a" if v is None else f"{v:{spec}}{unit}"
 
-        stall = ("none (still moving at the end)" if s.stall_onset_s is None and s.opening_motion is not None
-                 else f(s.stall_onset_s, ".2f", " s"))
+        if s.stall_onset_s is None:
+            stall = "none (still moving at the end)" if s.opening_motion is not None else "n/a"
+        elif s.stall_threshold == 0:
+            stall = "0 s (the stream never moves)"
+        else:
+            stall = f"{s.stall_onset_s:.2f} s"
         chunks = (f"{self.chunk_frames} frames ({self.chunk_source})" if self.chunk_frames else
                   "unknown (pass --chunk-frames for seams)")
+        seams = ("n/a" if s.seam_ratio_mean is None else
+                 f"mean {s.seam_ratio_mean:.2f}x, max {s.seam_ratio_max:.2f}x at frame {s.seam_worst_frame}")
         lines = [
             f"{self.source or 'frames'}: {self.frames} frames, {self.width}x{self.height}, {self.fps:.3f} fps, "
             f"{self.duration_s:.2f} s; chunk length {chunks}",
@@ -148,7 +156,7 @@ class InspectReport:
             f"colour      dE late {s.colour_de_late:.2f}, max {s.colour_de_max:.2f}; "
             f"VDE({s.vde_chunks}) {f(s.vde_colour, '.2f')}",
             f"sharpness   late/early {f(s.sharpness_decay, '.3f')}; VDE({s.vde_chunks}) {f(s.vde_sharpness, '.3f')}",
-            f"seams       {'n/a' if s.seam_ratio_mean is None else f'mean {s.seam_ratio_mean:.2f}x, max {s.seam_ratio_max:.2f}x at frame {s.seam_worst_frame}'}",
+            f"seams       {seams} (boundary flow / median flow elsewhere)",
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -119,23 +119,25 @@ def chunk_boundaries(n_frames: int, chunk_frames: int, first_chunk_frames: int |
     return list(range(first, n_frames, chunk_frames))
 
 
-def seam_ratios(motion: np.ndarray, boundaries: list[int],
-                floor: float) -> tuple[list[tuple[int, float, float]], float | None]:
-    """motion [T] (NaN at frame 0), boundary frames -> ([(frame, motion, ratio)] per boundary, baseline).
+def seam_ratios(motion: np.ndarray, boundaries: list[int], window: int,
+                floor: float) -> list[tuple[int, float, float, float]]:
+    """motion [T] (NaN at frame 0), boundary frames -> [(frame, motion, baseline, ratio)] per boundary.
 
-    The flow into boundary frame b (from b - 1, the last frame of the previous chunk) over the median flow of all
-    other frames; the median is floored at `floor` px/frame so that a still stream does not divide by ~0.
+    The flow into boundary frame b (from b - 1, the last frame of the previous chunk) over the baseline: the median
+    flow of the other frames within `window` frames of b (a chunk on each side), floored at `floor` px/frame so
+    that a still stream does not divide by ~0. The baseline is local because a long stream's motion changes over
+    time (it may stall halfway): a boundary is compared with its own neighbourhood.
     """
     m = np.asarray(motion, dtype=np.float64)
-    b = [t for t in boundaries if 0 < t < m.size and not math.isnan(m[t])]
-    if not b:
-        return [], None
-    others = np.ones(m.size, dtype=bool)
-    others[0] = False
-    others[b] = False
-    rest = m[others]
-    rest = rest[~np.isnan(rest)]
-    if rest.size == 0:
-        return [], None
-    baseline = float(np.median(rest))
-    return [(t, float(m[t]), float(m[t] / max(baseline, floor))) for t in b], baseline
+    bset = set(boundaries)
+    out = []
+    for t in boundaries:
+        if not 0 < t < m.size or math.isnan(m[t]):
+            continue
+        near = [m[i] for i in range(max(1, t - window), min(m.size, t + window + 1))
+                if i not in bset and not math.isnan(m[i])]
+        if not near:
+            continue
+        baseline = float(np.median(near))
+        out.append((t, float(m[t]), baseline, float(m[t] / max(baseline, floor))))
+    return out
