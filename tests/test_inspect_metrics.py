@@ -118,10 +118,15 @@ def test_seams_compare_each_boundary_with_its_own_neighbourhood():
                                                                                       rel=0.1)
 
 
-def test_seams_follow_a_different_first_chunk():
-    frames = [np.roll(_texture(64, 64, 5), t, axis=0) for t in range(40)]
+def test_seams_follow_a_different_first_chunk_and_batches_of_tensors_are_frames():
+    import torch
+
+    frames = np.stack([np.roll(_texture(64, 64, 5), t, axis=0) for t in range(40)])
     r = inspect_frames(frames, 16, chunk_frames=12, first_chunk_frames=9)
     assert [s.frame for s in r.seams] == [9, 21, 33]
+    # StreamGenerator-style chunks: torch uint8 batches [T, H, W, 3] of 9, then 12 frames
+    chunks = [torch.from_numpy(frames[:9])] + [torch.from_numpy(frames[i:i + 12]) for i in range(9, 40, 12)]
+    assert inspect_frames(chunks, 16, chunk_frames=12, first_chunk_frames=9) == r
 
 
 def _srgb_to_lab(rgb):

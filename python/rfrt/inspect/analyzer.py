@@ -27,6 +27,11 @@ def _as_fps(fps) -> Fraction:
     return Fraction(fps).limit_denominator(1_000_000)
 
 
+def _to_numpy(x):
+    # StreamGenerator chunks hold torch tensors; torch is not needed for numpy frames.
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x
+
+
 def _check_chunks(chunk_frames, first_chunk_frames):
     for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first_chunk_frames)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -71,7 +76,8 @@ class StreamAnalyzer:
         self._sec_sum, self._sec_frames = None, 0
 
     def add(self, frame: np.ndarray) -> None:
-        """One uint8 RGB frame [H, W, 3]."""
+        """One uint8 RGB frame [H, W, 3] (numpy, or a torch tensor on any device)."""
+        frame = _to_numpy(frame)
         if not isinstance(frame, np.ndarray):
             raise TypeError(f"frame {self._n}: expected a numpy uint8 array [H, W, 3], got {type(frame).__name__}")
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.shape[0] == 0 or frame.shape[1] == 0:
@@ -188,14 +194,16 @@ def inspect_frames(frames: Iterable[np.ndarray], fps, chunk_frames: int | None =
                    first_chunk_frames: int | None = None, config: InspectConfig | None = None) -> InspectReport:
     """Long-stream diagnostics of a stream of frames (see the module docs of rfrt.inspect for each metric).
 
-    frames: an iterable of uint8 RGB frames [H, W, 3] (or batches [T, H, W, 3], e.g. StreamGenerator chunks),
-            consumed once, one frame at a time (a generator keeps memory bounded).
+    frames: an iterable of uint8 RGB frames [H, W, 3] (or batches [T, H, W, 3], e.g. StreamGenerator chunks'
+            frames), numpy arrays or torch tensors, consumed once, one frame at a time (a generator keeps memory
+            bounded).
     fps:    frame rate; chunk_frames / first_chunk_frames: the generator's chunk length in frames (the first
             chunk may differ, e.g. a causal VAE's 1 + 4 (k - 1)), for the seam metric; None skips seams.
     """
     _check_chunks(chunk_frames, first_chunk_frames)
     analyzer = StreamAnalyzer(fps, config)
     for item in frames:
+        item = _to_numpy(item)
         if isinstance(item, np.ndarray) and item.ndim == 4:
             for frame in item:
                 analyzer.add(frame)
