@@ -232,3 +232,17 @@ def test_report_json_is_finite_and_atomic(tmp_path):
     d = json.loads(out.read_text())
     assert d["frames"] == 3 and d["summary"]["motion_late_early"] is None and d["duration_s"] == 3 / 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temporary left behind
+
+
+def test_a_running_stream_can_be_reported_midway():
+    from rfrt.inspect import StreamAnalyzer
+
+    frames = [np.roll(_texture(32, 32, 10), t, axis=1) for t in range(40)]
+    a = StreamAnalyzer(16)
+    for f in frames[:20]:
+        a.add(f)
+    midway = a.finish(chunk_frames=4)  # mid-second: the partial second counts, and nothing is consumed
+    for f in frames[20:]:
+        a.add(f)
+    assert midway == inspect_frames(frames[:20], 16, chunk_frames=4)
+    assert a.finish(chunk_frames=4) == inspect_frames(frames, 16, chunk_frames=4)

@@ -41,7 +41,8 @@ def _check_chunks(chunk_frames, first_chunk_frames):
 
 
 class StreamAnalyzer:
-    """Feed frames with add(); finish() returns the report.
+    """Feed frames with add(); finish() returns the report over the frames so far (and may be called again later,
+    e.g. for a running stream).
 
     fps: frames per second (int, float or Fraction). Frames: uint8 [H, W, 3] RGB, all of one size.
     """
@@ -67,12 +68,17 @@ class StreamAnalyzer:
     def _second_of(self, t: int) -> int:
         return math.floor(t / self.fps)
 
+    def _similarity(self, sec_sum: np.ndarray, frames: int) -> tuple[float, float]:
+        mean = sec_sum / frames
+        first = self._first_mean if self._first_mean is not None else mean
+        return ssim(mean, first), psnr(mean, first)
+
     def _close_second(self) -> None:
-        mean = self._sec_sum / self._sec_frames
         if self._first_mean is None:
-            self._first_mean = mean
-        self._copy_ssim.append(ssim(mean, self._first_mean))
-        self._copy_psnr.append(psnr(mean, self._first_mean))
+            self._first_mean = self._sec_sum / self._sec_frames
+        s, p = self._similarity(self._sec_sum, self._sec_frames)
+        self._copy_ssim.append(s)
+        self._copy_psnr.append(p)
         self._sec_sum, self._sec_frames = None, 0
 
     def add(self, frame: np.ndarray) -> None:
@@ -110,19 +116,23 @@ class StreamAnalyzer:
         _check_chunks(chunk_frames, first_chunk_frames)
         if self._n == 0:
             raise ValueError("no frames to inspect")
-        if self._sec_frames:
-            self._close_second()
+        copy_ssim, copy_psnr = list(self._copy_ssim), list(self._copy_psnr)
+        if self._sec_frames:  # the current (possibly partial) second; finish() changes no state, add() may go on
+            s, p = self._similarity(self._sec_sum, self._sec_frames)
+            copy_ssim.append(s)
+            copy_psnr.append(p)
         cfg, fps = self.config, float(self.fps)
         notes = list(notes)
-        motion, p95 = np.frombuffer(self._motion), np.frombuffer(self._p95)
-        sharp, lab = np.frombuffer(self._sharp), np.frombuffer(self._lab).reshape(-1, 3)
+        # Copies, not np.frombuffer views: a view would pin the arrays and make a later add() fail to grow them.
+        motion, p95 = np.array(self._motion), np.array(self._p95)
+        sharp, lab = np.array(self._sharp), np.array(self._lab).reshape(-1, 3)
         if not self._measurer.flow_possible:
             notes.append(f"frames of {self._measurer.height}x{self._measurer.width} are too small for optical "
                          "flow: no motion numbers")
         elif self._n < 2:
             notes.append("one frame: no motion numbers")
 
-        seconds = self._curves(motion, p95, sharp, lab)
+        seconds = self._curves(motion, p95, sharp, lab, copy_ssim, copy_psnr)
         n_sec = len(seconds.time_s)
         late_secs = slice(max(1, n_sec - max(1, n_sec // 4)), n_sec) if n_sec > 1 else slice(0, 1)
         has_motion = not np.isnan(motion[1:]).all() if self._n > 1 else False
@@ -168,7 +178,7 @@ class StreamAnalyzer:
                              chunk_source=chunk_source or "argument", complete=complete, seconds=seconds,
                              seams=seams, summary=summary, config=cfg, source=source, notes=tuple(notes))
 
-    def _curves(self, motion, p95, sharp, lab) -> SecondCurves:
+    def _curves(self, motion, p95, sharp, lab, copy_ssim, copy_psnr) -> SecondCurves:
         starts = [0]
         for t in range(1, self._n):
             if self._second_of(t) != self._second_of(t - 1):
@@ -185,7 +195,7 @@ class StreamAnalyzer:
             frames=tuple(b - a for a, b in bounds),
             motion_mean=tuple(nanmean(motion[a:b]) for a, b in bounds),
             motion_p95=tuple(nanmean(p95[a:b]) for a, b in bounds),
-            copy_ssim=tuple(self._copy_ssim), copy_psnr=tuple(self._copy_psnr),
+            copy_ssim=tuple(copy_ssim), copy_psnr=tuple(copy_psnr),
             colour_de=tuple(delta_e(lab[a:b].mean(0), first_lab) for a, b in bounds),
             sharpness=tuple(float(sharp[a:b].mean()) for a, b in bounds))
 
