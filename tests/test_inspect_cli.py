@@ -205,3 +205,11 @@ def test_generate_inspect_without_matplotlib_fails_before_generating(tmp_path):
                           env=_env(str(blocker)), timeout=300)
     assert_one_clear_error(done, 2, "pip install 'rfrt[inspect]'")
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_without_opencv_says_what_to_install(tmp_path, rfrt_mp4):
+    blocker = tmp_path / "block"
+    (blocker / "cv2").mkdir(parents=True)
+    (blocker / "cv2" / "__init__.py").write_text("raise ImportError('No module named cv2')\n")
+    assert_one_clear_error(run_inspect(rfrt_mp4, "--no-progress", env=_env(str(blocker))), 2,
+                           "needs OpenCV: pip install 'rfrt[inspect]'")

@@ -93,6 +93,9 @@ def main(args: argparse.Namespace) -> int:
     except InspectError as err:
         print(f"rfrt: error: {err}", file=sys.stderr)
         return 1
+    except ImportError as err:  # OpenCV missing: the message names the extra to install
+        print(f"rfrt: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rfrt: interrupted; nothing was written", file=sys.stderr)
         return 130
