@@ -77,6 +77,8 @@ class VideoFrames:
             raise InspectError(f"{self.path!r} is empty (0 bytes)")
         try:
             self._container = av.open(self.path)
+        except PermissionError as err:
+            raise InspectError(f"cannot read {self.path!r}: {err.strerror or err}") from None
         except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
             raise InspectError(f"cannot open {self.path!r} as a video ({_reason(err)}); not a video, or a "
                                "truncated / unfinished file") from None
@@ -150,7 +152,10 @@ def inspect_video(path: str | os.PathLike, chunk_frames: int | None = None, firs
                        dynamic_ncols=True, leave=False)
         try:
             for frame in video:
-                analyzer.add(frame)
+                try:
+                    analyzer.add(frame)
+                except ValueError as err:  # e.g. the picture size changes mid-stream
+                    raise InspectError(f"{video.path!r}: {err}") from None
                 if bar is not None:
                     bar.update(1)
         finally:
