@@ -1,4 +1,4 @@
-"""`rfrt generate | info`: stream a video to an MP4, report the build.
+"""`rfrt generate | info | serve | inspect`: stream a video to an MP4, report the build, serve, diagnose a video.
 
 Everything that can be checked before generating is checked first (prompts file, output path and container,
 seed, device, model files), so a mistake costs seconds, not a half-generated video. During generation frames
@@ -121,9 +121,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="torch (default) or tensorrt: every DiT forward on --engine (CUDA only)")
     gen.add_argument("--engine", help="TensorRT engine for --backend tensorrt (export/export_onnx.py of this model, "
                                       "then export/build_engine.py)")
+    gen.add_argument("--inspect", action="store_true",
+                     help="also write the long-stream report beside the video (OUT.inspect.json / .inspect.png)")
     sub.add_parser("info", help="print the build, torch, devices and the default model")
     from rfrt.serve.cli import add_arguments as add_serve_arguments  # no aiohttp import until `serve` runs
     add_serve_arguments(sub.add_parser("serve", help="stream live generation to a browser, prompts switchable"))
+    from rfrt.inspect.cli import add_arguments as add_inspect_arguments
+    add_inspect_arguments(sub.add_parser("inspect", help="long-stream diagnostics of a video: motion, stall, copy, "
+                                                        "drift, seams"))
     return parser
 
 
@@ -209,6 +214,7 @@ def _check_engine(args) -> None:
 def _generate(args) -> int:
     import torch
 
+    from rfrt.inspect import rfrt_chunk_metadata
     from rfrt.runtime.generator import StreamGenerator
     from rfrt.text import validate_prompt
     from rfrt.video import Mp4Writer
@@ -229,6 +235,8 @@ def _generate(args) -> int:
     _check_output(args.out, inputs)
     _check_engine(args)
     _check_run_args(args)
+    if args.inspect:
+        _check_inspect(args.out)
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     existed, writer = os.path.exists(args.out), None
     try:
@@ -243,7 +251,10 @@ def _generate(args) -> int:
         generator.reset(schedule[0], seed=args.seed)
         for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
             generator.text.encode(prompt)
-        writer = Mp4Writer(args.out, fps=generator.fps, inputs=inputs)
+        per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]  # latent frames
+        chunk_meta = rfrt_chunk_metadata(generator.decoder.frames_for(per_chunk, start=per_chunk),
+                                         generator.decoder.frames_for(per_chunk))
+        writer = Mp4Writer(args.out, fps=generator.fps, metadata=chunk_meta, inputs=inputs)
         if writer.replaced_partial:
             print(f"rfrt: replacing {writer.partial_path}, the partial video of an earlier interrupted run",
                   file=sys.stderr)
@@ -253,6 +264,8 @@ def _generate(args) -> int:
             err.rfrt_output = _output_note(writer, args.out, existed)
         raise
     print(f"wrote {written} frames ({written / generator.fps:.2f} s at {generator.fps} fps) to {args.out}")
+    if args.inspect:
+        _inspect(args.out)
     return 0
 
 
@@ -280,6 +293,28 @@ def _stream(args, generator, writer, schedule: dict[int, str], chunks: int) -> i
         finally:
             written = writer.frames_written
     return written
+
+
+def _check_inspect(out: str) -> None:
+    """`--inspect`: its outputs and matplotlib are checked before generating, like the video's."""
+    from rfrt.inspect.cli import UsageError, check_outputs, report_paths
+
+    try:
+        check_outputs(out, *report_paths(out))
+    except UsageError as err:
+        raise CLIError(str(err)) from None
+
+
+def _inspect(out: str) -> None:
+    """The same report as `rfrt inspect OUT`, read back from the finished MP4 (chunk length from its metadata)."""
+    from rfrt.inspect import inspect_video
+    from rfrt.inspect.cli import report_paths, write_outputs
+
+    report = inspect_video(out, progress=True)
+    print(report.summary_text())
+    json_path, plot_path = report_paths(out)
+    write_outputs(report, json_path, plot_path)
+    print(f"wrote the inspect report to {json_path} and {plot_path}")
 
 
 def _info() -> int:
@@ -311,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             return serve_main(args)
         if args.command == "info":
             return _info()
+        if args.command == "inspect":
+            from rfrt.inspect.cli import main as inspect_main
+            return inspect_main(args)
         with _signals_interrupt():
             return _generate(args)
     except CLIError as err:

@@ -102,6 +102,47 @@ def _partial_is_live(partial: str) -> bool:
         os.close(fd)  # closing drops a lock taken through this descriptor
 
 
+def _check_path(path: str, what: str) -> None:
+    """The checks every output file shares: a name, an existing directory, not a directory, and an existing
+    file that can be written (append mode, no write: changes neither content nor modification time)."""
+    if not path:
+        raise FileNotFoundError(f"the {what} path is empty")
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise IsADirectoryError(f"output path {path!r} is a directory; name a file such as "
+                                f"{os.path.join(path, 'video.mp4' if what == 'output video' else 'out')!r}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        state = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise FileNotFoundError(f"output directory {parent!r} {state}")
+    if os.path.exists(path):
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise PermissionError(f"cannot write {what} {path!r}: {e.strerror or e}") from e
+
+
+def _probe_create(path: str, what: str, shown: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise PermissionError(f"cannot write {what} {shown!r}: {e.strerror or e}") from e
+    os.close(fd)
+    os.remove(path)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, naming the path, when any output file (a report, a plot) could not be written there.
+
+    Opening is the only reliable test (permissions, read-only mounts, ACLs); a file created to test it is
+    removed again, and an existing file is not changed.
+    """
+    path = os.fspath(path)
+    _check_path(path, "output file")
+    if not os.path.exists(path):
+        _probe_create(path, "output file", path)
+
+
 def check_output(path: str | os.PathLike, inputs=()) -> None:
     """Fail now, with a message naming the path, rather than after the model loads or the first frames.
 
@@ -112,24 +153,12 @@ def check_output(path: str | os.PathLike, inputs=()) -> None:
     path = os.fspath(path)
     if not path:
         raise OutputPathError("the output video path is empty")
-    if path.endswith(os.sep) or os.path.isdir(path):
-        raise IsADirectoryError(f"output path {path!r} is a directory; name a file such as "
-                                f"{os.path.join(path, 'video.mp4')!r}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        what = "is not a directory" if os.path.exists(parent) else "does not exist"
-        raise FileNotFoundError(f"output directory {parent!r} {what}")
+    _check_path(path, "output video")
     _container(path)
     for source in inputs:
         if source is not None and _same_file(path, os.fspath(source)):
             raise OutputPathError(f"output video {path!r} is also an input of this run ({os.fspath(source)!r}); "
                                   "writing it would destroy the input: choose another --out")
-    if os.path.exists(path):
-        try:  # append mode, no write: changes neither content nor modification time
-            with open(path, "ab"):
-                pass
-        except OSError as e:
-            raise PermissionError(f"cannot write output video {path!r}: {e.strerror or e}") from e
     partial = partial_path(path)
     if os.path.isdir(partial):
         raise IsADirectoryError(f"the partial file of {path!r}, {partial!r}, is a directory; move it away")
@@ -138,16 +167,7 @@ def check_output(path: str | os.PathLike, inputs=()) -> None:
             raise OutputPathError(f"another writer is writing {path!r} right now (it holds {partial!r}); "
                                   "wait for it or choose another --out")
         return  # a stale partial file of an interrupted run: the writer replaces it
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        raise PermissionError(f"cannot write output video {path!r} (creating {partial!r}): "
-                              f"{e.strerror or e}") from e
-    os.close(fd)
-    os.remove(partial)
-
-
-check_writable = check_output  # the name before the partial file existed
+    _probe_create(partial, "output video", path)
 
 
 class Mp4Writer:
@@ -162,6 +182,8 @@ class Mp4Writer:
     codec_options: extra libx264 options (e.g. {"preset": "veryfast", "tune": "zerolatency"}; zerolatency
                    makes packets appear from the first frame instead of after x264's look-ahead).
     inputs:        files the run reads; an output path equal to one of them is refused.
+    metadata:      container tags (e.g. {"comment": ...}; rfrt.inspect.rfrt_chunk_metadata records the chunk
+                   length there, so `rfrt inspect` finds the chunk seams).
     fragmented:    write MP4 / MOV as fragments (default True: playable after a kill; players and browsers
                    open it); False writes one index at the end.
 
@@ -171,7 +193,8 @@ class Mp4Writer:
     """
 
     def __init__(self, path: str | os.PathLike, fps: int | Fraction = 16, *, crf: int = 18,
-                 codec_options: dict[str, str] | None = None, inputs=(), fragmented: bool = True):
+                 codec_options: dict[str, str] | None = None, metadata: dict[str, str] | None = None, inputs=(),
+                 fragmented: bool = True):
         if isinstance(fps, bool) or not isinstance(fps, (int, Fraction)) or fps <= 0:
             raise ValueError(f"Mp4Writer: fps must be a positive int or Fraction, got {fps!r}")
         if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
@@ -197,6 +220,7 @@ class Mp4Writer:
             os.close(self._fd)
             self._discard()
             raise
+        self._container.metadata.update({str(k): str(v) for k, v in (metadata or {}).items()})  # before the header
         self._stream = None
         self._size: tuple[int, int] | None = None  # (H, W)
         self._frames_written = 0
