@@ -43,12 +43,15 @@ class ModelSection:
     student_init: checkpoint the causal student starts from (the ODE-regression checkpoint in Re-DMD).
     teacher:      checkpoint of the bidirectional teacher ("real score").
     critic_init:  checkpoint the critic ("fake score") starts from.
+    teacher_init: model directory (dit/ + text_encoder/) the teacher stage fine-tunes instead of starting from
+                  scratch; its architecture replaces the arch section's DiT and text encoder.
     """
 
     preset: str = "default"
     student_init: str | None = None
     teacher: str | None = None
     critic_init: str | None = None
+    teacher_init: str | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.preset), "model.preset", "must be a non-empty string")
@@ -126,11 +129,17 @@ class DataSection:
     seed: int = 0
     num_workers: int = 0
     layout: Literal["random", "canonical"] = "random"  # canonical: the prompt fixes the layout (synthetic_world)
+    speed_min: float = 0.5  # px/frame: each object's speed is drawn from U[speed_min, speed_max]
+    speed_max: float = 1.5
+    max_start_frame: int = 0  # a clip is stream frames [s, s + num_frames), s ~ U{0..max_start_frame}
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "max_objects"):
             _require(getattr(self, name) >= 1, f"data.{name}", f"must be >= 1, got {getattr(self, name)}")
         _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(0 < self.speed_min <= self.speed_max, "data.speed_min/speed_max",
+                 f"need 0 < speed_min <= speed_max, got {self.speed_min}, {self.speed_max}")
+        _require(self.max_start_frame >= 0, "data.max_start_frame", f"must be >= 0, got {self.max_start_frame}")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 from train.checkpoint import atomic_torch_save
-from train.data.synthetic_world import SyntheticWorld
+from train.data.synthetic_world import world_of
 from train.losses import cfg_combine
 from train.stages.base import StageTrainer
 from train.stages.common import (autocast, barrier, checkpointed, frozen, load_dit, load_text, make_optimizer,
@@ -87,8 +87,7 @@ class ODETrainer(StageTrainer):
         path = Path(st.ode_pairs_path or self.out_dir / "ode_pairs.pt")
         if self.info.is_main and not path.is_file():
             d = self.cfg.data
-            world = SyntheticWorld(d.height, d.width, self.cfg.rollout.num_frames, d.max_objects, d.seed + 7919,
-                                   d.layout)
+            world = world_of(d, num_frames=self.cfg.rollout.num_frames, seed=d.seed + 7919)
             prompts = [world[i][1] for i in range(st.ode_pairs)]
             gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
             states, x0s = [], []

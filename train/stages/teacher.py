@@ -16,8 +16,8 @@ from rfrt.text_vocab import VocabTextEncoder
 from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
 from train.losses import add_noise, flow_matching_loss, shift_sigma
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, dit_config, init_dit, make_optimizer, optimizer_step,
-                                 save_model_dir)
+from train.stages.common import (autocast, checkpointed, dit_config, init_dit, load_dit, load_text, make_optimizer,
+                                 optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, is_sharded, model_state, optimizer_state, shard_trained
 
 
@@ -53,11 +53,19 @@ class TeacherTrainer(StageTrainer):
 
     def build(self) -> None:
         cfg, a = self.cfg, self.cfg.arch
-        dit_cfg = dit_config(a, frame_size=(cfg.data.height, cfg.data.width))
-        self.dit = init_dit(dit_cfg, cfg.run.seed).to(self.info.device).train()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.run.seed + 1)
-            self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(self.info.device)
+        if cfg.model.teacher_init is not None:  # fine-tune: weights (and architecture) from a model directory
+            self.dit = load_dit(cfg.model.teacher_init, "model.teacher_init").to(self.info.device).train()
+            self.text = load_text(cfg.model.teacher_init, "model.teacher_init").to(self.info.device).train()
+            if tuple(self.text.vocab) != vocabulary():
+                raise ValueError(f"model.teacher_init={cfg.model.teacher_init}: its text encoder's vocabulary "
+                                 "is not the synthetic world's")
+        else:
+            dit_cfg = dit_config(a, frame_size=(cfg.data.height, cfg.data.width))
+            self.dit = init_dit(dit_cfg, cfg.run.seed).to(self.info.device).train()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.run.seed + 1)
+                self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(
+                    self.info.device)
         for m in (self.dit, self.text):
             shard_trained(m, cfg, self.info.world_size, self.info.device)
         self.params = list(self.dit.parameters()) + list(self.text.parameters())
