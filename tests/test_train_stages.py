@@ -186,13 +186,51 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
     assert err < 1e-4, err
 
 
-def test_training_policy_never_evicts_by_default():
+def test_training_policy_static_sink_by_default():
+    """Default: the public trainer's static sink (alpha 1: nothing is ever folded into it) with the inference
+    attention set; the option: the inference EMA sink. A 21-frame rollout evicts from chunk 3 in both."""
     cfg = make_cfg("unused", rollout={"num_frames": 21, "window_frames": 9})
     p = training_policy(cfg.rollout, 16)
-    assert p.window_frames == 21 and all(p.evicted_chunk(c) is None for c in range(7))
-    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "window_frames": 9,
+    assert p.window_frames == 9 and p.sink_ema_alpha == 1.0 and p.evicted_chunk(3) == 1
+    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "window_frames": 9, "sink_ema_alpha": 0.9,
                                                  "sink_ema_during_training": True}).rollout, 16)
-    assert ema.window_frames == 9 and ema.evicted_chunk(3) == 1
+    assert ema.window_frames == 9 and ema.sink_ema_alpha == 0.9 and ema.evicted_chunk(3) == 1
+
+
+def test_static_training_sink_is_chunk_zero_throughout():
+    """Closed form: after 5 chunks with the static policy the sink still holds chunk 0's context-pass K/V (what
+    a 3-chunk rollout leaves there), while the EMA policy has moved it."""
+    from rfrt.cache import ReferenceCache
+    torch.manual_seed(0)
+    cfg = make_cfg("unused", rollout={"num_frames": 15, "window_frames": 9})
+    model = init_dit(dit_config(cfg.arch), 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    text, noise = torch.randn(1, 5, cfg.arch.text_dim), torch.randn(1, 15, 3, 8, 8)
+    sinks = {}
+    for ema in (False, True):
+        policy = training_policy(make_cfg("u", rollout={"num_frames": 15, "window_frames": 9, "sink_ema_alpha": 0.5,
+                                                        "sink_ema_during_training": ema}).rollout, 16)
+        caches = []
+        orig = ReferenceCache.__init__
+
+        def spy(self, *a, **k):
+            orig(self, *a, **k)
+            caches.append(self)
+        ReferenceCache.__init__ = spy
+        try:
+            with torch.no_grad():
+                torch.manual_seed(1)
+                rollout(model, text, noise[:, :3], policy, sampler_of(cfg))
+                first = [st.sink_k.clone() for st in caches[-1]._layers] + [st.sink_v.clone() for st in caches[-1]._layers]
+                torch.manual_seed(1)
+                rollout(model, text, noise, policy, sampler_of(cfg))
+                last = [st.sink_k for st in caches[-1]._layers] + [st.sink_v for st in caches[-1]._layers]
+        finally:
+            ReferenceCache.__init__ = orig
+        sinks[ema] = max((a - b).abs().max().item() for a, b in zip(first, last))
+    assert sinks[False] == 0.0 and sinks[True] > 1e-3, sinks
 
 
 def test_redmd_weight_reaches_gradient_in_closed_form():

@@ -185,7 +185,17 @@ class DMDSection:
 
 @dataclass(frozen=True)
 class RolloutSection:
-    """Self-Forcing rollout of the student (SPEC 3) and the cache's EMA-Sink option during training."""
+    """Self-Forcing rollout of the student (SPEC 3) and the cache's sink during training.
+
+    num_frames:   the longest rollout (21 in the release: 7 chunks against a 9-frame window, so chunks 3..6
+                  evict in training).
+    score_frames: 0: the teacher, critic and reward see the whole rollout. Otherwise a window of this many frames
+                  (a multiple of chunk_frames): each iteration draws its start chunk uniformly (shared by ranks),
+                  rolls out only up to the window's end and scores that window (train.stages.dmd).
+    sink_ema_during_training: False (the public trainer): a static sink, chunk 0's clean K/V for the whole
+                  rollout (sink_ema_alpha ignored, i.e. 1); True: the inference EMA sink with sink_ema_alpha.
+                  Either way a query attends to the sink + the last window_frames - sink_frames frames.
+    """
 
     num_frames: int = 21
     chunk_frames: int = 3
@@ -194,6 +204,7 @@ class RolloutSection:
     sink_ema_alpha: float = 0.999
     sink_frames: int = 3
     window_frames: int = 9
+    score_frames: int = 0
 
     def __post_init__(self) -> None:
         _require(self.chunk_frames >= 1, "rollout.chunk_frames", f"must be >= 1, got {self.chunk_frames}")
@@ -207,6 +218,10 @@ class RolloutSection:
                  f"must lie in [0, 1], got {self.sink_ema_alpha}")
         _require(self.sink_frames >= 1 and self.window_frames > self.sink_frames, "rollout.window_frames",
                  f"need window_frames > sink_frames >= 1, got {self.window_frames}, {self.sink_frames}")
+        _require(self.score_frames == 0 or (self.score_frames % self.chunk_frames == 0
+                                            and self.chunk_frames <= self.score_frames <= self.num_frames),
+                 "rollout.score_frames", f"must be 0 or a multiple of chunk_frames={self.chunk_frames} in "
+                 f"[chunk_frames, num_frames={self.num_frames}], got {self.score_frames}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ dmd.critic_updates_per_generator-th step (step % N == 0, as the public trainer) 
   g = (x0_fake - x0_real) / mean|x - x0_real|;   L_i = 0.5 mean((x_i - sg(x_i - g_i))^2)
   Re-DMD: loss = mean_i exp(beta r_i) L_i with r the z-scored reward of the generated video (no gradient)
 Re-DMD is exactly `train.losses.redmd_loss` on top of the per-sample DMD loss; reward.kind "none" is DMD.
+
+Rollouts longer than the teacher's clip (rollout.score_frames): the rollout spans up to rollout.num_frames (21:
+chunks 3.. evict into the sink), but teacher, critic and reward score one window of score_frames (9, the
+teacher's training clip) whose start chunk is drawn uniformly per iteration; the rollout stops at the window's
+end and only the window's exit forwards carry gradient. This is sound because the world is stationary: every
+9-frame window of a long stream is a sample of the distribution the teacher learned (its training clips start
+at random stream frames, data.max_start_frame).
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from train.stages.common import (autocast, checkpointed, frozen, load_dit, load_
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
 from train.stages.ode import sampler_of
-from train.stages.rollout import draw_exit_step, rollout, training_policy
+from train.stages.rollout import draw_exit_step, draw_window_start, rollout, training_policy
 from train.stages.teacher import Batches
 
 
@@ -66,6 +73,7 @@ class DMDTrainer(StageTrainer):
                                cfg.run.batch_size)
         self.backend = FullAttention()
         self.exit_steps: list[int] = []  # per step, for inspection (tests check ranks agree)
+        self.window_starts: list[int] = []  # start chunk of each scored window (rollout.score_frames)
 
     def state(self) -> dict[str, Any]:
         return {"student": model_state(self.student), "critic": model_state(self.critic),
@@ -73,13 +81,19 @@ class DMDTrainer(StageTrainer):
                 "critic_optim": optimizer_state(self.critic, self.critic_opt), "ema": self.ema, "data": self.prompts}
 
     def _rollout(self, prompts: list[str], grad: bool) -> torch.Tensor:
-        cfg, dev = self.cfg, self.info.device
+        """The student's rollout, or its scored window (rollout.score_frames): [B, F_scored, C, H, W]."""
+        cfg, dev, r = self.cfg, self.info.device, self.cfg.rollout
         k = draw_exit_step(self.sampler.num_steps, self.info)
         self.exit_steps.append(k)
-        noise = torch.randn(len(prompts), cfg.rollout.num_frames, self.student.config.in_dim, cfg.data.height,
+        n_chunks, win = r.num_frames // r.chunk_frames, (r.score_frames or r.num_frames) // r.chunk_frames
+        w = draw_window_start(n_chunks - win + 1, self.info)
+        self.window_starts.append(w)
+        noise = torch.randn(len(prompts), (w + win) * r.chunk_frames, self.student.config.in_dim, cfg.data.height,
                             cfg.data.width, device=dev)
         with autocast(cfg, self.info):
-            return rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad).float()
+            x = rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad,
+                        grad_from_chunk=w)
+        return x[:, w * r.chunk_frames:].float()
 
     def _x0(self, model: CausalWanDiT, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         tt = t[:, None].expand(-1, x_t.shape[1] // model.config.patch_size[0]).contiguous()

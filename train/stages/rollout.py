@@ -8,9 +8,11 @@ clean K/V. Training differs from inference in two ways only:
   * gradient flows only through that exit forward of each chunk; every other forward, and every context
     pass, runs under no_grad, so the cache never holds a graph (the context pass overwrites the chunk's
     grad-step K/V).
-Cache policy: by default the window covers the whole rollout (the public trainer's 21-frame cache: no
-eviction, no EMA during training, SPEC 3); rollout.sink_ema_during_training uses the inference window and
-EMA sink instead.
+Cache policy: the inference window (sink + the last window_frames - sink_frames frames, window-relative RoPE)
+with either a static sink (default; the public trainer, whose 21-frame cache never folds anything into the
+sink: chunk 0's clean K/V throughout, SPEC 3) or, with rollout.sink_ema_during_training, the inference EMA
+sink. A static sink is exactly the EMA with alpha = 1 (sink <- 1 * sink + 0 * evicted), so both run through the
+same cache code as inference.
 """
 from __future__ import annotations
 
@@ -27,12 +29,9 @@ from train.stages.common import DistInfo, broadcast_int
 
 def training_policy(r: RolloutSection, tokens_per_frame: int) -> CachePolicy:
     """CachePolicy of the training rollout (see module docstring)."""
-    if r.sink_ema_during_training:
-        window = r.window_frames
-    else:  # the sink plus every later frame of the rollout: nothing is ever evicted
-        window = max(r.num_frames, r.sink_frames + r.chunk_frames)
-    return CachePolicy(sink_frames=r.sink_frames, window_frames=window, chunk_frames=r.chunk_frames,
-                       tokens_per_frame=tokens_per_frame, sink_ema_alpha=r.sink_ema_alpha)
+    alpha = r.sink_ema_alpha if r.sink_ema_during_training else 1.0
+    return CachePolicy(sink_frames=r.sink_frames, window_frames=r.window_frames, chunk_frames=r.chunk_frames,
+                       tokens_per_frame=tokens_per_frame, sink_ema_alpha=alpha)
 
 
 def draw_exit_step(num_steps: int, info: DistInfo) -> int:
@@ -41,16 +40,23 @@ def draw_exit_step(num_steps: int, info: DistInfo) -> int:
     return broadcast_int(k, info)
 
 
+def draw_window_start(num_starts: int, info: DistInfo) -> int:
+    """Start chunk of the scored window in [0, num_starts), shared by ranks; no RNG draw when there is one."""
+    return 0 if num_starts == 1 else draw_exit_step(num_starts, info)
+
+
 def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tensor, policy: CachePolicy,
             sampler: SamplerConfig, exit_step: int | None = None, grad: bool = False,
-            fresh_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like) -> torch.Tensor:
+            fresh_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
+            grad_from_chunk: int = 0) -> torch.Tensor:
     """Generate a video autoregressively with the student and a fresh ReferenceCache.
 
     model:     the causal student (its attention backend is the cache).
     text:      CrossKV (or raw text [B, Ltext, text_dim]) of the prompts.
     noise:     [B, F, C, H, W] initial noise; F a multiple of policy.chunk_frames.
     exit_step: index of the denoising step whose x0 each chunk outputs (None: the last one, as at inference).
-    grad:      record the graph of the exit forwards (the only forwards with gradient).
+    grad:      record the graph of the exit forwards (the only forwards with gradient) of chunks
+               >= grad_from_chunk (earlier chunks are only context for a scored window: no graph).
     fresh_noise: draws the re-noising noise like its argument (default: the global torch RNG, in chunk order).
     Returns x0 [B, F, C, H, W].
     """
@@ -75,7 +81,7 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
         x = noise[:, c * chunk:(c + 1) * chunk]
         offset = c * policy.chunk_frames
         for i in range(k_exit + 1):
-            with torch.set_grad_enabled(grad and i == k_exit):
+            with torch.set_grad_enabled(grad and i == k_exit and c >= grad_from_chunk):
                 t = timestep_tensor(steps[i], B, policy.chunk_frames, noise.device)
                 x0 = flow_to_x0(x, model(x, t, text, cache, frame_offset=offset), sigmas[i])
             if i < k_exit:
