@@ -289,3 +289,17 @@ def test_sharding_and_resume():
     finite = SyntheticWorldDataset(world, num_samples=5)
     loader = torch.utils.data.DataLoader(finite, batch_size=None, num_workers=2)
     assert sorted(p for _, p in loader) == sorted(world[i][1] for i in range(5))
+
+
+def test_parse_single_object_inverts_describe():
+    from train.data.synthetic_world import parse_single_object
+    world = SyntheticWorld(16, 16, 9, max_objects=1, seed=6, layout="canonical")
+    for i in range(80):
+        s = world.scene(i)
+        p = describe_scene(s)
+        got = parse_single_object(p, 16, 16, 9)
+        a, b = got.objects[0], s.objects[0]
+        assert describe_scene(got) == p and got.background == s.background
+        assert (a.shape, a.colour, a.size, a.radius, a.motion) == (b.shape, b.colour, b.size, b.radius, b.motion)
+    with pytest.raises(ValueError, match="single-object"):
+        parse_single_object("a large red circle moves sideways on a blue background", 16, 16, 9)

@@ -265,6 +265,52 @@ def describe_scene(scene: Scene) -> str:
     return " and ".join(describe_object(o) for o in scene.objects) + f" on {article} {scene.background} background"
 
 
+def parse_single_object(prompt: str, height: int, width: int, num_frames: int, speed: float = 1.0) -> Scene:
+    """The canonical single-object Scene a prompt of this world describes (the inverse of `describe_scene`).
+
+    What the prompt leaves to chance is fixed here: `speed` px/frame, phase 0 (a mover starts at x or y = 0),
+    a turn at frame 4, an appearance at frame 2. Evaluation uses it for what the prompt fixes: colour, shape,
+    size (area), background, motion and direction.
+    """
+    words = prompt.split()
+    try:
+        if words[0] != "a" or words[-1] != "background" or words[-4] != "on":
+            raise ValueError
+        size, colour, shape, background = words[1], words[2], words[3], words[-2]
+        body = words[4:-4]
+        if size not in SIZES or colour not in COLOURS or shape not in SHAPES or background not in COLOURS:
+            raise ValueError
+    except (IndexError, ValueError):
+        raise ValueError(f"not a single-object prompt of the synthetic world: {prompt!r}") from None
+    r = CANONICAL_RADIUS[size] * min(height, width)
+    mid = ((width - 1) / 2, (height - 1) / 2)
+    common = dict(shape=shape, colour=colour, size=size, radius=r)
+
+    def mover(d: str) -> tuple[tuple[float, float], tuple[float, float]]:
+        dx, dy = DIRECTIONS[d]
+        return (0.0 if dx else mid[0], 0.0 if dy else mid[1]), (dx * speed, dy * speed)
+
+    if body == ["stays", "still"]:
+        obj = ObjectSpec(**common, start=mid, velocity=(0.0, 0.0), motion="still")
+    elif len(body) == 4 and body[0] == "bounces" and body[2] == "and":
+        d = "right" if body[1] in ("left", "right") else "down"
+        obj = ObjectSpec(**common, start=mid, velocity=mover(d)[1], motion="bounces", direction=d)
+    elif len(body) == 2 and body[0] == "moves" and body[1] in DIRECTIONS:
+        start, v = mover(body[1])
+        obj = ObjectSpec(**common, start=start, velocity=v, motion="moves", direction=body[1])
+    elif len(body) == 4 and body[:2] == ["appears", "and"] and body[2] == "moves" and body[3] in DIRECTIONS:
+        start, v = mover(body[3])
+        obj = ObjectSpec(**common, start=start, velocity=v, motion="appears", direction=body[3], appear_frame=2)
+    elif len(body) == 5 and body[0] == "moves" and body[2:4] == ["then", "turns"] and body[1] in DIRECTIONS \
+            and body[4] in DIRECTIONS:
+        start, v = mover(body[1])
+        obj = ObjectSpec(**common, start=start, velocity=v, motion="turns", direction=body[1], direction2=body[4],
+                         velocity2=mover(body[4])[1], turn_frame=4)
+    else:
+        raise ValueError(f"not a single-object prompt of the synthetic world: {prompt!r}")
+    return Scene(background, (obj,), height, width, num_frames)
+
+
 # ---------------------------------------------------------------------------------------------- datasets
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
