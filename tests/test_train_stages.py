@@ -314,3 +314,27 @@ def test_grad_checkpointing_is_exact_and_bf16_runs(tmp_path):
         assert torch.equal(a, b), k
     _, metrics = run_stage(tmp_path / "bf16", stage={"kind": "teacher"}, run={"bf16": True, "steps": 1})
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_dmd_scores_a_window_of_a_longer_rollout(pipeline, tmp_path):
+    """rollout.score_frames: the rollout spans up to num_frames (here 4 chunks of 3 with a 9-frame window, so
+    chunk 3 evicts), teacher/critic/reward see a 3-frame window whose start chunk is drawn per rollout, and only
+    that window's exit forward carries gradient."""
+    root = pipeline[0]
+    sections = dmd_sections(root)
+    sections["rollout"] = {"num_frames": 12, "score_frames": 3, "window_frames": 9,
+                           "sink_ema_during_training": True, "sink_ema_alpha": 0.9}
+    trainer, metrics = run_stage(tmp_path / "win", **sections)
+    assert torch.isfinite(torch.tensor(metrics["critic_loss"]))
+    assert len(trainer.window_starts) == len(trainer.exit_steps) and set(trainer.window_starts) <= {0, 1, 2, 3}
+    assert len(set(trainer.window_starts)) > 1
+    calls = []
+    hook = trainer.student.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
+    torch.manual_seed(11)
+    x = trainer._rollout(["a small red circle moves left on a blue background"], grad=True)
+    hook.remove()
+    w, k = trainer.window_starts[-1], trainer.exit_steps[-1]
+    assert x.shape[1] == 3 and x.requires_grad
+    per_chunk = k + 2  # k + 1 denoising forwards + the context pass
+    assert len(calls) == (w + 1) * per_chunk  # the rollout stops at the window's end
+    assert sum(calls) == 1 and calls[w * per_chunk + k]  # the window's exit forward only
