@@ -338,3 +338,16 @@ def test_dmd_scores_a_window_of_a_longer_rollout(pipeline, tmp_path):
     per_chunk = k + 2  # k + 1 denoising forwards + the context pass
     assert len(calls) == (w + 1) * per_chunk  # the rollout stops at the window's end
     assert sum(calls) == 1 and calls[w * per_chunk + k]  # the window's exit forward only
+
+
+def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
+    """The rollout-regression stage: loss finite, weights move, resume exact; a world with chance is refused."""
+    root = pipeline[0]
+    sections = {"stage": {"kind": "regress"}, "model": {"student_init": str(root / "ode/export")},
+                "data": {"phase": "fixed", "speed_min": 1.0, "speed_max": 1.0, "layout": "canonical"}}
+    trainer, metrics = run_stage(tmp_path / "reg", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    ode, student = dit_weights(root / "ode/export"), dit_weights(tmp_path / "reg/export")
+    assert max((ode[k] - student[k]).abs().max().item() for k in ode) > 1e-5
+    with pytest.raises(ValueError, match="prompt-determined"):
+        run_stage(tmp_path / "bad", **{**sections, "data": {"phase": "random"}})

@@ -303,3 +303,23 @@ def test_parse_single_object_inverts_describe():
         assert (a.shape, a.colour, a.size, a.radius, a.motion) == (b.shape, b.colour, b.size, b.radius, b.motion)
     with pytest.raises(ValueError, match="single-object"):
         parse_single_object("a large red circle moves sideways on a blue background", 16, 16, 9)
+
+
+def test_fixed_phase_with_one_speed_makes_the_prompt_determine_the_stream():
+    world = SyntheticWorld(16, 16, 60, max_objects=1, seed=5, layout="canonical", speed_min=1.0, speed_max=1.0,
+                           phase="fixed")
+    seen, clashes = {}, 0
+    for i in range(600):
+        video, prompt = world[i]
+        if prompt in seen:
+            assert torch.equal(seen[prompt], video), prompt
+            clashes += 1
+        seen[prompt] = video
+        obj = world.scene(i).objects[0]
+        if obj.motion == "moves":  # starts at the wall it moves away from, then wraps forever
+            axis = 0 if obj.velocity[0] else 1
+            r = obj.radius
+            assert obj.start[axis] in (r, (16, 16)[axis] - 1 - r)
+    assert clashes >= 10
+    with pytest.raises(ValueError, match="phase"):
+        SyntheticWorld(16, 16, 9, phase="sideways")

@@ -92,7 +92,9 @@ class StageSection:
     """Which stage `train/launch.py` runs, and the stage-specific knobs.
 
     kind:            teacher (flow matching, bidirectional) | ode (ODE-pair generation + regression of the
-                     causal student) | dmd (Self-Forcing rollout + DMD, Re-DMD when reward.kind != none).
+                     causal student) | dmd (Self-Forcing rollout + DMD, Re-DMD when reward.kind != none) |
+                     regress (Self-Forcing rollout regressed on the world's own video: a prompt-determined
+                     world only, train/stages/regress.py).
     teacher_shift:   timestep shift of the teacher's flow-matching t draw (1.0 = uniform sigma).
     text_dropout:    probability of training the teacher on the empty prompt (what CFG's uncond needs).
     ode_pairs:       number of teacher ODE trajectories to generate (ode stage).
@@ -101,7 +103,7 @@ class StageSection:
     ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
     """
 
-    kind: Literal["teacher", "ode", "dmd"] = "dmd"
+    kind: Literal["teacher", "ode", "dmd", "regress"] = "dmd"
     teacher_shift: float = 1.0
     text_dropout: float = 0.1
     ode_pairs: int = 256
@@ -132,6 +134,7 @@ class DataSection:
     speed_min: float = 0.5  # px/frame: each object's speed is drawn from U[speed_min, speed_max]
     speed_max: float = 1.5
     max_start_frame: int = 0  # a clip is stream frames [s, s + num_frames), s ~ U{0..max_start_frame}
+    phase: Literal["random", "fixed"] = "random"  # fixed: movers start at a wall (synthetic_world docstring)
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "max_objects"):

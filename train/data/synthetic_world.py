@@ -30,6 +30,13 @@ middle of the frame across its axis of motion (still objects in the centre). "ra
 the size word's range and the cross-axis (or still) position between the walls. The embedded default model is
 trained on "canonical": a 0.25M-parameter model trained for CPU-minutes could not learn where to put a freely
 placed object (objects drawn in 20 % of frames after 3000 steps, train/results/default_model.md).
+
+phase "fixed" (not the default) removes the phase from chance: at stream frame 0 a mover starts at the wall it
+moves away from and a bouncer in the middle (the previous finite world's canonical start), and events come at
+fixed frames. With speed_min == speed_max the prompt then determines the whole endless stream, which a
+regression loss can learn (train/stages/regress.py): the 0.25M-parameter teacher and students trained for
+CPU-minutes on the random phase drew smeared stripes along the axis of motion instead of an object
+(train/results/default_model.md).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 Motion = Literal["moves", "turns", "bounces", "still", "appears"]
 MOTIONS: tuple[str, ...] = ("moves", "turns", "bounces", "still", "appears")
 LAYOUTS = ("random", "canonical")
+PHASES = ("random", "fixed")
 CANONICAL_RADIUS = {"small": 0.12, "large": 0.2}  # fraction of min(H, W), inside SIZES' ranges
 SPEED_RANGE = (0.5, 1.5)  # default speed_min, speed_max of SyntheticWorld, pixels per frame
 EVENT_FRAMES = 9  # default SyntheticWorld.event_frames: turns and appearances happen before this stream frame
@@ -143,6 +151,8 @@ def _sample_object(rng: np.random.Generator, colour: str, H: int, W: int, world:
     if motion == "still":
         return ObjectSpec(**common, start=tuple(map(float, inside)), velocity=(0.0, 0.0), motion=motion)
     start = inside.copy()
+    if world.phase == "fixed":
+        return _fixed_phase_object(common, motion, d1, speed, lo, hi, inside, names, rng, world)
     if motion == "bounces":
         # The phase is uniform over one back-and-forth period 2 * span of the unfolded coordinate, so the object
         # is anywhere between the walls, going either way; the prompt names only the axis.
@@ -163,6 +173,34 @@ def _sample_object(rng: np.random.Generator, colour: str, H: int, W: int, world:
                           turn_frame=turn)
     appear = int(rng.integers(1, max(2, world.event_frames // 2 + 1))) if motion == "appears" else 0
     return ObjectSpec(**common, start=tuple(map(float, start)), velocity=(dx * speed, dy * speed), motion=motion,
+                      direction=d1, appear_frame=appear)
+
+
+def _fixed_phase_object(common: dict, motion: str, d1: str, speed: float, lo: np.ndarray, hi: np.ndarray,
+                        inside: np.ndarray, names: list, rng: np.random.Generator,
+                        world: "SyntheticWorld") -> ObjectSpec:
+    """phase "fixed": at stream frame 0 a mover sits at the wall it moves away from (as the previous, finite
+    world's canonical layout) and a bouncer in the middle going right / down; a turn comes at frame 4, an
+    appearance at frame 3. With speed_min == speed_max the prompt then determines the whole stream."""
+    dx, dy = DIRECTIONS[d1]
+
+    def away_from(dx: int, dy: int) -> tuple[float, float]:
+        return (float(inside[0]) if dx == 0 else float(lo[0] if dx > 0 else hi[0]),
+                float(inside[1]) if dy == 0 else float(lo[1] if dy > 0 else hi[1]))
+
+    if motion == "bounces":
+        d1 = "right" if dx else "down"
+        dx, dy = DIRECTIONS[d1]
+        return ObjectSpec(**common, start=tuple(map(float, inside)), velocity=(dx * speed, dy * speed),
+                          motion=motion, direction=d1)
+    if motion == "turns":
+        d2 = [n for n in names if DIRECTIONS[n][0] * dx + DIRECTIONS[n][1] * dy == 0][rng.integers(2)]
+        ex, ey = DIRECTIONS[d2]
+        return ObjectSpec(**common, start=away_from(dx + ex, dy + ey), velocity=(dx * speed, dy * speed),
+                          motion=motion, direction=d1, direction2=d2, velocity2=(ex * speed, ey * speed),
+                          turn_frame=min(4, world.event_frames - 2))
+    appear = min(3, world.event_frames // 2) if motion == "appears" else 0
+    return ObjectSpec(**common, start=away_from(dx, dy), velocity=(dx * speed, dy * speed), motion=motion,
                       direction=d1, appear_frame=appear)
 
 
@@ -332,6 +370,7 @@ class SyntheticWorld:
     speed_max: float = SPEED_RANGE[1]
     max_start_frame: int = 0
     event_frames: int = EVENT_FRAMES
+    phase: str = "random"
 
     def __post_init__(self) -> None:
         if min(self.height, self.width) < 8 or self.num_frames < 2 or self.max_objects < 1:
@@ -341,6 +380,8 @@ class SyntheticWorld:
         if not 0 < self.speed_min <= self.speed_max < min(self.height, self.width) / 2:
             raise ValueError(f"invalid SyntheticWorld speed range [{self.speed_min}, {self.speed_max}] px/frame: "
                              f"need 0 < speed_min <= speed_max < min(H, W) / 2 (faster aliases on the torus)")
+        if self.phase not in PHASES:
+            raise ValueError(f"invalid SyntheticWorld phase {self.phase!r}; expected one of {PHASES}")
         if self.max_start_frame < 0 or self.event_frames < 2:
             raise ValueError(f"invalid SyntheticWorld: need max_start_frame >= 0 and event_frames >= 2, got "
                              f"{self.max_start_frame}, {self.event_frames}")
@@ -413,6 +454,6 @@ def world_of(data_cfg, **overrides) -> SyntheticWorld:
     fields = dict(height=data_cfg.height, width=data_cfg.width, num_frames=data_cfg.num_frames,
                   max_objects=data_cfg.max_objects, seed=data_cfg.seed, layout=data_cfg.layout,
                   speed_min=data_cfg.speed_min, speed_max=data_cfg.speed_max,
-                  max_start_frame=data_cfg.max_start_frame)
+                  max_start_frame=data_cfg.max_start_frame, phase=data_cfg.phase)
     fields.update(overrides)
     return SyntheticWorld(**fields)
