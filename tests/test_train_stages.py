@@ -351,3 +351,27 @@ def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
     assert max((ode[k] - student[k]).abs().max().item() for k in ode) > 1e-5
     with pytest.raises(ValueError, match="prompt-determined"):
         run_stage(tmp_path / "bad", **{**sections, "data": {"phase": "random"}})
+
+
+def test_rollout_teacher_forced_context():
+    """context=video: the context passes write that video. Fed the rollout's own output it reproduces the plain
+    rollout exactly (same noise); a different chunk 0 in the context changes the chunks after it."""
+    torch.manual_seed(0)
+    cfg = make_cfg("unused")
+    model = init_dit(dit_config(cfg.arch), 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    text, noise = torch.randn(1, 5, cfg.arch.text_dim), torch.randn(1, 12, 3, 8, 8)
+    policy = CachePolicy(sink_frames=3, window_frames=6, chunk_frames=3, tokens_per_frame=16)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain = rollout(model, text, noise, policy, sampler_of(cfg))
+        torch.manual_seed(1)
+        forced = rollout(model, text, noise, policy, sampler_of(cfg), context=plain)
+        other = plain.clone()
+        other[:, :3] = torch.randn_like(other[:, :3])
+        torch.manual_seed(1)
+        changed = rollout(model, text, noise, policy, sampler_of(cfg), context=other)
+    assert torch.equal(forced, plain)
+    assert torch.equal(changed[:, :3], plain[:, :3]) and (changed[:, 3:] - plain[:, 3:]).abs().max() > 1e-3

@@ -101,6 +101,8 @@ class StageSection:
     ode_substeps:    Euler steps of the teacher ODE (a fine grid through the warped timesteps).
     ode_guidance_scale: CFG scale used to generate the ODE pairs.
     ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
+    regress_context: regress stage: the context passes write the world's video ("video") or the student's
+                     own x0 ("own").
     """
 
     kind: Literal["teacher", "ode", "dmd", "regress"] = "dmd"
@@ -110,6 +112,7 @@ class StageSection:
     ode_substeps: int = 24
     ode_guidance_scale: float = 3.0
     ode_pairs_path: str | None = None
+    regress_context: Literal["video", "own"] = "video"
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")

@@ -5,8 +5,13 @@ conditional mean is the video itself, so a regression loss is exact supervision 
 student rolls out its own video exactly as at inference (train.stages.rollout: cache, sink policy, evictions
 from chunk 3 of a 21-frame rollout; one exit step per iteration, gradient only through the exit forwards) and
   loss = mean over chunks, pixels of (x0_exit - video)^2
-with video the world's rendered stream of the same length. Unlike the ODE init (regression on teacher samples
-with block-causal attention over 9 frames) it trains on the student's own context, past the window.
+with video the world's rendered stream of the same length. stage.regress_context picks what the context passes
+write into the cache: "video" (default, teacher forcing: the world's chunks, so every target is consistent with
+the context it is asked to continue) or "own" (the student's x0, as at inference). Measured on the default
+model: with "own" the object faded out within 25 steps (the student's chunk 0 sits a little off the world's
+phase, so the targets of later chunks disagree with their context and the loss is cut by drawing less object).
+Unlike the ODE init (regression on teacher samples with block-causal attention over 9 frames) it trains past the
+window: evictions and the sink fold happen as at inference.
 On a world with chance left in it the same loss would regress to the mean (smeared objects): use DMD there.
 """
 from __future__ import annotations
@@ -61,7 +66,8 @@ class RegressTrainer(StageTrainer):
         self.exit_steps.append(k)
         noise = torch.randn_like(video)
         with autocast(self.cfg, self.info):
-            x = rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad=True)
+            x = rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad=True,
+                        context=video if self.cfg.stage.regress_context == "video" else None)
         return ((x.float() - video) ** 2).mean()
 
     def train_step(self, step: int) -> dict[str, float]:

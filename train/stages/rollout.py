@@ -48,7 +48,7 @@ def draw_window_start(num_starts: int, info: DistInfo) -> int:
 def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tensor, policy: CachePolicy,
             sampler: SamplerConfig, exit_step: int | None = None, grad: bool = False,
             fresh_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
-            grad_from_chunk: int = 0) -> torch.Tensor:
+            grad_from_chunk: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:
     """Generate a video autoregressively with the student and a fresh ReferenceCache.
 
     model:     the causal student (its attention backend is the cache).
@@ -58,6 +58,8 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     grad:      record the graph of the exit forwards (the only forwards with gradient) of chunks
                >= grad_from_chunk (earlier chunks are only context for a scored window: no graph).
     fresh_noise: draws the re-noising noise like its argument (default: the global torch RNG, in chunk order).
+    context:   None (inference): each chunk's context pass writes its own x0. A video [B, F, C, H, W]: the
+               context pass writes that video's chunk instead (teacher forcing on ground truth).
     Returns x0 [B, F, C, H, W].
     """
     cfg = model.config
@@ -87,7 +89,8 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
             if i < k_exit:
                 x = renoise(x0, fresh_noise(x0), sigmas[i + 1])
         out.append(x0)
+        clean = x0.detach() if context is None else context[:, c * chunk:(c + 1) * chunk].to(x0.dtype)
         with torch.no_grad():  # context pass: the chunk's clean K/V for the chunks after it
-            model(x0.detach(), torch.zeros(B, policy.chunk_frames, device=noise.device), text, cache,
+            model(clean, torch.zeros(B, policy.chunk_frames, device=noise.device), text, cache,
                   frame_offset=offset)
     return torch.cat(out, dim=1)
