@@ -19,6 +19,10 @@ Metrics per stream (video in [-1, 1]; the tracker is train/stream_metrics.py, se
   object:     prompt adherence late in the stream: fraction of the last 10 chunks' frames showing the prompted
               object (area within [0.4, 2.5] x) on the prompted background.
 Still prompts count for quality, drift, copy and object only (they have no prompted motion).
+And the world-free long-stream metrics of `rfrt inspect` (rfrt.inspect, same definitions as the command, each
+stream analysed at 16 fps with its 3-frame chunks), per stream: inspect_late_early (its late/early motion
+ratio), inspect_stall_s (its stall onset; NaN when it finds none), copy_ssim (SSIM of the late seconds to the
+first), colour_de (Lab dE late vs the first second); `inspect_metrics` gives their means over a batch.
 Intervals: 95 % percentile bootstrap over the arm's streams (prompts x seeds).
 
 Usage (one process per arm, then the table):
@@ -79,6 +83,34 @@ def late_adherence(video: torch.Tensor, scenes: list[Scene], late_frames: int) -
     return torch.cat(hits).mean().item()
 
 
+_FPS = 16  # the default model's frame rate (rfrt.json video.fps): stall onsets in seconds of its videos
+
+
+def _inspect_summaries(video: torch.Tensor, chunk_frames: int, fps: int = _FPS) -> list:
+    from rfrt.inspect import inspect_frames
+
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    return [inspect_frames(clip, fps, chunk_frames=chunk_frames).summary for clip in frames]
+
+
+def inspect_metrics(video: torch.Tensor, chunk_frames: int, fps: int = _FPS) -> dict[str, float | None]:
+    """video [B, F, 3, H, W] in [-1, 1] -> rfrt inspect's summary per stream, averaged over B (None: undefined
+    for every stream). stalled: fraction of streams with a stall onset; stall_s: their mean onset."""
+    sums = _inspect_summaries(video, chunk_frames, fps)
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return {"motion_late_early": mean(s.motion_late_early for s in sums),
+            "stalled": mean(float(s.stall_onset_s is not None) for s in sums),
+            "stall_s": mean(s.stall_onset_s for s in sums),
+            "copy_ssim": mean(s.copy_ssim_late for s in sums),
+            "colour_de": mean(s.colour_de_late for s in sums),
+            "sharpness": mean(s.sharpness_decay for s in sums),
+            "seam": mean(s.seam_ratio_mean for s in sums)}
+
+
 def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward,
                    scenes: list[Scene]) -> dict[str, float]:
     """video [B, F, 3, H, W] of long streams -> the image metrics of the module docstring (means over B)."""
@@ -98,12 +130,19 @@ def per_stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionRew
     late = video[:, (n_chunks - 10) * chunk_frames:].reshape(B, 10, chunk_frames, *video.shape[2:])
     copy = 1 - (late - first[:, None]).abs().mean(dim=(2, 3, 4, 5)) / 2
     dyn = motion.score(to_unit_range(video))
+    sums = _inspect_summaries(video, chunk_frames) if track_motion else [None] * B
     rows = []
     for b, scene in enumerate(scenes):
         r = {"dynamic": float(dyn[b]), "quality": float(q[b].mean()),
              "drift": float(segments[b].max() - segments[b].min()), "copy": float(copy[b].mean()),
              "object": late_adherence(video[b:b + 1], [scene], 10 * chunk_frames)}
         if track_motion:
+            ins = sums[b]
+
+            def num(v):
+                return math.nan if v is None else float(v)
+            r.update(inspect_late_early=num(ins.motion_late_early), inspect_stall_s=num(ins.stall_onset_s),
+                     copy_ssim=num(ins.copy_ssim_late), colour_de=num(ins.colour_de_late))
             sec = per_second(track(video[b], scene), fps)
             still = scene.objects[0].motion == "still"
             sp = sec["speed"]
@@ -135,7 +174,9 @@ def run_arm(model_dir: str, alpha: float, chunks: int, scenes: list[Scene], h: i
 
 COLUMNS = [("speed", "speed px/frame (world 1.00)", 2), ("in_range", "s in world range", 2),
            ("late_early", "late/early speed", 2), ("stall", "stall onset s", 1), ("copy", "first-chunk copy", 3),
-           ("drift", "drift", 4), ("object", "late object + bg", 2), ("dynamic", "flow px/frame", 3)]
+           ("drift", "drift", 4), ("object", "late object + bg", 2), ("dynamic", "flow px/frame", 3),
+           ("inspect_late_early", "inspect late/early", 2), ("copy_ssim", "inspect copy SSIM", 3),
+           ("colour_de", "inspect colour dE", 2)]
 
 
 def table(results: list[dict]) -> str:
@@ -147,6 +188,9 @@ def table(results: list[dict]) -> str:
     for res in results:
         cells = []
         for key, _, digits in COLUMNS:
+            if key not in res["rows"][0]:
+                cells.append("not run")
+                continue
             m, lo, hi = bootstrap_ci(np.array([r[key] for r in res["rows"]], dtype=np.float64))
             cells.append(f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]")
         lines.append(f"| {res['arm']} | " + " | ".join(cells) + f" | {res['wall_s']:.0f} |")
