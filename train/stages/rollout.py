@@ -24,6 +24,7 @@ import torch
 from rfrt.cache import CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
 from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
+from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig
 from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
@@ -87,7 +88,9 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
         # The renoise draws come before the chunk's forwards, as at inference; the forwards draw nothing, so
         # the order of the RNG calls is that of a loop drawing each one just before it is used.
         draws = [x] + [fresh_noise(x) for _ in range(k_exit)]
-        clean = None if context is None else context[:, c * chunk:(c + 1) * chunk]
-        out.append(sample_chunk(forward, draws, plan, exit_step=k_exit, grad=grad and c >= grad_from_chunk,
-                                context=clean))
+        x0 = sample_chunk(forward, draws, plan, exit_step=k_exit, grad=grad and c >= grad_from_chunk,
+                          context=context is None)
+        if context is not None:  # teacher forcing: the cache gets the given video's chunk, not the output
+            context_pass(forward, context[:, c * chunk:(c + 1) * chunk].to(x0.dtype), plan)
+        out.append(x0)
     return torch.cat(out, dim=1)
