@@ -125,7 +125,7 @@ def test_rollout_matches_block_causal_reference_and_grads_only_at_exit():
             p.add_(torch.randn_like(p) * 0.05)
     sampler, text = sampler_of(cfg), torch.randn(2, 5, cfg.arch.text_dim)
     noise = torch.randn(2, 6, 3, 8, 8)
-    policy = training_policy(cfg.rollout, 16)
+    policy = training_policy(cfg.rollout)
     calls = []
     hook = model.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(5)
@@ -169,7 +169,7 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
             p.add_(torch.randn_like(p) * 0.05)
     text = VocabTextEncoder(vocabulary(), cfg.arch.text_dim, cfg.arch.max_words, 1)
     save_model_dir(tmp_path / "student", model, text)
-    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=16)
+    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3)
     write_model_dir(tmp_path / "student", tmp_path / "model", 8, 8, policy, sampler_of(cfg))
     prompt = "a small red circle moves left on a blue background"
     gen = StreamGenerator(str(tmp_path / "model"))
@@ -188,10 +188,10 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
 
 def test_training_policy_never_evicts_by_default():
     cfg = make_cfg("unused", rollout={"num_frames": 21, "window_frames": 9})
-    p = training_policy(cfg.rollout, 16)
+    p = training_policy(cfg.rollout)
     assert p.window_frames == 21 and all(p.evicted_chunk(c) is None for c in range(7))
     ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "window_frames": 9,
-                                                 "sink_ema_during_training": True}).rollout, 16)
+                                                 "sink_ema_during_training": True}).rollout)
     assert ema.window_frames == 9 and ema.evicted_chunk(3) == 1
 
 

@@ -90,9 +90,7 @@ def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward,
 def run_variant(model_dir: str, alpha: float, chunks: int, scenes: list[Scene], h: int, w: int,
                 seed: int) -> tuple[dict[str, float], float]:
     dit, text = load_dit(model_dir, "student").eval(), load_text(model_dir, "student").eval()
-    ph, pw = dit.config.patch_size[1:]
-    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=(h // ph) * (w // pw),
-                         sink_ema_alpha=alpha)
+    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, sink_ema_alpha=alpha)
     torch.manual_seed(seed)
     noise = torch.randn(len(scenes), chunks * 3, dit.config.in_dim, h, w)
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ def write_model_dir(student: Path, out: Path, height: int, width: int, cache: Ca
     out.mkdir(parents=True, exist_ok=True)
     for part in ("dit", "text_encoder"):
         shutil.copytree(student / part, out / part, dirs_exist_ok=True)
-    cache_fields = {k: v for k, v in dataclasses.asdict(cache).items() if k != "tokens_per_frame"}
+    cache_fields = dataclasses.asdict(cache)
     sampler_fields = dataclasses.asdict(sampler)
     sampler_fields["denoising_steps"] = list(sampler_fields["denoising_steps"])
     manifest = {"format": "rfrt-model/1",
@@ -61,9 +61,8 @@ def main() -> int:
     ap.add_argument("--window-frames", type=int, default=9)
     ap.add_argument("--chunk-frames", type=int, default=3)
     args = ap.parse_args()
-    # tokens_per_frame is not stored (the generator derives it from the resolution); 1 only validates here.
     cache = CachePolicy(sink_frames=args.sink_frames, window_frames=args.window_frames,
-                        chunk_frames=args.chunk_frames, tokens_per_frame=1)
+                        chunk_frames=args.chunk_frames)
     print(write_model_dir(args.student, args.out, args.height, args.width, cache, SamplerConfig()))
     return 0
 

@@ -108,8 +108,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
             _, video = teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise, sampler,
                                    24, guidance)
         else:
-            tpf = (height // dit.config.patch_size[1]) * (width // dit.config.patch_size[2])
-            policy = training_policy(RolloutSection(num_frames=frames), tpf)
+            policy = training_policy(RolloutSection(num_frames=frames))
             video = rollout(dit, text.encode(prompts), noise, policy, sampler)
         rows += [scene_scores(v.clamp(-1, 1), s) for v, s in zip(video, scenes)]
         motions.append(motion.score(to_unit_range(video)))

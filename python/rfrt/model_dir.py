@@ -6,7 +6,7 @@ rfrt format (`rfrt-model/1`), paths relative to the manifest's directory:
      "dit": {"config": "dit/config.json", "weights": "dit/model.safetensors"},
      "text_encoder": {"kind": "vocab" | "umt5", "path": "text"},
      "decoder": {"kind": "pixel" | "wan_vae" | "taehv", "path": "vae"},      (path optional for "pixel")
-     "cache": {CachePolicy fields except tokens_per_frame, which follows from the resolution},
+     "cache": {CachePolicy fields (frames, EMA alpha, RoPE rule, sink precision: no resolution)},
      "sampler": {SamplerConfig fields},
      "video": {"height": 480, "width": 832, "fps": 16}}
 
@@ -76,8 +76,7 @@ class VideoSpec:
 @dataclass(frozen=True)
 class ModelManifest:
     """A parsed model directory. dit_weights is a file or a directory `load_model` reads; dit_config may be
-    None when the weights carry their own config (diffusers). cache.tokens_per_frame is a placeholder: the
-    generator derives it from the resolution."""
+    None when the weights carry their own config (diffusers)."""
 
     root: Path
     layout: str  # "rfrt" or "diffusers"
@@ -111,8 +110,8 @@ class ModelManifest:
 class LoadedModel:
     """Everything a StreamGenerator needs, in memory (tests and embedders can build one directly).
 
-    dit: CausalWanDiT; text_encoder: TextEncoder; decoder: StreamingDecoder; cache: CachePolicy (its
-    tokens_per_frame is replaced from the resolution); sampler: SamplerConfig; video: VideoSpec.
+    dit: CausalWanDiT; text_encoder: TextEncoder; decoder: StreamingDecoder; cache: CachePolicy; sampler:
+    SamplerConfig; video: VideoSpec.
     """
 
     dit: Any
@@ -176,7 +175,7 @@ def _rfrt_manifest(path: Path) -> ModelManifest:
     return ModelManifest(
         root=root, layout="rfrt", dit_config=root / dit["config"], dit_weights=root / dit["weights"],
         text_encoder=comps["text_encoder"], tokenizer=None, decoder=comps["decoder"],
-        cache=_config(CachePolicy, raw.get("cache", {}), f"{path}: cache", {"tokens_per_frame"}),
+        cache=_config(CachePolicy, raw.get("cache", {}), f"{path}: cache"),
         sampler=_config(SamplerConfig, raw.get("sampler", {}), f"{path}: sampler"),
         video=_config(VideoSpec, raw.get("video", {}), f"{path}: video"))
 

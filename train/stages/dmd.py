@@ -51,10 +51,9 @@ class DMDTrainer(StageTrainer):
         mc = self.student.config
         if cfg.data.height % mc.patch_size[1] or cfg.data.width % mc.patch_size[2]:
             raise ValueError(f"data {cfg.data.height}x{cfg.data.width} not divisible by patch {mc.patch_size}")
-        tpf = (cfg.data.height // mc.patch_size[1]) * (cfg.data.width // mc.patch_size[2])
         for m in (self.student, self.critic):
             shard_trained(m, cfg, self.info.world_size, dev)
-        self.policy = training_policy(cfg.rollout, tpf)
+        self.policy = training_policy(cfg.rollout)
         self.sampler = sampler_of(cfg)
         self.gen_params = list(self.student.parameters())
         self.critic_params = list(self.critic.parameters())

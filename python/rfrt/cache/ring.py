@@ -8,7 +8,8 @@ except the sink, which the fused fold re-rotates once per chunk. Attention is th
 prefix of the buffer (filling chunks see a shorter prefix, never an empty slot), so the best available
 attention kernel (SDPA: FlashAttention / cuDNN on a GPU) reads the ring in place.
 
-Per forward and layer: one fused RoPE+write kernel, one in-place RoPE on the queries, one attention call.
+Per forward and layer: one fused RoPE+write kernel, one RoPE of the queries (into a new tensor: q is a
+temporary the attention reads once), one attention call.
 Per chunk: host-computed positions are copied into small device cursors, and at most one fold kernel covers
 all layers. Nothing on the step path reads device values back to the host.
 """
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rfrt import ops
-from rfrt.cache.policy import CachePolicy
+from rfrt.cache.layout import CacheLayout
 
 ATTENTION_KERNELS = ("sdpa", "core")
 
@@ -34,26 +35,20 @@ class RingCache:
     attention output [B, L, H, D].
     """
 
-    def __init__(self, policy: CachePolicy, *, layers: int, heads: int, head_dim: int, grid_h: int, grid_w: int,
-                 batch: int = 1, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 rope_theta: float = 10000.0, attention: str = "sdpa") -> None:
-        if grid_h * grid_w != policy.tokens_per_frame:
-            raise ValueError(f"grid {grid_h}x{grid_w} has {grid_h * grid_w} tokens but the policy says "
-                             f"tokens_per_frame={policy.tokens_per_frame}")
-        for name, value in (("layers", layers), ("heads", heads), ("batch", batch)):
-            if value <= 0:
-                raise ValueError(f"RingCache.{name} must be positive, got {value}")
-        if head_dim % 2 or head_dim < 6:
-            raise ValueError(f"RingCache.head_dim must be even and >= 6, got {head_dim}")
+    def __init__(self, layout: CacheLayout, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", attention: str = "sdpa") -> None:
+        if not isinstance(layout, CacheLayout):
+            raise TypeError(f"RingCache takes a CacheLayout (rfrt.cache.CacheLayout.for_model(...)), got "
+                            f"{type(layout).__name__}")
         if attention not in ATTENTION_KERNELS:
             raise ValueError(f"RingCache.attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
-        self.policy, self.grid_h, self.grid_w = policy, grid_h, grid_w
-        self.rope_theta, self.attention, self.scale = rope_theta, attention, 1.0 / math.sqrt(head_dim)
+        self.layout, self.policy = layout, layout.policy
+        self.grid_h, self.grid_w, self.rope_theta = layout.grid_h, layout.grid_w, layout.rope_theta
+        self.attention, self.scale = attention, 1.0 / math.sqrt(layout.head_dim)
         device = torch.device(device)
-        self.kv = torch.zeros(2, layers, batch, policy.window_tokens, heads, head_dim, dtype=dtype, device=device)
-        acc_dtype = torch.float32 if policy.sink_precision == "fp32" else dtype
-        self.sink_acc = torch.zeros(2, layers, batch, policy.sink_tokens, heads, head_dim, dtype=acc_dtype,
-                                    device=device)
+        self.kv = torch.zeros(layout.kv_shape(), dtype=dtype, device=device)
+        acc_dtype = torch.float32 if layout.policy.sink_precision == "fp32" else dtype
+        self.sink_acc = torch.zeros(layout.sink_acc_shape(), dtype=acc_dtype, device=device)
         # [slot_token, time_pos], [time_pos], [evicted_slot_token, evicted_time_pos, new_sink_time_pos]
         self._write_cursor = torch.zeros(2, dtype=torch.int64, device=device)
         self._query_cursor = torch.zeros(1, dtype=torch.int64, device=device)
@@ -86,7 +81,7 @@ class RingCache:
         before that layer's first attention (SPEC §2.2).
         """
         self.enter_chunk(self.chunk + 1 if chunk is None else chunk)
-        p, tpf, nxt = self.policy, self.policy.tokens_per_frame, self.chunk
+        p, tpf, nxt = self.policy, self.layout.tokens_per_frame, self.chunk
         pos = nxt * p.chunk_frames
         _upload(self._write_cursor, [p.chunk_slot_frame(nxt) * tpf, pos])
         _upload(self._query_cursor, [pos])
@@ -105,7 +100,7 @@ class RingCache:
         nxt = self.chunk + 1
         if chunk != nxt:
             raise ValueError(f"chunks must be generated in order: expected chunk {nxt}, got {chunk}")
-        self.chunk, self.keys = nxt, self.policy.valid_frames(nxt) * self.policy.tokens_per_frame
+        self.chunk, self.keys = nxt, self.layout.valid_tokens(nxt)
 
     def load_cursors(self, counter: Tensor) -> None:
         """The device half of begin_chunk for the chunk `enter_chunk` entered: the cursors computed from
@@ -126,7 +121,7 @@ class RingCache:
         new_sink_time_pos]); the fold cursor is meaningful only for chunks that evict.
         """
         p = self.policy
-        tpf, cf, sink = p.tokens_per_frame, p.chunk_frames, p.sink_frames
+        tpf, cf, sink = self.layout.tokens_per_frame, p.chunk_frames, p.sink_frames
         ring = p.window_frames - p.sink_frames
         pos = chunk * cf
         write = torch.cat([_slot_frame(pos, sink, ring) * tpf, pos])
@@ -142,15 +137,15 @@ class RingCache:
     def _fold(self) -> None:
         """sink <- a * sink + (1 - a) * evicted for every layer, at the fold cursor (one kernel)."""
         p = self.policy
-        ops.sink_fold(self.kv, self.sink_acc, self._fold_cursor, float(p.sink_ema_alpha), p.tokens_per_frame,
-                      self.grid_w, self.rope_theta)
+        ops.sink_fold(self.kv, self.sink_acc, self._fold_cursor, float(p.sink_ema_alpha),
+                      self.layout.tokens_per_frame, self.grid_w, self.rope_theta)
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor, grid=None) -> Tensor:
         if self.chunk < 0:
             raise RuntimeError("RingCache: call begin_chunk() before the first forward of a chunk")
-        if k.shape[1] != self.policy.chunk_tokens:
-            raise ValueError(f"RingCache expects a chunk of {self.policy.chunk_tokens} tokens, got {k.shape[1]}")
-        tpf = self.policy.tokens_per_frame
+        if k.shape[1] != self.layout.chunk_tokens:
+            raise ValueError(f"RingCache expects a chunk of {self.layout.chunk_tokens} tokens, got {k.shape[1]}")
+        tpf = self.layout.tokens_per_frame
         ops.cache_write(self.kv, self.sink_acc, k.contiguous(), v.contiguous(), self._write_cursor, layer, tpf,
                         self.grid_w, self.rope_theta)
         q = ops.rope_apply(q.contiguous(), self._query_cursor, tpf, self.grid_w, self.rope_theta)

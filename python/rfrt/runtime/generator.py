@@ -20,7 +20,6 @@ the chunks a re-cache would replay are kept.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from rfrt.cache.functional import CacheLayout
+from rfrt.cache.layout import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
 from rfrt.engine.interface import check_runner, check_step_shapes
@@ -79,8 +78,9 @@ class StreamGenerator:
                 use_ema picks a Self-Forcing checkpoint's EMA generator.
     device:     default CUDA when available, else CPU. dtype: DiT dtype, default bf16 on CUDA, fp32 on CPU.
     height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
-    cache, sampler: override the model's CachePolicy (tokens_per_frame is always derived from the resolution)
-                and SamplerConfig. attention: "sdpa" or "core" (RingCache's attention kernel).
+    cache, sampler: override the model's CachePolicy (frames, EMA alpha, RoPE rule, sink precision; token
+                counts follow from the resolution) and SamplerConfig.
+    attention:  "sdpa" or "core" (RingCache's attention kernel).
     runtime:    rfrt.fast.RuntimeConfig (default: every fast path off). fp8 swaps the DiT's block linears in
                 place; cuda_graphs replays each chunk as a CUDA graph (eager on a CPU, same results);
                 overlap_decode decodes chunk k while chunk k+1 denoises, so the stream runs one chunk ahead and
@@ -137,16 +137,14 @@ class StreamGenerator:
         s = self.decoder.spatial_upsample
         self._latent_hw = (self._height // s, self._width // s)
         self._grid = (self._latent_hw[0] // ph, self._latent_hw[1] // pw)
-        policy = cache or bundle.cache
-        self.policy = dataclasses.replace(policy, tokens_per_frame=self._grid[0] * self._grid[1])
+        self.policy = cache or bundle.cache
         # Model-facing timesteps and sigmas as device tensors, derived from the schedule once (never .item() on
         # the step path); CachePolicy counts token frames, the latents have patch_t times as many.
         self._plan = ChunkPlan.build(self.sampler, (1, self.policy.chunk_frames * pt, cfg.in_dim, *self._latent_hw),
                                      self.policy.chunk_frames, self.dtype, self.device)
         self.attention = attention
         self.backend = backend if isinstance(backend, str) else type(backend).__name__
-        self._layout = CacheLayout(self.policy, layers=cfg.num_layers, batch=1, heads=cfg.num_heads,
-                                   head_dim=cfg.head_dim, grid_h=self._grid[0], grid_w=self._grid[1])
+        self._layout = CacheLayout.for_model(cfg, self.policy, *self._grid)
         self._runner = _load_runner(backend, engine_path, self.device)
         if self._runner is not None:
             what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
@@ -189,6 +187,11 @@ class StreamGenerator:
     def plan(self) -> ChunkPlan:
         """The chunk plan: timesteps, sigmas and the latent shape [1, F, C, h, w] of one chunk."""
         return self._plan
+
+    @property
+    def layout(self) -> CacheLayout:
+        """The cache geometry: policy, layers, heads, head_dim, token grid, RoPE base."""
+        return self._layout
 
     @property
     def cache(self):
@@ -263,9 +266,7 @@ class StreamGenerator:
             self._forward = self._cache = EngineForward(self._runner, self._layout, self.device, filling=filling)
             return
         cfg = self.dit.config
-        self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
-                                grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
-                                device=self.device, attention=self.attention)
+        self._cache = RingCache(self._layout, dtype=self.dtype, device=self.device, attention=self.attention)
         self._forward = TorchForward(self.dit, self._cache)
         if self.runtime.cuda_graphs:
             from rfrt.runtime.graphs import ChunkGraphs
