@@ -2,8 +2,6 @@
 fallback against the plain StreamGenerator, bit for bit; CUDA capture/replay on a GPU."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 

@@ -15,6 +15,7 @@ EMA sink instead.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -28,13 +29,12 @@ from train.stages.common import DistInfo, broadcast_int
 
 
 def training_policy(r: RolloutSection) -> CachePolicy:
-    """CachePolicy of the training rollout (see module docstring)."""
+    """CachePolicy of the training rollout: rollout.cache itself with sink_ema_during_training, else the same
+    policy with a window covering the whole rollout (see module docstring)."""
     if r.sink_ema_during_training:
-        window = r.window_frames
-    else:  # the sink plus every later frame of the rollout: nothing is ever evicted
-        window = max(r.num_frames, r.sink_frames + r.chunk_frames)
-    return CachePolicy(sink_frames=r.sink_frames, window_frames=window, chunk_frames=r.chunk_frames,
-                       sink_ema_alpha=r.sink_ema_alpha)
+        return r.cache
+    # the sink plus every later frame of the rollout: nothing is ever evicted
+    return dataclasses.replace(r.cache, window_frames=max(r.num_frames, r.cache.sink_frames + r.cache.chunk_frames))
 
 
 def draw_exit_step(num_steps: int, info: DistInfo) -> int:

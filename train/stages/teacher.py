@@ -77,7 +77,7 @@ class TeacherTrainer(StageTrainer):
         sigma = shift_sigma(torch.rand(B, device=video.device), self.cfg.stage.teacher_shift)
         eps = torch.randn_like(video)
         x_t = add_noise(video, eps, sigma)
-        t = (sigma * self.cfg.dmd.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
+        t = (sigma * self.cfg.sampler.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
         text = self.text.encode(drop_prompts(prompts, self.cfg.stage.text_dropout))
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda x, tt, c: self.dit(x, tt, c, self.backend), self.cfg.run.grad_checkpointing,
@@ -99,4 +99,4 @@ class TeacherTrainer(StageTrainer):
         dit = full_state_dict(self.dit)
         text = full_state_dict(self.text) if is_sharded(self.text) else None  # else: the encoder saves itself
         if self.info.is_main:
-            save_model_dir(directory, self.dit, self.text, state=dit, text_state=text)
+            save_model_dir(directory, self.cfg, self.dit, self.text, state=dit, text_state=text)
