@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rfrt._checks import positive_int
 from rfrt.cache import CachePolicy, RingCache
 from rfrt.cache.functional import StepControls, step_controls
 from rfrt.cache.layout import CacheLayout
@@ -65,9 +66,7 @@ class ExportSpec:
 
     def __post_init__(self) -> None:
         for name in ("batch", "latent_h", "latent_w", "opset"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ExportSpec.{name} must be a positive int, got {value!r}")
+            positive_int(f"ExportSpec.{name}", getattr(self, name))
         if not isinstance(self.policy, CachePolicy):
             raise TypeError(f"ExportSpec.policy must be a CachePolicy, got {type(self.policy).__name__}")
         if self.phase not in PHASES:

@@ -24,7 +24,8 @@ from train.checkpoint import (checkpoint_path, latest_checkpoint, load_rank_rng,
                               save_states)
 from train.config import TrainConfig, config_to_dict
 from train.metrics import MetricsLogger
-from train.stages.common import DistInfo, barrier, broadcast_int, check_parallel
+from train.stages.common import DistInfo, barrier, broadcast_int
+from train.stages.parallel import check_fsdp_backend
 
 
 class StageTrainer(abc.ABC):
@@ -38,7 +39,7 @@ class StageTrainer(abc.ABC):
         self.info = info or DistInfo()
         self.out_dir = Path(cfg.run.out_dir)
         self.progress = progress
-        check_parallel(cfg, self.info)
+        check_fsdp_backend(cfg, self.info.world_size)  # fsdp over ranks needs a process group it runs on
         # Model init and data order depend on the seed only, so every rank builds identical weights.
         torch.manual_seed(cfg.run.seed + 1000 * self.info.rank)
         self.build()

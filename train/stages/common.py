@@ -25,7 +25,8 @@ from rfrt.model_dir import ModelDirError, VideoSpec, read_manifest, write_model_
 from rfrt.models import CausalWanDiT, ModelConfig, load_model
 from rfrt.text_vocab import VocabTextEncoder
 from train.config import ArchSection, TrainConfig
-from train.stages.parallel import as_float, check_fsdp_backend, local_grad_params
+from train.data.synthetic_world import SyntheticWorldDataset
+from train.stages.parallel import as_float, local_grad_params
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,6 @@ def setup_distributed() -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return DistInfo(rank, world, device)
-
-
-def check_parallel(cfg: TrainConfig, info: DistInfo) -> None:
-    """run.parallel=fsdp over several ranks needs a process group FSDP runs on (nccl or gloo)."""
-    check_fsdp_backend(cfg, info.world_size)
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
@@ -185,6 +181,27 @@ def load_text(directory: str | Path | None, role: str) -> VocabTextEncoder:
         raise ValueError(f"{role}={directory!s}: training uses a vocab text encoder, this directory has "
                          f"{m.text_encoder.kind!r}")
     return VocabTextEncoder.load(m.text_encoder.path)
+
+
+class Batches:
+    """Batches of (video [B, T, 3, H, W], prompts) from a SyntheticWorldDataset, resumable exactly."""
+
+    def __init__(self, dataset: SyntheticWorldDataset, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self._it = None
+
+    def next(self, device: str) -> tuple[torch.Tensor, list[str]]:
+        if self._it is None:
+            self._it = iter(self.dataset)
+        items = [next(self._it) for _ in range(self.batch_size)]
+        return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
+
+    def state_dict(self) -> dict[str, int]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.dataset.load_state_dict(state)
+        self._it = None  # restart the stream at the restored position
 
 
 def frozen(m: torch.nn.Module) -> torch.nn.Module:

@@ -24,11 +24,10 @@ from train.losses import (add_noise, cfg_combine, dmd_gradient, dmd_loss, flow_m
                           sample_dmd_timesteps)
 from train.rewards import build_reward, to_unit_range
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
+from train.stages.common import (Batches, autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
 from train.stages.rollout import draw_exit_step, rollout, training_policy
-from train.stages.teacher import Batches
 
 
 def generator_loss(x: torch.Tensor, x0_fake: torch.Tensor, x0_real: torch.Tensor,
@@ -98,7 +97,7 @@ class DMDTrainer(StageTrainer):
             x = self._rollout(prompts, grad=False)
         x_t, t, eps = self._noised(x)
         text = self.text.encode(prompts)
-        tt = t[:, None].expand(-1, x.shape[1]).contiguous()
+        tt = t[:, None].expand(-1, x.shape[1] // self.critic.config.patch_size[0]).contiguous()
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda a, b, c: self.critic(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
                              x_t, tt, text)

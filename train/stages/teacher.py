@@ -14,32 +14,12 @@ import torch
 from rfrt.models import FullAttention
 from rfrt.text_vocab import VocabTextEncoder
 from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
-from train.losses import add_noise, flow_matching_loss, shift_sigma
+from rfrt.sampling import shift_sigma
+from train.losses import add_noise, flow_matching_loss
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, dit_config, init_dit, make_optimizer, optimizer_step,
-                                 save_model_dir)
+from train.stages.common import (Batches, autocast, checkpointed, dit_config, init_dit, make_optimizer,
+                                 optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, is_sharded, model_state, optimizer_state, shard_trained
-
-
-class Batches:
-    """Batches of (video [B, T, 3, H, W], prompts) from a SyntheticWorldDataset, resumable exactly."""
-
-    def __init__(self, dataset: SyntheticWorldDataset, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
-        self._it = None
-
-    def next(self, device: str) -> tuple[torch.Tensor, list[str]]:
-        if self._it is None:
-            self._it = iter(self.dataset)
-        items = [next(self._it) for _ in range(self.batch_size)]
-        return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
-
-    def state_dict(self) -> dict[str, int]:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.dataset.load_state_dict(state)
-        self._it = None  # restart the stream at the restored position
 
 
 def drop_prompts(prompts: list[str], p: float) -> list[str]:

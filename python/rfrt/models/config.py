@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .._checks import positive_int
 from ..rope import ROPE_THETA, axis_pairs
 
 # Keys that name the same architecture in both spellings but that rfrt does not need beyond validation.
@@ -33,14 +34,13 @@ class ConfigError(ValueError):
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-    return value
+    return positive_int(f"ModelConfig.{name}", value, ConfigError)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the causal Wan2.1 DiT.
+    """Architecture of the causal Wan2.1 DiT; the defaults are the Wan2.1-T2V-1.3B release (1,418,996,800
+    parameters).
 
     dim:        hidden size (1536 for 1.3B); num_heads * head_dim.
     ffn_dim:    feed-forward inner size (8960).
@@ -114,11 +114,6 @@ class ModelConfig:
         if latent_h % ph or latent_w % pw:
             raise ConfigError(f"latent {latent_h}x{latent_w} is not divisible by patch {ph}x{pw}")
         return (latent_h // ph) * (latent_w // pw)
-
-    @classmethod
-    def wan_1_3b(cls) -> "ModelConfig":
-        """The Wan2.1-T2V-1.3B release (1,418,996,800 parameters)."""
-        return cls()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "ModelConfig":

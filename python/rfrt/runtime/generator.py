@@ -27,12 +27,14 @@ from typing import Iterator
 
 import torch
 
+from rfrt._checks import positive_int
 from rfrt.cache.layout import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
 from rfrt.engine.interface import check_runner, check_step_shapes
 from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.decoders.base import to_uint8_frames
+from rfrt.devices import default_device, resolve_dtype
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.runtime.chunk import sample_chunk
@@ -63,12 +65,6 @@ class Chunk:
     latents: torch.Tensor
 
 
-def _default_device(device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class StreamGenerator:
     """Generates video chunk by chunk, forever, from a text prompt.
 
@@ -76,7 +72,8 @@ class StreamGenerator:
                 the embedded default model.
     checkpoint: a DiT checkpoint (Reward Forcing / Self-Forcing .pt, ...) replacing the directory's DiT weights;
                 use_ema picks a Self-Forcing checkpoint's EMA generator.
-    device:     default CUDA when available, else CPU. dtype: DiT dtype, default bf16 on CUDA, fp32 on CPU.
+    device:     default CUDA when available, else CPU. dtype: DiT dtype (a torch.dtype or "fp32" / "bf16" /
+                "fp16", rfrt.devices.DTYPE_NAMES), default bf16 on CUDA, fp32 on CPU.
     height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
     cache, sampler: override the model's CachePolicy (frames, EMA alpha, RoPE rule, sink precision; token
                 counts follow from the resolution) and SamplerConfig.
@@ -105,11 +102,10 @@ class StreamGenerator:
                                  ("runtime", runtime, RuntimeConfig)):
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
-        self.device = _default_device(device)
+        self.device = default_device(device)
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
         engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
-        if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        dtype = resolve_dtype(dtype, self.device)
         if model is None:
             model = default_model_path()
             if model is None:
@@ -208,8 +204,7 @@ class StreamGenerator:
         ph, pw = self.dit.config.patch_size[1:]
         s = self.decoder.spatial_upsample
         for name, value, p in (("height", height, ph), ("width", width, pw)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int of pixels, got {value!r}")
+            positive_int(name, value)
             if value % (s * p):
                 raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
                                  f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")

@@ -35,6 +35,8 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("rfrt serve needs aiohttp: pip install 'rfrt[serve]' (or pip install aiohttp)") from err
 
+from rfrt._checks import MAX_PROMPT_CHARS
+
 from .hub import Hub, ServeError, Stream, Viewer
 
 log = logging.getLogger("rfrt.serve")
@@ -61,7 +63,7 @@ class ServeConfig:
     token: str | None = None
     max_streams: int = 1
     queue_frames: int = 8
-    max_prompt_chars: int = 2000
+    max_prompt_chars: int = MAX_PROMPT_CHARS
     send_buffer_bytes: int | None = None
 
     def __post_init__(self) -> None:
