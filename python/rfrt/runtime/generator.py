@@ -68,6 +68,16 @@ class Chunk:
 class StreamGenerator:
     """Generates video chunk by chunk, forever, from a text prompt.
 
+        >>> gen = StreamGenerator()                      # the embedded default model
+        >>> gen.reset("a large red circle moves right on a blue background", seed=0)
+        >>> for chunk in gen:                            # endless: stop when you like
+        ...     frames = chunk.frames                    # uint8 [T, H, W, 3]
+        ...     if chunk.index == 4:
+        ...         gen.set_prompt("a large red circle stays still on a blue background")
+        ...     if chunk.index == 9:
+        ...         break
+        >>> tail = gen.flush()                           # frames a decoder still holds back
+
     model:      a model directory (rfrt.json or diffusers layout), an `rfrt.model_dir.LoadedModel`, or None for
                 the embedded default model.
     checkpoint: a DiT checkpoint (Reward Forcing / Self-Forcing .pt, ...) replacing the directory's DiT weights;
