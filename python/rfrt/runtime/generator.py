@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -31,10 +30,11 @@ from rfrt._checks import positive_int
 from rfrt.cache.layout import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
-from rfrt.engine.interface import check_runner, check_step_shapes
-from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.devices import default_device, resolve_dtype
+from rfrt.engine.interface import check_step_shapes
+from rfrt.engine.select import BACKENDS, check_backend, load_runner
+from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.runtime.chunk import sample_chunk
@@ -44,9 +44,6 @@ from rfrt.sampling import SamplerConfig
 from rfrt.text import PromptCache
 
 __all__ = ["StreamGenerator", "Chunk", "BACKENDS"]
-
-BACKENDS = ("torch", "tensorrt")
-
 
 @dataclass(frozen=True, eq=False)
 class Chunk:
@@ -114,7 +111,7 @@ class StreamGenerator:
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
         self.device = default_device(device)
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
-        engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
+        engine_path = check_backend(backend, engine, self.device, runtime or RuntimeConfig())
         dtype = resolve_dtype(dtype, self.device)
         if model is None:
             model = default_model_path()
@@ -151,7 +148,7 @@ class StreamGenerator:
         self.attention = attention
         self.backend = backend if isinstance(backend, str) else type(backend).__name__
         self._layout = CacheLayout.for_model(cfg, self.policy, *self._grid)
-        self._runner = _load_runner(backend, engine_path, self.device)
+        self._runner = load_runner(backend, engine_path, self.device)
         if self._runner is not None:
             what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
             check_step_shapes(self._runner, cfg, self._layout, what)
@@ -338,51 +335,6 @@ class StreamGenerator:
         """Endless: yields step() until the caller stops."""
         while True:
             yield self.step()
-
-
-def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig) -> Path | None:
-    """Validate the backend arguments before any weights load; returns the engine path (tensorrt) or None."""
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or a chunk-step runner object, got {backend!r}")
-        if backend == "torch":
-            if engine is not None:
-                raise ValueError("engine= is the TensorRT engine of backend='tensorrt'; the torch backend takes "
-                                 "none (pass backend='tensorrt' to use it)")
-            return None
-    else:
-        check_runner(backend)
-        if engine is not None:
-            raise ValueError("engine= goes with backend='tensorrt'; a chunk-step runner object is its own engine")
-    # An engine replaces the PyTorch DiT's forwards, so the fast paths that rewrite or capture them do not apply.
-    if runtime.cuda_graphs or runtime.fp8:
-        raise ValueError(f"RuntimeConfig cuda_graphs / fp8 speed up the PyTorch DiT, which backend "
-                         f"{backend if isinstance(backend, str) else type(backend).__name__} does not run; "
-                         "turn them off (an FP8 engine is built with export/build_engine.py --fp8)")
-    if not isinstance(backend, str):
-        return None
-    if engine is None:
-        raise ValueError("backend='tensorrt' needs engine=PATH, a serialized engine built by export/build_engine.py "
-                         "from export/export_onnx.py's graph of this model")
-    path = Path(engine)
-    if not path.is_file():
-        raise FileNotFoundError(f"TensorRT engine {path} does not exist (build it with export/build_engine.py)")
-    if device.type != "cuda":
-        raise ValueError(f"backend='tensorrt' runs on an NVIDIA GPU, but the generator's device is {device}; pass "
-                         "device='cuda' (or use backend='torch' on a CPU)")
-    from rfrt.engine.tensorrt import import_tensorrt
-
-    import_tensorrt()  # TensorRTUnavailable, with what to install, before the model loads
-    return path
-
-
-def _load_runner(backend, engine_path: Path | None, device: torch.device):
-    """The chunk-step runner of an engine backend (None for torch)."""
-    if engine_path is not None:
-        from rfrt.engine.tensorrt import TensorRTChunkStep
-
-        return TensorRTChunkStep(engine_path, device)
-    return None if isinstance(backend, str) else backend
 
 
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
