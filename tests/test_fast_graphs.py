@@ -74,12 +74,14 @@ def test_capture_bookkeeping_with_a_stand_in_graph(monkeypatch):
     from rfrt.runtime import graphs
 
     def record(self, phase):
-        held = (self.cache.kv, self.cache.sink_acc, self._counter, self._out, *self.cache.cursors)
+        held = (self.cache.kv, self.cache.sink_acc, self.cache.rope_time, self._counter, self._out,
+                *self.cache.cursors)
         state = [t.clone() for t in held]
-        self._body()  # "recording" must not change the stream: undo its effects
+        self._denoise()  # "recording" must not change the stream: undo its effects
+        self._context()
         for t, saved in zip(held, state):
             t.copy_(saved)
-        self._graphs[phase] = _ReplayCall(self._body)
+        self._graphs[phase] = (_ReplayCall(self._denoise), _ReplayCall(self._context))
 
     monkeypatch.setattr(graphs.ChunkGraphs, "_record", record)
     _, ref = _stream(None, 7)

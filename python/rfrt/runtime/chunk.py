@@ -8,7 +8,7 @@ The body is device work only (no `.item()`, no Python value read from a tensor),
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -17,11 +17,12 @@ from rfrt.runtime.forward import ChunkForward
 from rfrt.runtime.plan import ChunkPlan
 from rfrt.sampling import flow_to_x0, renoise
 
-__all__ = ["sample_chunk"]
+__all__ = ["sample_chunk", "context_pass"]
 
 
 def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan, *, exit_step: int | None = None,
-                 grad: bool = False) -> Tensor:
+                 grad: bool = False, context: bool = True,
+                 before_context: Callable[[Tensor], None] | None = None) -> Tensor:
     """One chunk: begin it, denoise at the plan's warped steps, then the context pass. -> x0 [B, F, C, h, w].
 
     forward:   the DiT forward of the current chunk (`rfrt.runtime.forward.ChunkForward`), its text already set.
@@ -32,6 +33,9 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
                run without gradient, so the cache never holds a graph.
     After forward i < exit_step the next input is (1 - sigma_{i+1}) x0 + sigma_{i+1} draws[i+1]; the context
     pass runs the (detached) output at t = 0 and rewrites the chunk's K/V in the cache; its flow is discarded.
+    context=False stops before the context pass (the caller runs `context_pass` itself, e.g. as a second CUDA
+    graph); before_context(x0) is called first when given: the context pass only feeds the next chunk, so the
+    chunk's latents can go to the decoder before it.
     """
     steps = plan.num_steps
     k = steps - 1 if exit_step is None else exit_step
@@ -46,6 +50,14 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
             x0 = flow_to_x0(x, forward(x, plan.timesteps[i]), plan.sigma64[i])
         if i < k:
             x = renoise(x0, draws[i + 1].to(plan.dtype), plan.sigma32[i + 1])
+    if before_context is not None:
+        before_context(x0.detach())
+    if context:
+        context_pass(forward, x0, plan)
+    return x0
+
+
+def context_pass(forward: ChunkForward, x0: Tensor, plan: ChunkPlan) -> None:
+    """The chunk's context pass: x0 [B, F, C, h, w] (detached) at t = 0 rewrites its K/V; the flow is discarded."""
     with torch.no_grad():
         forward(x0.detach(), plan.t_context)
-    return x0

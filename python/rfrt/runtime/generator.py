@@ -267,8 +267,8 @@ class StreamGenerator:
             filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
             self._forward = self._cache = EngineForward(self._runner, self._layout, self.device, filling=filling)
             return
-        cfg = self.dit.config
-        self._cache = RingCache(self._layout, dtype=self.dtype, device=self.device, attention=self.attention)
+        self._cache = RingCache(self._layout, dtype=self.dtype, device=self.device, attention=self.attention,
+                                sdpa_backend=self.runtime.sdpa_backend)
         self._forward = TorchForward(self.dit, self._cache)
         if self.runtime.cuda_graphs:
             from rfrt.runtime.graphs import ChunkGraphs
@@ -303,26 +303,69 @@ class StreamGenerator:
     def _step_ahead(self) -> Chunk:
         """step() with overlap_decode: decode chunk k (side stream / worker) while chunk k+1 denoises.
 
-        A chunk's latents join `_recent` when it is sampled, so a re-cache replays what the cache holds.
+        Each chunk's latents go to the decoder as soon as they exist, before its context pass (which only feeds
+        the next chunk). The first chunk of a stream is returned as soon as it is decoded, without sampling
+        chunk 1 first; from the second step on the generator works one chunk ahead. A chunk's latents join
+        `_recent` when it is sampled, so a re-cache replays what the cache holds.
         """
         with torch.no_grad():
             if self._ahead is None:
-                self._ahead = self._sample_chunk()
-                self._recent.append(self._ahead)
-            latents = self._ahead
-            pending = self.decoder.submit(latents)
-            self._ahead = self._sample_chunk()
-            self._recent.append(self._ahead)
+                latents, pending = self._sample_submitting()
+                if self._chunk > 0:  # steady state: the next chunk denoises while this one decodes
+                    self._ahead = self._sample_submitting()
+            else:
+                latents, pending = self._ahead
+                self._ahead = self._sample_submitting()
             video, frames = pending.result()
         chunk = Chunk(index=self._chunk, frames=frames[0], video=video[0], latents=latents[0])
         self._chunk += 1
         return chunk
 
-    def _sample_chunk(self) -> torch.Tensor:
+    def _sample_submitting(self):
+        """Sample the next chunk, submitting its latents to the (overlapped) decoder before its context pass.
+        -> (latents, PendingFrames)."""
+        submitted = []
+        latents = self._sample_chunk(before_context=lambda x0: submitted.append(self.decoder.submit(x0)))
+        self._recent.append(latents)
+        return latents, submitted[0]
+
+    def _sample_chunk(self, before_context=None) -> torch.Tensor:
         """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk."""
         if self._graphs is not None:
-            return self._graphs.sample_chunk(self._noise)
-        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan)
+            return self._graphs.sample_chunk(self._noise, before_context)
+        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, before_context=before_context)
+
+    @torch.no_grad()
+    def warmup(self) -> None:
+        """Do before the first prompt what the first chunks would otherwise pay for: build the cache, run one
+        chunk of every cache phase (3 / 6 / 9 key frames, then the first fold) so SDPA builds its plans for each
+        key count and cuBLAS its handles, capture every phase's CUDA graphs (cuda_graphs), compile the fused
+        helpers (fuse_helpers) and run the decoder once. Uses zero text states and its own noise, then leaves
+        the generator as it was: reset(prompt, seed) is still needed and streams exactly what it streams
+        without a warm-up (tests/test_runtime_warmup.py)."""
+        if self._forward is None:
+            self._build_forward()
+        cfg = self.dit.config
+        cross = self.dit.cross_kv(torch.zeros(1, cfg.text_len, cfg.text_dim, device=self.device))
+        self._forward.reset()
+        self._forward.set_text(cross)
+        if self._graphs is not None:
+            self._graphs.set_text(cross)
+        self.decoder.reset()
+        self._noise = torch.Generator(device=self.device).manual_seed(0)
+        phases = self.policy.window_frames // self.policy.chunk_frames + 1  # up to the first folding chunk
+        for _ in range(phases):
+            latents = self._sample_chunk()
+            self.decoder.decode(latents)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._forward.reset()
+        self.decoder.reset()
+        self._recent.clear()
+        # Any stream in progress is gone: the next step needs reset(prompt, seed).
+        self._noise, self._chunk, self._ahead = None, 0, None
+        if self._cross is not None:
+            self._use_text(self._prompt, self._cross)
 
     def flush(self) -> torch.Tensor:
         """Frames the decoder still holds back: uint8 [T, H, W, 3] (T = 0 for the causal decoders)."""
@@ -338,7 +381,13 @@ class StreamGenerator:
 
 
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
-    """The fast paths that change the model objects: FP8 block linears (in place), the overlapped decoder."""
+    """The fast paths that change the model objects: modulation precision / fused helpers, FP8 block linears (in
+    place), the overlapped decoder."""
+    current = getattr(dit, "block_math", None)
+    if current is not None and (current.precision, current.compile) != (runtime.modulation, runtime.fuse_helpers):
+        from rfrt.models.dit import BlockMath
+
+        dit.set_block_math(BlockMath(runtime.modulation, compile=runtime.fuse_helpers))
     if runtime.fp8:
         from rfrt.fast.fp8 import swap_dit_linears
 
