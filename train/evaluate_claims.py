@@ -26,9 +26,9 @@ first), colour_de (Lab dE late vs the first second); `inspect_metrics` gives the
 Intervals: 95 % percentile bootstrap over the arm's streams (prompts x seeds).
 
 Usage (one process per arm, then the table):
-  python train/evaluate_claims.py run --arm "full=runs/default/redmd/export:0.999" --seeds 0 1 2 \
+  python -m train.evaluate_claims run --arm "full=runs/default/redmd/export:0.999" --seeds 0 1 2 \
       --json runs/claims/full.json
-  python train/evaluate_claims.py table runs/claims/*.json --out train/results/claims_default.md
+  python -m train.evaluate_claims table runs/claims/*.json --out train/results/claims_default.md
 """
 from __future__ import annotations
 
@@ -42,23 +42,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_ROOT = Path(__file__).resolve().parent.parent
-# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
-# wins over the source tree, also in the subprocesses of whoever imports this module.
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
-
-from rfrt.cache import CachePolicy  # noqa: E402
-from rfrt.sampling import SamplerConfig  # noqa: E402
-from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, describe_scene  # noqa: E402
-from train.rewards import to_unit_range  # noqa: E402
-from train.rewards.motion import MotionReward  # noqa: E402
-from train.stages.common import load_dit, load_text  # noqa: E402
-from train.stages.rollout import rollout  # noqa: E402
-from train.stream_metrics import (bootstrap_ci, moving_seconds, object_area, per_second, stall_onset,  # noqa: E402
-                                  track)
-from train.world_eval import _NAMES, nearest_colour  # noqa: E402
+from rfrt.cache import CachePolicy
+from rfrt.sampling import SamplerConfig
+from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, describe_scene
+from train.rewards import to_unit_range
+from train.rewards.motion import MotionReward
+from train.stages.common import load_dit, load_text
+from train.stages.rollout import rollout
+from train.stream_metrics import bootstrap_ci, moving_seconds, object_area, per_second, stall_onset, track
+from train.world_eval import COLOUR_NAMES, nearest_colour
 
 _PALETTE = torch.tensor(list(COLOURS.values())) * 2 - 1
 
@@ -77,8 +69,8 @@ def late_adherence(video: torch.Tensor, scenes: list[Scene], late_frames: int) -
         obj = scene.objects[0]
         area = object_area(scene)
         labels = nearest_colour(clip.clamp(-1, 1).permute(0, 2, 3, 1))  # [T, H, W]
-        count = (labels == _NAMES.index(obj.colour)).flatten(1).sum(1)
-        bg = labels.flatten(1).median(1).values == _NAMES.index(scene.background)
+        count = (labels == COLOUR_NAMES.index(obj.colour)).flatten(1).sum(1)
+        bg = labels.flatten(1).median(1).values == COLOUR_NAMES.index(scene.background)
         hits.append(((count >= 0.4 * area) & (count <= 2.5 * area) & bg).float())
     return torch.cat(hits).mean().item()
 
@@ -160,9 +152,8 @@ def per_stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionRew
 def run_arm(model_dir: str, alpha: float, chunks: int, scenes: list[Scene], h: int, w: int, seed: int,
             sink_precision: str = "fp32", dtype: torch.dtype = torch.float32) -> list[dict[str, float]]:
     dit, text = load_dit(model_dir, "student").eval(), load_text(model_dir, "student").eval()
-    ph, pw = dit.config.patch_size[1:]
-    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=(h // ph) * (w // pw),
-                         sink_ema_alpha=alpha, sink_precision=sink_precision)
+    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, sink_ema_alpha=alpha,
+                         sink_precision=sink_precision)
     torch.manual_seed(seed)
     noise = torch.randn(len(scenes), chunks * 3, dit.config.in_dim, h, w)
     cond = text.encode([describe_scene(s) for s in scenes])

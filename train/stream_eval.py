@@ -9,7 +9,7 @@ moves less than --min-speed). The stall onset is the first second after which th
 The README's main prompt is always included. The first 5 s of a stream are the README main job's video
 (same prompt and seed: the stream is causal), so one 30-s stream per (prompt, seed) gives both.
 
-Usage: python train/stream_eval.py --model python/rfrt/default_model [--prompts 16] [--seeds 0 1 2]
+Usage: python -m train.stream_eval --model python/rfrt/default_model [--prompts 16] [--seeds 0 1 2]
            [--seconds 30] --out train/results/stream_default.md
        (--model may also be a student directory dit/ + text_encoder/; it is exported to a temporary
        rfrt-model/1 directory with the default cache first)
@@ -26,13 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_ROOT = Path(__file__).resolve().parent.parent
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
-
-from train.data.synthetic_world import SyntheticWorld, describe_scene, parse_single_object  # noqa: E402
-from train.stream_metrics import bootstrap_ci, moving_seconds, per_second, stall_onset, track  # noqa: E402
+from train.data.synthetic_world import SyntheticWorld, describe_scene, parse_single_object
+from train.stream_metrics import bootstrap_ci, moving_seconds, per_second, stall_onset, track
 
 MAIN_PROMPT = "a large red circle moves right on a blue background"
 
@@ -128,7 +123,7 @@ def report(res: dict, title: str) -> str:
                   "| presence | " + " | ".join(f"{pres[:, s].mean():.2f}" for s in marks) + " |"]
     main = [r for r in rows if r["main"]]
     if main:
-        lines += ["", f"README prompt, speed per second (px/frame), per seed:", ""]
+        lines += ["", "README prompt, speed per second (px/frame), per seed:", ""]
         for r in main:
             lines.append(f"- seed {r['seed']}: " + " ".join(f"{v:.2f}" for v in r["speed"]))
     wall = sum(r["wall_s"] for r in rows)

@@ -12,30 +12,22 @@ For a generated video [T, 3, H, W] in [-1, 1] and the Scene its prompt describes
                  generated videos: the z-scoring statistics a Re-DMD config's `reward.mean` / `reward.std` take.
 Reference levels on the endless world: train/results/default_model.md.
 
-Usage: python train/world_eval.py --model runs/default/ode/export --kind student|teacher [--n 64] [--layout L]
+Usage: python -m train.world_eval --model runs/default/ode/export --kind student|teacher [--n 64] [--layout L]
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-_ROOT = Path(__file__).resolve().parent.parent
-# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
-# wins over the source tree, also in the subprocesses of whoever imports this module.
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
+from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, trajectory
+from train.stream_metrics import circular_centroids, object_area, prompted_direction, track
 
-from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, trajectory  # noqa: E402
-from train.stream_metrics import circular_centroids, object_area, prompted_direction, track  # noqa: E402
-
-_NAMES = list(COLOURS)
-_PALETTE = torch.tensor([COLOURS[c] for c in _NAMES]) * 2 - 1  # [10, 3] in [-1, 1]
+COLOUR_NAMES = list(COLOURS)
+_PALETTE = torch.tensor([COLOURS[c] for c in COLOUR_NAMES]) * 2 - 1  # [10, 3] in [-1, 1]
 
 
 def nearest_colour(pixels: torch.Tensor) -> torch.Tensor:
@@ -48,9 +40,9 @@ def scene_scores(video: torch.Tensor, scene: Scene) -> dict[str, float]:
     T = video.shape[0]
     pix = video.permute(0, 2, 3, 1)  # [T, H, W, 3]
     median = pix.reshape(T, -1, 3).median(dim=1).values
-    bg = (nearest_colour(median) == _NAMES.index(scene.background)).float().mean().item()
+    bg = (nearest_colour(median) == COLOUR_NAMES.index(scene.background)).float().mean().item()
     obj = scene.objects[0]
-    mask = nearest_colour(pix) == _NAMES.index(obj.colour)
+    mask = nearest_colour(pix) == COLOUR_NAMES.index(obj.colour)
     area = object_area(scene)
     frames = [t for t in range(T) if scene.start_frame + t >= obj.appear_frame]
     present = [t for t in frames if 0.4 * area <= mask[t].sum() <= 2.5 * area and mask[t].any()]
@@ -114,8 +106,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
             _, video = teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise, sampler,
                                    24, guidance)
         else:
-            tpf = (height // dit.config.patch_size[1]) * (width // dit.config.patch_size[2])
-            policy = training_policy(RolloutSection(num_frames=frames), tpf)
+            policy = training_policy(RolloutSection(num_frames=frames))
             video = rollout(dit, text.encode(prompts), noise, policy, sampler)
         rows += [scene_scores(v.clamp(-1, 1), s) for v, s in zip(video, scenes)]
         motions.append(motion.score(to_unit_range(video)))

@@ -23,11 +23,10 @@ import torch
 
 from train.data.synthetic_world import SyntheticWorldDataset
 from train.stages.base import StageTrainer
-from train.stages.common import autocast, load_dit, load_text, make_optimizer, optimizer_step, save_model_dir
-from train.stages.ode import sampler_of
+from train.stages.common import (Batches, autocast, load_dit, load_text, make_optimizer, optimizer_step,
+                                 save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
 from train.stages.rollout import draw_exit_step, rollout, training_policy
-from train.stages.teacher import Batches
 
 
 class RegressTrainer(StageTrainer):
@@ -45,11 +44,9 @@ class RegressTrainer(StageTrainer):
         self.student = load_dit(cfg.model.student_init, "model.student_init").to(dev).train()
         self.text = load_text(cfg.model.student_init, "model.student_init").to(dev)
         self.text.requires_grad_(False)
-        mc = self.student.config
-        tpf = (cfg.data.height // mc.patch_size[1]) * (cfg.data.width // mc.patch_size[2])
         shard_trained(self.student, cfg, self.info.world_size, dev)
-        self.policy = training_policy(cfg.rollout, tpf)
-        self.sampler = sampler_of(cfg)
+        self.policy = training_policy(cfg.rollout)
+        self.sampler = cfg.sampler
         self.params = list(self.student.parameters())
         self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
         self.data = Batches(SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size),
@@ -83,4 +80,4 @@ class RegressTrainer(StageTrainer):
     def export(self, directory: Path) -> None:
         student = full_state_dict(self.student)
         if self.info.is_main:
-            save_model_dir(directory, self.student, self.text, state=student)
+            save_model_dir(directory, self.cfg, self.student, self.text, state=student)

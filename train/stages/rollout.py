@@ -17,11 +17,12 @@ same cache code as inference.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
 from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
 from rfrt.runtime.chunk import context_pass
@@ -30,11 +31,10 @@ from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
 
 
-def training_policy(r: RolloutSection, tokens_per_frame: int) -> CachePolicy:
-    """CachePolicy of the training rollout (see module docstring)."""
-    alpha = r.sink_ema_alpha if r.sink_ema_during_training else 1.0
-    return CachePolicy(sink_frames=r.sink_frames, window_frames=r.window_frames, chunk_frames=r.chunk_frames,
-                       tokens_per_frame=tokens_per_frame, sink_ema_alpha=alpha)
+def training_policy(r: RolloutSection) -> CachePolicy:
+    """CachePolicy of the training rollout (see module docstring): rollout.cache with sink_ema_during_training,
+    else the same window with a static sink (alpha 1: a fold leaves the sink as chunk 0's clean K/V)."""
+    return r.cache if r.sink_ema_during_training else dataclasses.replace(r.cache, sink_ema_alpha=1.0)
 
 
 def draw_exit_step(num_steps: int, info: DistInfo) -> int:
@@ -75,8 +75,7 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     if not 0 <= k_exit < sampler.num_steps:
         raise ValueError(f"exit_step {exit_step} outside [0, {sampler.num_steps})")
     plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
-    cache = ReferenceCache(policy, layers=cfg.num_layers, head_dim=cfg.head_dim, grid_h=H // ph, grid_w=W // pw,
-                           compute_dtype=torch.float32)
+    cache = ReferenceCache(CacheLayout.for_model(cfg, policy, H // ph, W // pw, batch=B), compute_dtype=torch.float32)
     if not isinstance(text, CrossKV):
         with torch.set_grad_enabled(grad):
             text = model.cross_kv(text)
