@@ -137,11 +137,11 @@ def test_gpu_released_shape_sdpa_backend(benchmark, cuda_only, backend):
     (rfrt.fast.attention); records the kernel torch picks by default."""
     from rfrt.fast.attention import sdpa, sdpa_choice
 
-    policy = CachePolicy(tokens_per_frame=RELEASED["grid_h"] * RELEASED["grid_w"])
-    cache = RingCache(policy, dtype=torch.bfloat16, device="cuda", **{**RELEASED, "layers": 1})
+    layout = CacheLayout(CachePolicy(), **{**RELEASED, "layers": 1})
+    cache = RingCache(layout, dtype=torch.bfloat16, device="cuda")
     for _ in range(4):
         cache.begin_chunk()
-    q = torch.randn(1, policy.chunk_tokens, RELEASED["heads"], RELEASED["head_dim"], device="cuda",
+    q = torch.randn(1, layout.chunk_tokens, RELEASED["heads"], RELEASED["head_dim"], device="cuda",
                     dtype=torch.bfloat16)
     views = cache.sdpa_inputs(0, q)
     try:

@@ -365,8 +365,8 @@ def test_dmd_scores_a_window_of_a_longer_rollout(pipeline, tmp_path):
     that window's exit forward carries gradient."""
     root = pipeline[0]
     sections = dmd_sections(root)
-    sections["rollout"] = {"num_frames": 12, "score_frames": 3, "window_frames": 9,
-                           "sink_ema_during_training": True, "sink_ema_alpha": 0.9}
+    sections["rollout"] = {"num_frames": 12, "score_frames": 3, "sink_ema_during_training": True,
+                           "cache": {"window_frames": 9, "sink_ema_alpha": 0.9}}
     trainer, metrics = run_stage(tmp_path / "win", **sections)
     assert torch.isfinite(torch.tensor(metrics["critic_loss"]))
     assert len(trainer.window_starts) == len(trainer.exit_steps) and set(trainer.window_starts) <= {0, 1, 2, 3}
@@ -406,7 +406,7 @@ def test_rollout_teacher_forced_context():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     text, noise = torch.randn(1, 5, cfg.arch.text_dim), torch.randn(1, 12, 3, 8, 8)
-    policy = CachePolicy(sink_frames=3, window_frames=6, chunk_frames=3, tokens_per_frame=16)
+    policy = CachePolicy(sink_frames=3, window_frames=6, chunk_frames=3)
     with torch.no_grad():
         torch.manual_seed(1)
         plain = rollout(model, text, noise, policy, cfg.sampler)

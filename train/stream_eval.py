@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -144,14 +143,10 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = Path(args.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        if not (model / "rfrt.json").is_file():
-            from rfrt.cache import CachePolicy
-            from rfrt.sampling import SamplerConfig
-            from train.export_default import write_model_dir
-            model = write_model_dir(model, Path(tmp) / "model", 16, 16, CachePolicy(tokens_per_frame=1),
-                                    SamplerConfig())
-        res = evaluate(str(model), args.prompts, args.seeds, args.seconds, world_seed=args.world_seed)
+    if not (model / "rfrt.json").is_file():
+        raise SystemExit(f"{model} is not an rfrt model directory (no rfrt.json): pass a stage's export or "
+                         "python/rfrt/default_model; an old per-stage export is re-exported by re-running its stage")
+    res = evaluate(str(model), args.prompts, args.seeds, args.seconds, world_seed=args.world_seed)
     res["model"] = args.model
     text = report(res, args.title or args.model)
     print(text)
