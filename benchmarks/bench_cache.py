@@ -154,7 +154,7 @@ def test_gpu_released_shape_sdpa_backend(benchmark, cuda_only, backend):
         torch.cuda.synchronize()
 
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-    flop = 4 * policy.chunk_tokens * policy.window_tokens * RELEASED["head_dim"] * RELEASED["heads"]
+    flop = 4 * layout.chunk_tokens * layout.window_tokens * RELEASED["head_dim"] * RELEASED["heads"]
     benchmark.extra_info.update(config="released-832x480", backend=backend,
                                 default_choice=sdpa_choice(*views, cache.scale),
                                 tflops=flop / benchmark.stats.stats.median / 1e12)
