@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
     gen.add_argument("--prompts", help="file of 'CHUNK<tab>prompt' lines switching prompts at given chunks")
     gen.add_argument("--recache", action="store_true", help="re-cache the window under each new prompt")
+    gen.add_argument("--init", metavar="FILE", help="continue this video or start from this image (MP4, PNG, ...): "
+                                                  "its frames prime the stream's cache")
+    gen.add_argument("--init-frames", type=int, metavar="N", help="use the last N frames of --init (default: all)")
+    gen.add_argument("--drop-init", action="store_true",
+                     help="leave the --init frames out of the output (default: the output starts with them)")
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -82,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _chunks_for(args, generator) -> int:
+def _chunks_for(args, generator, start: int = 0) -> int:
     if args.chunks is not None:
         if args.chunks <= 0:
             raise CLIError(f"--chunks must be positive, got {args.chunks}")
@@ -93,7 +98,7 @@ def _chunks_for(args, generator) -> int:
     wanted, frames, chunks = math.ceil(seconds * generator.fps), 0, 0
     per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
     while frames < wanted:
-        frames += generator.decoder.frames_for(per_chunk, start=chunks * per_chunk)
+        frames += generator.decoder.frames_for(per_chunk, start=(start + chunks) * per_chunk)
         chunks += 1
     return chunks
 
@@ -118,6 +123,22 @@ def _check_engine(args) -> None:
         raise CLIError(f"engine {args.engine!r} does not exist (build it with export/build_engine.py)")
 
 
+def _read_init(args):
+    """The --init frames (uint8 [T, H, W, C]), read before the model loads; None without --init."""
+    if args.init is None:
+        if args.init_frames is not None or args.drop_init:
+            raise CLIError("--init-frames and --drop-init go with --init FILE")
+        return None
+    from rfrt.context import MAX_CONTEXT_LATENT_FRAMES, ContextError, read_frames
+
+    if args.init_frames is not None and args.init_frames <= 0:
+        raise CLIError(f"--init-frames must be positive, got {args.init_frames}")
+    try:  # 4 frames per latent frame is the most any encoder here takes; the generator checks the exact limit
+        return read_frames(args.init, last=args.init_frames, max_frames=4 * MAX_CONTEXT_LATENT_FRAMES + 1)
+    except ContextError as err:
+        raise CLIError(f"--init: {err}") from None
+
+
 def _generate(args) -> int:
     import torch
     from tqdm import tqdm
@@ -140,26 +161,42 @@ def _generate(args) -> int:
             raise CLIError(f"prompt for chunk {chunk}: {err}") from None
     _check_output(args.out)
     _check_engine(args)
+    init = _read_init(args)
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
                                 dtype=dtype, height=args.height, width=args.width, backend=args.backend,
                                 engine=args.engine)
-    chunks = _chunks_for(args, generator)
-    generator.reset(schedule[0], seed=args.seed)
+    from rfrt.context import ContextError, context_note
+
+    try:  # before the writer opens the output: a context that cannot be used leaves the file as it was
+        generator.reset(schedule[0], seed=args.seed, context=init)
+    except ContextError as err:
+        raise CLIError(f"--init: {err}") from None
+    primed = generator.primed
+    chunks = _chunks_for(args, generator, start=generator.chunk_index)
+    skip = primed.held_output_frames if primed is not None and args.drop_init else 0
+    if primed is not None:
+        note = context_note(primed.source_hw, generator.height, generator.width)
+        print(f"rfrt: primed from {args.init}: {primed.latents.shape[0]} latent frames ({primed.chunks} chunks "
+              f"as context, {primed.held_frames} held)" + (f"; {note}" if note else ""), file=sys.stderr)
     for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
         generator.text.encode(prompt)
     with Mp4Writer(args.out, fps=generator.fps) as writer:
         try:
-            latent_frames = chunks * generator.policy.chunk_frames * generator.dit.config.patch_size[0]
-            total = generator.decoder.frames_for(latent_frames)
+            per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
+            first = generator.chunk_index * per_chunk
+            total = generator.decoder.frames_for(chunks * per_chunk, start=first) - skip
+            if primed is not None and not args.drop_init and primed.frames.shape[0]:
+                writer.write(primed.frames)  # the context as the stream's decoder shows it
             with tqdm(total=total, unit="frame", desc="rfrt", dynamic_ncols=True) as bar:
                 start = time.perf_counter()
                 for index in range(chunks):
                     if index > 0 and index in schedule:
                         generator.set_prompt(schedule[index], recache=args.recache)
                     chunk = generator.step()
-                    writer.write(chunk.frames)
-                    bar.update(chunk.frames.shape[0])
+                    frames = chunk.frames[skip:] if index == 0 else chunk.frames
+                    writer.write(frames)
+                    bar.update(frames.shape[0])
                     bar.set_postfix(chunk=f"{index + 1}/{chunks}",
                                     fps=f"{writer.frames_written / (time.perf_counter() - start):.1f}")
                 tail = generator.flush()

@@ -33,6 +33,7 @@ from rfrt.chunk_step import StepCache, TorchChunkStep, check_runner, check_step_
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
+from rfrt.prime import Primed, context_latents, hold_known, prime_chunks
 from rfrt.sampling import SamplerConfig, flow_to_x0, renoise, warped_sigmas, warped_timesteps
 from rfrt.text import PromptCache
 
@@ -159,6 +160,8 @@ class StreamGenerator:
         self._prompt: str | None = None
         self._cross = None
         self._chunk = 0
+        self._primed: Primed | None = None
+        self._hold: torch.Tensor | None = None  # held context latents [1, r, C, h, w] for the next chunk
         # Latents of the chunks a re-cache replays: the sink chunk plus the ring chunks before the next one.
         replayed = self.policy.window_frames // self.policy.chunk_frames - 1
         self._recent: collections.deque = collections.deque(maxlen=replayed)
@@ -184,6 +187,11 @@ class StreamGenerator:
     @property
     def prompt(self) -> str | None:
         return self._prompt
+
+    @property
+    def primed(self) -> Primed | None:
+        """What the last reset(..., context=...) primed (rfrt.prime.Primed), or None without a context."""
+        return self._primed
 
     @property
     def cache(self):
@@ -212,10 +220,25 @@ class StreamGenerator:
         return height, width
 
     # ---- the stream ----
-    def reset(self, prompt: str, seed: int = 0) -> None:
-        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise."""
+    def reset(self, prompt: str, seed: int = 0, *, context=None) -> None:
+        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise.
+
+        context: start the stream from given frames instead of nothing (video continuation, image-to-video):
+        a path to an image or video file, uint8 frames [T, H, W, C] / [H, W, C] / [H, W] (C = 1, 2, 3, 4), or
+        floating-point latents [F, C, h, w] in the DiT's space. Frames are resized to the stream's size (centre
+        crop to the aspect ratio, bilinear antialiased) and encoded with the model's encoder; every whole chunk
+        then gets its context pass in stream order, as if the model had generated it, and the next step()
+        continues at chunk_index == whole chunks (with that chunk's noise draws); a remainder of fewer than a
+        chunk's latent frames is held fixed at the start of the next chunk (rfrt.prime). `primed` reports it.
+        A context that cannot be used raises rfrt.context.ContextError before the current stream is touched.
+        """
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        ctx = None
+        if context is not None:
+            ctx = context_latents(context, decoder=self.decoder, height=self._height, width=self._width,
+                                  channels=self.dit.config.in_dim, latent_hw=self._latent_hw,
+                                  chunk_latent_frames=self._latent_frames, dtype=self.dtype, device=self.device)
         self._set_text(prompt)
         if self._cache is None and self._runner is not None:
             filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
@@ -234,6 +257,28 @@ class StreamGenerator:
         self._chunk = 0
         self._recent.clear()
         self._ahead = None
+        self._hold, self._primed = None, None
+        if ctx is not None:
+            self._prime(ctx)
+
+    def _prime(self, ctx) -> None:
+        """Write the context's whole chunks into the cache (context passes) and hold the rest (rfrt.prime)."""
+        shape = (1, self._latent_frames, self.dit.config.in_dim, *self._latent_hw)
+
+        def skip_noise() -> None:  # chunk c's draws belong to chunk c, given or generated
+            for _ in self._t:
+                torch.randn(shape, generator=self._noise, device=self.device, dtype=torch.float32)
+
+        def context_chunk(latents: torch.Tensor) -> None:
+            self._cache.begin_chunk()
+            self._forward(latents, self._t_context)
+            self._recent.append(latents)
+            self._chunk += 1
+
+        with torch.no_grad():
+            self._primed, _, self._hold = prime_chunks(ctx, chunk_latent_frames=self._latent_frames,
+                                                       context_chunk=context_chunk, skip_noise=skip_noise,
+                                                       decoder=self.decoder)
 
     def set_prompt(self, prompt: str, recache: bool = False) -> None:
         """Switch the prompt mid-stream: re-encode it and rebuild the cross-attention K/V.
@@ -307,8 +352,11 @@ class StreamGenerator:
         return chunk
 
     def _sample_chunk(self) -> torch.Tensor:
-        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk."""
-        if self._graphs is not None:
+        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk. A chunk that
+        starts with held context frames (rfrt.prime) keeps them: x0 of those frames is replaced after every
+        forward."""
+        known, self._hold = self._hold, None
+        if self._graphs is not None and known is None:
             return self._graphs.sample_chunk(self._noise, self._cross)
         cfg, cache = self.dit.config, self._cache
         shape = (1, self._latent_frames, cfg.in_dim, *self._latent_hw)
@@ -318,7 +366,7 @@ class StreamGenerator:
         x = draws[0].to(self.dtype)
         for i, t in enumerate(self._t):
             flow = self._forward(x, t)
-            x0 = flow_to_x0(x, flow, self._sigma64[i])
+            x0 = hold_known(flow_to_x0(x, flow, self._sigma64[i]), known)
             if i + 1 < len(self._t):
                 x = renoise(x0, draws[i + 1].to(self.dtype), self._sigma32[i + 1])
         self._forward(x0, self._t_context)  # context pass: rewrites this chunk's K/V
