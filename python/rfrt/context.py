@@ -96,7 +96,8 @@ def read_frames(path: str | os.PathLike, *, last: int | None = None, max_frames:
                                        f"accepted; pass fewer (rfrt generate --init-frames N keeps the last N)")
                 frames.append(array)
         except av.error.FFmpegError as err:
-            raise ContextError(f"cannot decode {path!r} (frame {count}): {err}") from None
+            raise ContextError(f"cannot read {path!r} as an image or a video (decoding frame {count} failed): "
+                               f"{err}") from None
     if not frames:
         raise ContextError(f"{path!r} holds no frames")
     return np.stack(list(frames))
