@@ -5,7 +5,8 @@ Thresholds are measured on the shipped model (numbers in each test; re-measure w
 Measured on the model of commit ec20772 (8 scenes of world seed 0, 1 s = 16 frames of context), first generated
 frame (stream frame 16) against the world's truth: own prompt 0.91 px, the opposite direction's prompt 0.77 px,
 no context 4.22 px (12 scenes each of seeds 0 / 1: 0.59 / 0.62, 1.10 / 0.93, 3.34 / 3.73).
-Motion after the seam: 0.09 px over 6 frames along the prompted direction with the context, 2.74 without; that model, trained on 9-frame clips whose movers end at a wall, stalls after the seam
+Motion after the seam: 0.09 px over 6 frames along the prompted direction with the context, 2.74 without;
+that model, trained on 9-frame clips whose movers end at a wall, stalls after the seam
 (test_continuation_keeps_moving_the_prompted_way is a strict xfail until a model trained on endless movers).
 One image from stream frame 20 (world seed 1, 8 scenes): the first output frame is the image exactly; the next
 frame puts the object 4.56 px from its true place, like a fresh stream (4.64 px): the held-frame method keeps the
