@@ -122,6 +122,25 @@ def test_a_single_image_gives_the_first_frame(model, one_thread):
     assert gen.step().index == 1
 
 
+@pytest.mark.parametrize("runtime", [dict(overlap_decode=True), dict(cuda_graphs=True)],
+                         ids=["overlap-decode", "chunk-graphs-runner"])
+def test_priming_under_the_fast_paths(model, stream10, one_thread, runtime):
+    """The overlapped decoder and the chunk-graph runner (eager on a CPU) continue a primed stream alike, with a
+    held frame (eager chunk) followed by runner chunks."""
+    from rfrt.fast.config import RuntimeConfig
+
+    chunks = stream10[0]
+    gen = StreamGenerator(model, device="cpu", runtime=RuntimeConfig(**runtime))
+    gen.reset(PROMPT, seed=5, context=torch.cat([c.latents for c in chunks[:5]]))
+    err = max_rel([gen.step().latents for _ in range(5)], [c.latents for c in chunks[5:]])
+    assert err <= 1e-6
+    plain = StreamGenerator(model, device="cpu")
+    held = torch.cat([c.latents for c in chunks[:4]])[:10]
+    plain.reset(PROMPT, seed=5, context=held)
+    gen.reset(PROMPT, seed=5, context=held)
+    assert max_rel([gen.step().latents for _ in range(3)], [plain.step().latents for _ in range(3)]) <= 1e-6
+
+
 def test_reset_without_context_is_unchanged(model, stream10, one_thread):
     gen = StreamGenerator(model, device="cpu")
     gen.reset(PROMPT, seed=5, context=torch.cat([c.latents for c in stream10[0][:2]]))
