@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from rfrt.model_dir import default_model_path
 
 PROMPT = "a large red circle moves right on a blue background"

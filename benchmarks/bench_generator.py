@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from rfrt.cache import CachePolicy, ReferenceCache
 from rfrt.decoders import PixelDecoder
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from rfrt.model_dir import LoadedModel, VideoSpec
 from rfrt.models import CausalWanDiT, ModelConfig
 from rfrt.sampling import SamplerConfig, warped_sigmas, warped_timesteps

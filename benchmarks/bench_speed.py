@@ -30,7 +30,7 @@ from rfrt.decoders import StreamingDecoder, TAEHVConfig, TAEHVDecoder, TAEHVNet
 from rfrt.fast import RuntimeConfig
 from rfrt.fast.cost import chunk_flop
 from rfrt.fast.fp8 import swap_dit_linears
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from rfrt.model_dir import LoadedModel, VideoSpec
 from rfrt.models import CausalWanDiT, ModelConfig
 from rfrt.sampling import SamplerConfig, warped_sigmas, warped_timesteps
@@ -202,7 +202,7 @@ def steady_chunk(benchmark, name: str, decoder: str, graphs: bool, fp8: bool, ov
     for _ in range(sc.warm_chunks):
         gen.step()
     benchmark.pedantic(gen.step, rounds=sc.rounds, iterations=1, warmup_rounds=1)
-    per_chunk = gen.decoder.frames_for(gen._latent_frames, start=3)  # a later chunk's frame count
+    per_chunk = gen.decoder.frames_for(gen.plan.latent_shape[1], start=3)  # a later chunk's frame count
     extra = {"graphs": graphs, "fp8": fp8, "overlap_decode": overlap, "decoder": decoder}
     if decoder == "none":  # conftest turns this into speedup_vs_reference in the saved JSON
         extra["reference"] = f"test_{name[:3]}_reference_loop[{name}]"
@@ -222,7 +222,7 @@ def first_chunk(benchmark, name: str, graphs: bool, fp8: bool) -> None:
         return gen.step()
 
     benchmark.pedantic(start, rounds=max(2, CONFIGS[name].rounds // 2), iterations=1, warmup_rounds=1)
-    _record(benchmark, name, gen, "stream-first-chunk", gen.decoder.frames_for(gen._latent_frames),
+    _record(benchmark, name, gen, "stream-first-chunk", gen.decoder.frames_for(gen.plan.latent_shape[1]),
             key_frames=gen.policy.valid_frames(0), graphs=graphs, fp8=fp8, decoder="none")
 
 

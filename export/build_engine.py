@@ -120,7 +120,7 @@ def check_build(cfg: EngineBuildConfig) -> dict[str, tuple[int, ...]]:
 def build_engine(cfg: EngineBuildConfig) -> Path:
     """Build and write the serialized engine; returns its path. Needs TensorRT (and a GPU)."""
     shapes = check_build(cfg)
-    from rfrt.trt_backend import import_tensorrt
+    from rfrt.engine.tensorrt import import_tensorrt
 
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)

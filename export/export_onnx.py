@@ -35,8 +35,10 @@ import torch
 from torch import nn
 
 from rfrt.cache import CachePolicy, RingCache
-from rfrt.cache.functional import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS, CacheLayout, StepControls, step_controls
-from rfrt.chunk_step import chunk_step_forward
+from rfrt.cache.functional import CacheLayout, StepControls, step_controls
+from rfrt.engine.interface import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS
+from rfrt.engine.onnxruntime import ort_session
+from rfrt.engine.stream import chunk_step_forward
 from rfrt.models import CausalWanDiT, ModelConfig, load_model
 
 PHASES = ("steady", "any")
@@ -102,7 +104,7 @@ class ChunkStep(nn.Module):
         if not masked:  # steady state: every slot of the buffer holds a key
             valid_tokens = torch.full((1,), self.layout.policy.window_tokens, dtype=torch.int64)
         controls = StepControls(slots, rope_cos, rope_sin, fold, valid_tokens)
-        # The same function StreamGenerator's engine backends are checked against (rfrt.chunk_step).
+        # The same function StreamGenerator's engine backends are checked against (rfrt.engine).
         return chunk_step_forward(self.model, self.layout, masked, x, t, cross_kv, kv, sink_acc, controls)
 
 
@@ -151,15 +153,6 @@ def export_chunk_step(model: CausalWanDiT, spec: ExportSpec, path: str | Path, c
         # By path: the checker then also handles models with external weights (> 2 GiB).
         onnx.checker.check_model(str(path), full_check=True)
     return path
-
-
-def ort_session(path: str | Path):
-    """An ONNX Runtime CPU session of an exported graph (full optimisation, deterministic single stream)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_ort(session, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rfrt import cli, model_dir
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, write_model_dir  # noqa: F401 - fixture
 
 av = pytest.importorskip("av")
@@ -100,7 +100,7 @@ def test_bad_prompts_file_fails_before_generation(content, why, tmp_path, monkey
         raise AssertionError("the model must not be loaded")
 
     monkeypatch.setattr(cli, "_check_output", lambda path: None)
-    monkeypatch.setattr("rfrt.generator.StreamGenerator.__init__", no_model)
+    monkeypatch.setattr("rfrt.runtime.generator.StreamGenerator.__init__", no_model)
     path = tmp_path / "prompts.txt"
     path.write_text(content)
     assert cli.main(["generate", "--prompts", str(path), "--out", str(tmp_path / "v.mp4")]) == 2

@@ -92,7 +92,7 @@ def test_reading_pngs_and_videos(tmp_path):
 def test_wan_context_keeps_whole_latent_frames_from_the_end():
     diffusers = pytest.importorskip("diffusers")
     from rfrt.decoders import WanVAEDecoder
-    from rfrt.prime import context_latents
+    from rfrt.runtime.prime import context_latents
 
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,

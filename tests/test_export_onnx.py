@@ -9,7 +9,8 @@ onnx = pytest.importorskip("onnx")
 from export.export_onnx import (ExportSpec, export_chunk_step, main, max_rel_error, ort_session, run_ort,  # noqa: E402
                                 tiny_model, verify_stream)
 from rfrt.cache import CachePolicy  # noqa: E402
-from rfrt.cache.functional import STEP_INPUTS, STEP_OUTPUTS, step_controls  # noqa: E402
+from rfrt.cache.functional import step_controls  # noqa: E402
+from rfrt.engine.interface import STEP_INPUTS, STEP_OUTPUTS  # noqa: E402
 
 LATENT_H, LATENT_W = 4, 6  # 2 x 3 tokens per frame with patch (1, 2, 2)
 # A visible EMA (alpha 0.9, not 0.999) so a fold mistake cannot hide under the tolerance.

@@ -12,9 +12,9 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from export.build_engine import (EngineBuildConfig, _shape_arg, check_build, has_explicit_quantization,  # noqa: E402
                                  main, onnx_input_shapes)
-from rfrt.cache.functional import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS  # noqa: E402
-from rfrt.trt_backend import (TENSORRT_INSTALL_HINT, TensorRTChunkStep, TensorRTUnavailable,  # noqa: E402
-                              check_interface, import_tensorrt, torch_dtype)
+from rfrt.engine.interface import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS, check_interface  # noqa: E402
+from rfrt.engine.tensorrt import (TENSORRT_INSTALL_HINT, TensorRTChunkStep, TensorRTUnavailable,  # noqa: E402
+                                  import_tensorrt, torch_dtype)
 
 REPO = Path(__file__).resolve().parents[1]
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -109,7 +109,7 @@ def test_cli_says_what_to_install_without_tensorrt(tmp_path, capsys):
 
 @needs_no_trt
 def test_runner_imports_tensorrt_lazily_with_a_clear_error(tmp_path):
-    assert "tensorrt" not in sys.modules  # importing rfrt.trt_backend did not import it
+    assert "tensorrt" not in sys.modules  # importing rfrt.engine.tensorrt did not import it
     with pytest.raises(TensorRTUnavailable, match="pip install tensorrt"):
         import_tensorrt()
     with pytest.raises(FileNotFoundError, match="build_engine"):

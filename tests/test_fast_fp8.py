@@ -10,7 +10,7 @@ from torch import nn
 from rfrt.cache.ring import RingCache
 from rfrt.fast import RuntimeConfig
 from rfrt.fast.fp8 import E4M3_MAX, FP8Linear, fp8_forward_error, quantize_fp8, relative_error, swap_dit_linears
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_dit, tiny_model  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""ChunkGraphs (rfrt.fast.graphs): device cursors against RingCache.begin_chunk, and the graph runner's eager
+"""ChunkGraphs (rfrt.runtime.graphs): device cursors against RingCache.begin_chunk, and the graph runner's eager
 fallback against the plain StreamGenerator, bit for bit; CUDA capture/replay on a GPU."""
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import torch
 from rfrt.cache import CachePolicy
 from rfrt.cache.ring import RingCache
 from rfrt.fast import RuntimeConfig
-from rfrt.fast.graphs import device_cursors
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +24,7 @@ def test_device_cursors_match_begin_chunk(policy):
     cache = RingCache(policy, layers=1, heads=1, head_dim=6, grid_h=2, grid_w=2)
     for chunk in range(25):
         cache.begin_chunk()
-        write, query, fold = device_cursors(cache, torch.tensor([chunk]))
+        write, query, fold = cache.device_cursors(torch.tensor([chunk]))
         assert write.tolist() == cache._write_cursor.tolist(), chunk
         assert query.tolist() == cache._query_cursor.tolist(), chunk
         if policy.evicted_chunk(chunk) is not None:
@@ -75,14 +74,15 @@ class _ReplayCall:
 def test_capture_bookkeeping_with_a_stand_in_graph(monkeypatch):
     """The graph-mode host logic (phases, capture once, replay, device counter resync on reset) on the CPU:
     capture is replaced by a stand-in that records without executing, like CUDA capture does."""
-    from rfrt.fast import graphs
+    from rfrt.runtime import graphs
 
     def record(self, phase):
-        state = [t.clone() for t in (self.cache.kv, self.cache.sink_acc, self._counter, self._out, *self._cursors)]
-        self._body(phase[1])  # "recording" must not change the stream: undo its effects
-        for t, saved in zip((self.cache.kv, self.cache.sink_acc, self._counter, self._out, *self._cursors), state):
+        held = (self.cache.kv, self.cache.sink_acc, self._counter, self._out, *self.cache.cursors)
+        state = [t.clone() for t in held]
+        self._body()  # "recording" must not change the stream: undo its effects
+        for t, saved in zip(held, state):
             t.copy_(saved)
-        self._graphs[phase] = _ReplayCall(lambda: self._body(phase[1]))
+        self._graphs[phase] = _ReplayCall(self._body)
 
     monkeypatch.setattr(graphs.ChunkGraphs, "_record", record)
     _, ref = _stream(None, 7)

@@ -12,7 +12,7 @@ from rfrt.decoders import PixelDecoder, TAEHVConfig, TAEHVDecoder, TAEHVNet
 from rfrt.decoders.base import to_uint8_frames
 from rfrt.fast import RuntimeConfig
 from rfrt.fast.overlap import OverlappedDecoder, uint8_frames_on_device
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")

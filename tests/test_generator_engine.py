@@ -1,6 +1,6 @@
 """StreamGenerator's engine backends: the TensorRT path driven by ONNX Runtime on the CPU, and its errors.
 
-TensorRT cannot run here (no GPU, no package), so the generator's engine code path (rfrt.chunk_step.StepCache
+TensorRT cannot run here (no GPU, no package), so the generator's engine code path (rfrt.engine.EngineForward
 feeding a ChunkStepRunner) is driven by OnnxRuntimeChunkStep over the exported graph of the generator's own
 DiT; TensorRTChunkStep differs from it only in how the runner moves tensors (tests/test_export_trt.py).
 """
@@ -16,13 +16,13 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
 from export.export_onnx import ExportSpec, export_chunk_step  # noqa: E402
-from export.ort_chunk_step import OnnxRuntimeChunkStep  # noqa: E402
+from rfrt.engine.onnxruntime import OnnxRuntimeChunkStep  # noqa: E402
 from rfrt import StreamGenerator  # noqa: E402
 from rfrt.cache import CachePolicy  # noqa: E402
 from rfrt.cache.functional import CacheLayout, StepControls  # noqa: E402
-from rfrt.chunk_step import StepCache, TorchChunkStep  # noqa: E402
+from rfrt.engine.stream import EngineForward, TorchChunkStep  # noqa: E402
 from rfrt.fast.config import RuntimeConfig  # noqa: E402
-from rfrt.trt_backend import TENSORRT_INSTALL_HINT, TensorRTUnavailable  # noqa: E402
+from rfrt.engine.tensorrt import TENSORRT_INSTALL_HINT, TensorRTUnavailable  # noqa: E402
 from test_generator_tiny import one_thread, tiny_dit, tiny_model  # noqa: E402, F401 - fixture
 
 SIZE = 8  # px; pixel decoder, patch 2 -> 4x4 tokens per frame
@@ -93,7 +93,7 @@ def test_ort_engine_backend_matches_torch_backend(phase, onnx_paths, one_thread)
     worst["kv"] = (gen.cache.kv - ref.cache.kv).abs().max().item()
     worst["sink_acc"] = (gen.cache.sink_acc - ref.cache.sink_acc).abs().max().item()
     print(f"{phase} ORT backend vs torch backend, max abs over 7 chunks: {worst}")
-    assert isinstance(gen.cache, StepCache)
+    assert isinstance(gen.cache, EngineForward)
     assert max(worst[k] for k in ("video", "latents", "kv", "sink_acc")) <= TOL and worst["frames"] <= 1, worst
     # The engine really served the forwards: 7 chunks x 5 (+ 2 re-cache replays) for "any"; a steady graph only
     # chunks >= 2 (the filling chunks and the replays, which start a new stream, run in PyTorch).
@@ -164,7 +164,10 @@ def test_ort_runner_and_step_cache_validation(tmp_path):
     steady = Counting(torch_step)
     steady.masked = False
     with pytest.raises(ValueError, match="filling"):
-        StepCache(steady, layout, "cpu")
-    cache = StepCache(torch_step, layout, "cpu")
+        EngineForward(steady, layout, "cpu")
+    cache = EngineForward(torch_step, layout, "cpu")
     with pytest.raises(RuntimeError, match="begin_chunk"):
-        cache(torch.zeros(1, 3, 3, SIZE, SIZE), torch.zeros(1, 3), torch.zeros(2, 2, 1, 12, 2, 16))
+        cache(torch.zeros(1, 3, 3, SIZE, SIZE), torch.zeros(1, 3))
+    cache.begin_chunk()
+    with pytest.raises(RuntimeError, match="set_text"):
+        cache(torch.zeros(1, 3, 3, SIZE, SIZE), torch.zeros(1, 3))

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from rfrt import model_dir
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from rfrt.model_dir import ModelDirError, read_manifest
 from rfrt.models import CausalWanDiT, CheckpointError, ModelConfig
 from test_generator_tiny import WAN_CONFIG, one_thread, tiny_dit, tiny_model, write_model_dir  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 
 WARMUP, CHUNKS = 50, 1000

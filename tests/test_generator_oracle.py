@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rfrt.cache import CachePolicy, ReferenceCache
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 
 CHUNKS = 16

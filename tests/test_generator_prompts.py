@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rfrt.generator import StreamGenerator
+from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 
 

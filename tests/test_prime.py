@@ -1,4 +1,4 @@
-"""Priming a stream from given latents or frames (rfrt.prime): exactness against the stream itself and against
+"""Priming a stream from given latents or frames (rfrt.runtime.prime): exactness against the stream itself and against
 SPEC §2 written out here, the held-frame method, and bad input."""
 from __future__ import annotations
 

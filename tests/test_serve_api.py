@@ -17,7 +17,7 @@ import torch
 
 aiohttp = pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
 
-from rfrt.generator import StreamGenerator  # noqa: E402
+from rfrt.runtime.generator import StreamGenerator  # noqa: E402
 from rfrt.serve import FRAME_HEADER, BackgroundServer, ServeConfig, parse_command  # noqa: E402
 from rfrt.serve.hub import ServeError  # noqa: E402
 from test_generator_tiny import one_thread, tiny_model, write_model_dir  # noqa: E402,F401

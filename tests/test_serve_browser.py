@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
 
-from rfrt.generator import StreamGenerator  # noqa: E402
+from rfrt.runtime.generator import StreamGenerator  # noqa: E402
 from rfrt.serve import BackgroundServer, ServeConfig  # noqa: E402
 from test_generator_tiny import one_thread, tiny_model  # noqa: E402,F401
 

@@ -156,7 +156,7 @@ def test_rollout_matches_block_causal_reference_and_grads_only_at_exit():
 def test_training_rollout_equals_runtime_stream_generator(tmp_path):
     """Train as you infer: the rollout (ReferenceCache, fp32) reproduces rfrt.StreamGenerator (RingCache) on
     the exported model with the same noise draws, over 4 chunks (the 4th evicts into the EMA sink)."""
-    from rfrt.generator import StreamGenerator
+    from rfrt.runtime.generator import StreamGenerator
     from rfrt.text_vocab import VocabTextEncoder
     from train.data.synthetic_world import vocabulary
     from train.export_default import write_model_dir

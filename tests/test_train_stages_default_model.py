@@ -24,7 +24,7 @@ def test_manifest_and_size():
 
 
 def test_default_model_streams_what_the_prompt_says():
-    from rfrt.generator import StreamGenerator
+    from rfrt.runtime.generator import StreamGenerator
     from train.data.synthetic_world import SyntheticWorld
     from train.world_eval import scene_scores, summarise
 

@@ -18,7 +18,7 @@ def build_info() -> dict:
 def __getattr__(name: str):
     # `from rfrt import StreamGenerator` without importing torch / the model at `import rfrt` time.
     if name == "StreamGenerator":
-        from rfrt.generator import StreamGenerator
+        from rfrt.runtime.generator import StreamGenerator
 
         return StreamGenerator
     raise AttributeError(f"module 'rfrt' has no attribute {name!r}")

@@ -143,7 +143,7 @@ def _generate(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from rfrt.generator import StreamGenerator
+    from rfrt.runtime.generator import StreamGenerator
     from rfrt.text import validate_prompt
     from rfrt.video import Mp4Writer
 

@@ -2,7 +2,7 @@
 
 A stream can start from frames the user gives (video continuation, image-to-video): `StreamGenerator.reset(
 prompt, seed, context=...)` encodes them with the model's own encoder and writes them into the cache as if the
-model had generated them (rfrt.prime). This module is the part before the cache:
+model had generated them (rfrt.runtime.prime). This module is the part before the cache:
 
 * Reading: images and videos alike through PyAV (PNG, JPEG, MP4, ...; one library, the one the MP4 writer
   uses). `read_frames` keeps the last `last` frames of a video (a continuation continues from its end).

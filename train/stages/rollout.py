@@ -1,8 +1,9 @@
 """Self-Forcing rollout: the causal student generates its own video chunk by chunk, exactly as at inference.
 
-Each chunk runs the warped few-step sampler (SPEC 2.1) against a `rfrt.cache.ReferenceCache` (the runtime's
-sink + window semantics in differentiable plain PyTorch), then one context pass at t = 0 writes the chunk's
-clean K/V. Training differs from inference in two ways only:
+Each chunk is the runtime's own loop, `rfrt.runtime.sample_chunk` (the warped few-step sampler of SPEC 2.1,
+then one context pass at t = 0 that writes the chunk's clean K/V), over the student and a
+`rfrt.cache.ReferenceCache` (the runtime's sink + window semantics in differentiable plain PyTorch). Training
+differs from inference in two options of that loop only:
   * one exit step k, drawn once per iteration on rank 0 and broadcast (shared by every chunk and rank): each
     chunk stops after its (k+1)-th forward and outputs that forward's x0;
   * gradient flows only through that exit forward of each chunk; every other forward, and every context
@@ -20,7 +21,8 @@ import torch
 
 from rfrt.cache import CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
-from rfrt.sampling import SamplerConfig, flow_to_x0, renoise, timestep_tensor, warped_sigmas, warped_timesteps
+from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
+from rfrt.sampling import SamplerConfig
 from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
 
@@ -56,32 +58,26 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     """
     cfg = model.config
     pt, ph, pw = cfg.patch_size
-    B, n_frames, _, H, W = noise.shape
+    B, n_frames, C, H, W = noise.shape
     chunk = policy.chunk_frames * pt
     if n_frames % chunk:
         raise ValueError(f"rollout of {n_frames} frames is not a multiple of the chunk ({chunk} frames)")
-    steps, sigmas = warped_timesteps(sampler), warped_sigmas(sampler)
     k_exit = sampler.num_steps - 1 if exit_step is None else exit_step
     if not 0 <= k_exit < sampler.num_steps:
         raise ValueError(f"exit_step {exit_step} outside [0, {sampler.num_steps})")
+    plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
     cache = ReferenceCache(policy, layers=cfg.num_layers, head_dim=cfg.head_dim, grid_h=H // ph, grid_w=W // pw,
                            compute_dtype=torch.float32)
     if not isinstance(text, CrossKV):
         with torch.set_grad_enabled(grad):
             text = model.cross_kv(text)
+    forward = TorchForward(model, cache)
+    forward.set_text(text)
     out = []
     for c in range(n_frames // chunk):
-        cache.begin_chunk()
         x = noise[:, c * chunk:(c + 1) * chunk]
-        offset = c * policy.chunk_frames
-        for i in range(k_exit + 1):
-            with torch.set_grad_enabled(grad and i == k_exit):
-                t = timestep_tensor(steps[i], B, policy.chunk_frames, noise.device)
-                x0 = flow_to_x0(x, model(x, t, text, cache, frame_offset=offset), sigmas[i])
-            if i < k_exit:
-                x = renoise(x0, fresh_noise(x0), sigmas[i + 1])
-        out.append(x0)
-        with torch.no_grad():  # context pass: the chunk's clean K/V for the chunks after it
-            model(x0.detach(), torch.zeros(B, policy.chunk_frames, device=noise.device), text, cache,
-                  frame_offset=offset)
+        # The renoise draws come before the chunk's forwards, as at inference; the forwards draw nothing, so
+        # the order of the RNG calls is that of a loop drawing each one just before it is used.
+        draws = [x] + [fresh_noise(x) for _ in range(k_exit)]
+        out.append(sample_chunk(forward, draws, plan, exit_step=k_exit, grad=grad))
     return torch.cat(out, dim=1)

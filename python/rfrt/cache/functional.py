@@ -34,11 +34,6 @@ from rfrt.rope import axis_frequencies, axis_pairs
 
 # Rows of the rope_cos / rope_sin inputs.
 ROPE_CHUNK, ROPE_EVICTED, ROPE_SINK = 0, 1, 2
-# The exported chunk step's interface (export/export_onnx.py writes it, rfrt.trt_backend binds it by name).
-STEP_CONTROL_INPUTS = ("slots", "rope_cos", "rope_sin", "fold")
-STEP_INPUTS = ("x", "t", "cross_kv", "kv", "sink_acc") + STEP_CONTROL_INPUTS
-MASK_INPUT = "valid_tokens"
-STEP_OUTPUTS = ("flow", "kv_out", "sink_acc_out")
 
 
 @dataclass(frozen=True)

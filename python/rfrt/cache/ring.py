@@ -85,10 +85,8 @@ class RingCache:
         holds its context-pass K/V, which no later forward changes, so this equals folding each layer just
         before that layer's first attention (SPEC §2.2).
         """
-        nxt = self.chunk + 1
-        if chunk is not None and chunk != nxt:
-            raise ValueError(f"chunks must be generated in order: expected chunk {nxt}, got {chunk}")
-        p, tpf = self.policy, self.policy.tokens_per_frame
+        self.enter_chunk(self.chunk + 1 if chunk is None else chunk)
+        p, tpf, nxt = self.policy, self.policy.tokens_per_frame, self.chunk
         pos = nxt * p.chunk_frames
         _upload(self._write_cursor, [p.chunk_slot_frame(nxt) * tpf, pos])
         _upload(self._query_cursor, [pos])
@@ -96,9 +94,56 @@ class RingCache:
         if victim is not None:
             _upload(self._fold_cursor, [p.chunk_slot_frame(victim) * tpf, victim * p.chunk_frames,
                                         p.sink_position(nxt)])
-            ops.sink_fold(self.kv, self.sink_acc, self._fold_cursor, float(p.sink_ema_alpha), tpf, self.grid_w,
-                          self.rope_theta)
-        self.chunk, self.keys = nxt, p.valid_frames(nxt) * tpf
+            self._fold()
+
+    def enter_chunk(self, chunk: int) -> None:
+        """The host half of begin_chunk: the chunk counter and the attended key count, no device work.
+
+        For a caller that sets the device half with `load_cursors` (a CUDA graph records that half once and
+        replays it; this half runs on the host before every replay).
+        """
+        nxt = self.chunk + 1
+        if chunk != nxt:
+            raise ValueError(f"chunks must be generated in order: expected chunk {nxt}, got {chunk}")
+        self.chunk, self.keys = nxt, self.policy.valid_frames(nxt) * self.policy.tokens_per_frame
+
+    def load_cursors(self, counter: Tensor) -> None:
+        """The device half of begin_chunk for the chunk `enter_chunk` entered: the cursors computed from
+        `counter` (int64 [1] on the cache's device, holding that chunk's index) by tensor ops, then the fold if
+        the chunk evicts. Nothing waits for the device, so a CUDA graph can record it."""
+        if self.chunk < 0:
+            raise RuntimeError("RingCache.load_cursors: call enter_chunk(chunk) first")
+        for cursor, value in zip(self.cursors, self.device_cursors(counter)):
+            cursor.copy_(value)
+        if self.policy.evicted_chunk(self.chunk) is not None:
+            self._fold()
+
+    def device_cursors(self, chunk: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The cursors of chunk `chunk` (int64 [1] on the device), computed on the device: CachePolicy's
+        slot_frame / evicted_chunk / sink_position as tensor ops, the values begin_chunk uploads.
+
+        Returns (write [slot_token, time_pos], query [time_pos], fold [evicted_slot_token, evicted_time_pos,
+        new_sink_time_pos]); the fold cursor is meaningful only for chunks that evict.
+        """
+        p = self.policy
+        tpf, cf, sink = p.tokens_per_frame, p.chunk_frames, p.sink_frames
+        ring = p.window_frames - p.sink_frames
+        pos = chunk * cf
+        write = torch.cat([_slot_frame(pos, sink, ring) * tpf, pos])
+        evicted = (chunk - p.ring_chunks) * cf
+        if p.rope_rule == "absolute":
+            sink_pos = torch.zeros_like(chunk)
+        else:
+            oldest = torch.clamp(chunk - p.ring_chunks + 1, min=1)
+            sink_pos = torch.where(chunk == 0, torch.zeros_like(chunk), oldest * cf - sink)
+        fold = torch.cat([_slot_frame(evicted.clamp(min=0), sink, ring) * tpf, evicted, sink_pos])
+        return write, pos, fold
+
+    def _fold(self) -> None:
+        """sink <- a * sink + (1 - a) * evicted for every layer, at the fold cursor (one kernel)."""
+        p = self.policy
+        ops.sink_fold(self.kv, self.sink_acc, self._fold_cursor, float(p.sink_ema_alpha), p.tokens_per_frame,
+                      self.grid_w, self.rope_theta)
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor, grid=None) -> Tensor:
         if self.chunk < 0:
@@ -115,6 +160,11 @@ class RingCache:
         values = self.kv[1, layer, :, : self.keys].transpose(1, 2)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, scale=self.scale)
         return out.transpose(1, 2)
+
+
+def _slot_frame(frame: Tensor, sink: int, ring: int) -> Tensor:
+    """CachePolicy.slot_frame as tensor ops: the sink is fixed, the rest a ring of `ring` frames."""
+    return torch.where(frame < sink, frame, sink + torch.remainder(frame - sink, ring))
 
 
 def _upload(cursor: Tensor, values: list[int]) -> None:

@@ -11,7 +11,7 @@ class RuntimeConfig:
     """Fast-path switches of the streaming runtime.
 
     cuda_graphs:    capture each chunk (4 denoising forwards + the context pass) as a CUDA graph and replay it
-                    (rfrt.fast.graphs). On a CPU the same static-buffer runner executes eagerly, same results.
+                    (rfrt.runtime.graphs). On a CPU the same static-buffer runner executes eagerly, same results.
     fp8:            replace the transformer blocks' linear layers by FP8 (e4m3) ones (rfrt.fast.fp8), in place,
                     on the generator's DiT; fp8_scaling picks per-row ("row") or per-tensor ("tensor") scales.
     overlap_decode: decode chunk k on a side CUDA stream (a worker thread on a CPU) while chunk k+1 denoises

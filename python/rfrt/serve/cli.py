@@ -37,7 +37,7 @@ def _generator_factory(args):
     read-only DiT and text encoder weights."""
     import torch
 
-    from rfrt.generator import StreamGenerator, _default_device
+    from rfrt.runtime.generator import StreamGenerator, _default_device
     from rfrt.model_dir import ModelDirError, default_model_path, load_model_dir
 
     device = _default_device(args.device)

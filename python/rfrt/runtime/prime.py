@@ -1,11 +1,12 @@
-"""Priming a stream from given frames or latents: the context-pass half of the chunk loop (SPEC §2.1).
+"""Priming a stream from given frames or latents: the context-pass half of the one chunk loop (SPEC §2.1).
 
 A causal streaming model's whole state is the KV cache that the context passes of earlier chunks wrote. So a
 context (a video to continue, an image to start from) is encoded with the model's own encoder and its latents
 are written into the cache exactly as if the model had generated them:
 
-* every whole chunk of context latents, in stream order: `begin_chunk` (slots, positions, and the EMA fold of
-  the chunk it evicts, as streaming does), then one context pass at t = 0. The first context chunk becomes
+* every whole chunk of context latents, in stream order: `rfrt.runtime.chunk.context_chunk`, i.e. `begin_chunk`
+  (slots, positions, and the EMA fold of the chunk it evicts, as streaming does), then the loop's own context
+  pass at t = 0. The first context chunk becomes
   the sink; a context longer than the window folds its evicted chunks into the sink;
 * the decoder decodes those chunks (its causal state must continue from them; they are also the frames shown
   when the output starts with the context);
@@ -13,7 +14,7 @@ are written into the cache exactly as if the model had generated them:
   whether the first chunks were generated or given: priming a stream with its own first k chunks reproduces
   it from chunk k on;
 * the remaining r < chunk latent frames (one image gives one Wan latent frame; a chunk is three) are *held*:
-  the next generated chunk starts with them fixed (`hold_known`, used by the generator's chunk loop).
+  the next generated chunk starts with them fixed (`sample_chunk(..., hold=...)`).
 
 Holding is training-free: the model never saw a partially known chunk; after every denoising forward the known
 frames' x0 is replaced by the given latents, so the next input carries them re-noised at that step's sigma
@@ -23,16 +24,17 @@ unknown frames are denoised attending to them (tests/test_prime.py measures how 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from rfrt.context import (MAX_CONTEXT_LATENT_FRAMES, ContextError, check_latents, fit_frames, read_frames,
                           to_rgb)
 from rfrt.decoders.base import to_uint8_frames
+from rfrt.runtime.chunk import context_chunk
+from rfrt.runtime.forward import ChunkForward
+from rfrt.runtime.plan import ChunkPlan
 
-__all__ = ["Primed", "ContextLatents", "context_latents", "prime_chunks", "hold_known"]
+__all__ = ["Primed", "ContextLatents", "context_latents", "prime_chunks"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,26 +112,23 @@ def context_latents(context, *, decoder, height: int, width: int, channels: int,
     return ContextLatents(latents, tuple(int(s) for s in rgb.shape[1:3]), dropped)
 
 
-def prime_chunks(ctx: ContextLatents, *, chunk_latent_frames: int, context_chunk: Callable[[Tensor], None],
-                 skip_noise: Callable[[], None], decoder) -> tuple[Primed, list[Tensor], Tensor | None]:
-    """Write the whole chunks of `ctx` into the stream, in order. -> (Primed, the chunks' latents [1, F, C, h, w]
-    in order, the held latents [1, r, C, h, w] or None).
-
-    context_chunk(latents [1, F, C, h, w]): begin the next chunk and run its context pass (the generator's
-    half of the chunk loop); skip_noise(): consume one chunk's noise draws; decoder: the stream's decoder.
-    """
-    latents = ctx.latents
-    whole = latents.shape[0] // chunk_latent_frames
+def prime_chunks(ctx: ContextLatents, forward: ChunkForward, plan: ChunkPlan, noise: torch.Generator,
+                 decoder) -> tuple[Primed, list[Tensor], Tensor | None]:
+    """Write the whole chunks of `ctx` into the stream behind `forward`, in order, each after skipping its noise
+    draws from `noise`, and decode them with the stream's `decoder`. -> (Primed, the chunks' latents
+    [1, F, C, h, w] in order, the held latents [1, r, C, h, w] or None)."""
+    latents, per = ctx.latents, plan.latent_shape[1]
+    whole = latents.shape[0] // per
     chunks, frames = [], []
-    for c in range(whole):
-        chunk = latents[None, c * chunk_latent_frames:(c + 1) * chunk_latent_frames]
-        skip_noise()
-        context_chunk(chunk)
-        frames.append(to_uint8_frames(decoder.decode(chunk))[0])
-        chunks.append(chunk)
-    held = latents[None, whole * chunk_latent_frames:]
-    start = whole * chunk_latent_frames
-    held_out = decoder.frames_for(held.shape[1], start=start) if held.shape[1] else 0
+    with torch.no_grad():
+        for c in range(whole):
+            chunk = latents[None, c * per:(c + 1) * per]
+            plan.draw(noise)  # chunk c's draws belong to chunk c, given or generated
+            context_chunk(forward, chunk, plan)
+            frames.append(to_uint8_frames(decoder.decode(chunk))[0])
+            chunks.append(chunk)
+    held = latents[None, whole * per:]
+    held_out = decoder.frames_for(held.shape[1], start=whole * per) if held.shape[1] else 0
     if frames:
         shown = torch.cat(frames)
     else:
@@ -138,11 +137,3 @@ def prime_chunks(ctx: ContextLatents, *, chunk_latent_frames: int, context_chunk
     primed = Primed(frames=shown, latents=latents, chunks=whole, held_frames=held.shape[1],
                     held_output_frames=held_out, source_hw=ctx.source_hw, dropped_frames=ctx.dropped_frames)
     return primed, chunks, (held if held.shape[1] else None)
-
-
-def hold_known(x0: Tensor, known: Tensor | None) -> Tensor:
-    """x0 [B, F, C, h, w] with its first r frames replaced by known [B, r, C, h, w] (r < F); x0 when known is
-    None. Applied after every denoising forward of a chunk that starts with given frames (module docstring)."""
-    if known is None:
-        return x0
-    return torch.cat([known.to(x0.dtype), x0[:, known.shape[1]:]], dim=1)

@@ -1,0 +1,421 @@
+"""StreamGenerator: endless chunk-by-chunk video generation with the ring KV cache (SPEC §2).
+
+The generator holds the API and the stream state (cache, noise generator, prompt, counters); the chunk itself
+is `rfrt.runtime.chunk.sample_chunk`, the one loop, over a chunk forward (`rfrt.runtime.forward`).
+Per chunk c (SPEC §2.1), with F = chunk_frames latent frames and S = len(denoising_steps) (4):
+  1. `cache.begin_chunk()` (slots, positions, EMA fold of the evicted chunk);
+  2. noise from the stream's torch.Generator, in this order: the initial noise x [1, F, C, h, w], then S - 1
+     renoise draws of the same shape (3 in the release): all S draws happen before the first forward;
+  3. S denoising forwards at the warped timesteps: x0 = x - sigma_i * flow (fp64); after forwards 1..S-1 the
+     next input is (1 - sigma_{i+1}) x0 + sigma_{i+1} eps_i (fp32); the chunk's latents are the x0 of forward S;
+  4. one context pass of those latents at t = 0 (output discarded) rewrites the chunk's K/V in the cache;
+  5. the decoder turns the latents into frames.
+The noise generator lives on the generator's device and is seeded by `seed` at reset(); noise is drawn in
+fp32 and cast to the DiT dtype. On the CPU the stream therefore equals a loop that calls
+`torch.randn(shape, generator=torch.Generator().manual_seed(seed))` in the order above.
+
+Memory is bounded: the cache is allocated once per reset; per chunk only the chunk's tensors and the latents of
+the chunks a re-cache would replay are kept.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from rfrt.cache.functional import CacheLayout
+from rfrt.cache.policy import CachePolicy
+from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
+from rfrt.engine.interface import check_runner, check_step_shapes
+from rfrt.engine.stream import EngineForward, TorchChunkStep
+from rfrt.decoders.base import to_uint8_frames
+from rfrt.fast.config import RuntimeConfig
+from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
+from rfrt.runtime.chunk import sample_chunk
+from rfrt.runtime.forward import TorchForward
+from rfrt.runtime.plan import ChunkPlan
+from rfrt.runtime.prime import Primed, context_latents, prime_chunks
+from rfrt.sampling import SamplerConfig
+from rfrt.text import PromptCache
+
+__all__ = ["StreamGenerator", "Chunk", "BACKENDS"]
+
+BACKENDS = ("torch", "tensorrt")
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """One generated chunk.
+
+    index:   chunk number in the stream (0, 1, ...).
+    frames:  uint8 [T, H, W, 3] on the CPU (RGB, ready for a video writer).
+    video:   float [T, 3, H, W] in [-1, 1] on the generator's device.
+    latents: [F, C, h, w], the x0 of the last denoising forward (DiT dtype, generator's device).
+    The tensors are shared with the generator (a re-cache replays the latents): treat them as read-only.
+    """
+
+    index: int
+    frames: torch.Tensor
+    video: torch.Tensor
+    latents: torch.Tensor
+
+
+def _default_device(device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class StreamGenerator:
+    """Generates video chunk by chunk, forever, from a text prompt.
+
+    model:      a model directory (rfrt.json or diffusers layout), an `rfrt.model_dir.LoadedModel`, or None for
+                the embedded default model.
+    checkpoint: a DiT checkpoint (Reward Forcing / Self-Forcing .pt, ...) replacing the directory's DiT weights;
+                use_ema picks a Self-Forcing checkpoint's EMA generator.
+    device:     default CUDA when available, else CPU. dtype: DiT dtype, default bf16 on CUDA, fp32 on CPU.
+    height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
+    cache, sampler: override the model's CachePolicy (tokens_per_frame is always derived from the resolution)
+                and SamplerConfig. attention: "sdpa" or "core" (RingCache's attention kernel).
+    runtime:    rfrt.fast.RuntimeConfig (default: every fast path off). fp8 swaps the DiT's block linears in
+                place; cuda_graphs replays each chunk as a CUDA graph (eager on a CPU, same results);
+                overlap_decode decodes chunk k while chunk k+1 denoises, so the stream runs one chunk ahead and
+                a set_prompt() shows from the second chunk after it.
+    backend:    "torch" (default: the DiT over the RingCache), "tensorrt" (every denoising forward and context
+                pass on the serialized engine `engine`, from export/export_onnx.py -> export/build_engine.py,
+                for this model, resolution and cache; CUDA only), or a chunk-step runner object
+                (rfrt.engine.ChunkStepRunner, e.g. rfrt.engine.OnnxRuntimeChunkStep to run an
+                exported ONNX on the CPU). With an engine, text K/V, timesteps, noise and decoding stay in
+                PyTorch, the cache is rfrt.engine.EngineForward, and a "steady" engine's filling chunks
+                (the first window_frames / chunk_frames - 1) run the same step in eager PyTorch.
+    """
+
+    def __init__(self, model: str | os.PathLike | LoadedModel | None = None, *, checkpoint=None,
+                 use_ema: bool = False, device=None, dtype: torch.dtype | None = None, height: int | None = None,
+                 width: int | None = None, cache: CachePolicy | None = None, sampler: SamplerConfig | None = None,
+                 attention: str = "sdpa", runtime: RuntimeConfig | None = None, backend="torch",
+                 engine: str | os.PathLike | None = None) -> None:
+        if attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
+        for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig),
+                                 ("runtime", runtime, RuntimeConfig)):
+            if value is not None and not isinstance(value, cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
+        self.device = _default_device(device)
+        # Before any weights load: a wrong backend setting costs a moment, not a model load.
+        engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
+        if dtype is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if model is None:
+            model = default_model_path()
+            if model is None:
+                raise ModelDirError(
+                    "no model given and the embedded default model is not installed: pass a model directory, "
+                    "e.g. StreamGenerator('path/to/Wan2.1-T2V-1.3B-Diffusers', checkpoint='rewardforcing.pt') "
+                    "or `rfrt generate --model DIR [--checkpoint PT]`")
+        if isinstance(model, LoadedModel):
+            if checkpoint is not None:
+                raise ValueError("checkpoint= applies to a model directory, not to an already loaded model")
+            bundle = model
+            bundle.dit.to(device=self.device, dtype=dtype)
+        else:
+            bundle = load_model_dir(model, checkpoint=checkpoint, use_ema=use_ema, device=self.device, dtype=dtype)
+        self.runtime = runtime or RuntimeConfig()
+        self.dit, self.decoder = _apply_runtime(self.runtime, bundle.dit, bundle.decoder, self.device)
+        self.dtype = next(self.dit.parameters()).dtype
+        self.text = PromptCache(bundle.text_encoder)
+        self.sampler = sampler or bundle.sampler
+        self._fps = bundle.video.fps
+        self._height, self._width = self._check_resolution(
+            bundle.video.height if height is None else height, bundle.video.width if width is None else width)
+        cfg = self.dit.config
+        pt, ph, pw = cfg.patch_size
+        s = self.decoder.spatial_upsample
+        self._latent_hw = (self._height // s, self._width // s)
+        self._grid = (self._latent_hw[0] // ph, self._latent_hw[1] // pw)
+        policy = cache or bundle.cache
+        self.policy = dataclasses.replace(policy, tokens_per_frame=self._grid[0] * self._grid[1])
+        # Model-facing timesteps and sigmas as device tensors, derived from the schedule once (never .item() on
+        # the step path); CachePolicy counts token frames, the latents have patch_t times as many.
+        self._plan = ChunkPlan.build(self.sampler, (1, self.policy.chunk_frames * pt, cfg.in_dim, *self._latent_hw),
+                                     self.policy.chunk_frames, self.dtype, self.device)
+        self.attention = attention
+        self.backend = backend if isinstance(backend, str) else type(backend).__name__
+        self._layout = CacheLayout(self.policy, layers=cfg.num_layers, batch=1, heads=cfg.num_heads,
+                                   head_dim=cfg.head_dim, grid_h=self._grid[0], grid_w=self._grid[1])
+        self._runner = _load_runner(backend, engine_path, self.device)
+        if self._runner is not None:
+            what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
+            check_step_shapes(self._runner, cfg, self._layout, what)
+        self._forward = None  # the chunk forward: the DiT over a RingCache, or an engine's EngineForward
+        self._cache = None
+        self._graphs = None
+        self._ahead = None  # overlap_decode: latents of the chunk generated ahead
+        self._noise: torch.Generator | None = None
+        self._prompt: str | None = None
+        self._cross = None
+        self._chunk = 0
+        self._primed: Primed | None = None
+        self._hold: torch.Tensor | None = None  # held context latents [1, r, C, h, w] for the next chunk
+        # Latents of the chunks a re-cache replays: the sink chunk plus the ring chunks before the next one.
+        replayed = self.policy.window_frames // self.policy.chunk_frames - 1
+        self._recent: collections.deque = collections.deque(maxlen=replayed)
+
+    # ---- facts ----
+    @property
+    def fps(self) -> int:
+        return self._fps
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    @property
+    def chunk_index(self) -> int:
+        """Index of the chunk the next step() produces (= chunks generated since reset)."""
+        return self._chunk
+
+    @property
+    def prompt(self) -> str | None:
+        return self._prompt
+
+    @property
+    def plan(self) -> ChunkPlan:
+        """The chunk plan: timesteps, sigmas and the latent shape [1, F, C, h, w] of one chunk."""
+        return self._plan
+
+    @property
+    def primed(self) -> Primed | None:
+        """What the last reset(..., context=...) primed (rfrt.runtime.prime.Primed), or None without a context."""
+        return self._primed
+
+    @property
+    def cache(self):
+        """The stream's self-attention cache (None before the first reset): a RingCache with the torch backend,
+        an rfrt.engine.EngineForward with an engine. Both hold it in .kv and .sink_acc."""
+        return self._cache
+
+    @property
+    def cross_kv(self):
+        """The current prompt's cross-attention K/V (rfrt.models.CrossKV)."""
+        return self._cross
+
+    def _check_resolution(self, height: int, width: int) -> tuple[int, int]:
+        ph, pw = self.dit.config.patch_size[1:]
+        s = self.decoder.spatial_upsample
+        for name, value, p in (("height", height, ph), ("width", width, pw)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int of pixels, got {value!r}")
+            if value % (s * p):
+                raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
+                                 f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")
+        grid = self.dit.config.pos_grid
+        if grid is not None and (height // (s * ph), width // (s * pw)) != grid:
+            raise ValueError(f"this model has a learned position embedding for {grid[0] * s * ph}x"
+                             f"{grid[1] * s * pw} px video only, got {height}x{width}")
+        return height, width
+
+    # ---- the stream ----
+    def reset(self, prompt: str, seed: int = 0, *, context=None) -> None:
+        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise.
+
+        context: start from given frames (video continuation, image-to-video): an image or video file, uint8
+        frames [T, H, W, C] / [H, W, C] / [H, W], or float latents [F, C, h, w]. They are encoded with the model's
+        encoder and written into the cache as if generated (rfrt.runtime.prime); step() continues at chunk
+        `primed.chunks`. A context that cannot be used raises rfrt.context.ContextError, stream untouched.
+        """
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        ctx = None
+        if context is not None:
+            ctx = context_latents(context, decoder=self.decoder, height=self._height, width=self._width,
+                                  channels=self.dit.config.in_dim, latent_hw=self._latent_hw,
+                                  chunk_latent_frames=self._plan.latent_shape[1], dtype=self.dtype,
+                                  device=self.device)
+        cross = self._encode(prompt)
+        if self._forward is None:
+            self._build_forward()
+        else:
+            self._forward.reset()
+        self._use_text(prompt, cross)
+        self.decoder.reset()
+        self._noise = torch.Generator(device=self.device).manual_seed(seed)
+        self._chunk = 0
+        self._recent.clear()
+        self._ahead = None
+        self._hold, self._primed = None, None
+        if ctx is not None:
+            self._primed, chunks, self._hold = prime_chunks(ctx, self._forward, self._plan, self._noise,
+                                                            self.decoder)
+            self._recent.extend(chunks)
+            self._chunk = len(chunks)
+
+    def set_prompt(self, prompt: str, recache: bool = False) -> None:
+        """Switch the prompt mid-stream: re-encode it and rebuild the cross-attention K/V.
+
+        recache=False: the self-attention cache (sink and window K/V computed under the old prompt) is kept
+        untouched; the next chunk sees the old context through self-attention and the new prompt through
+        cross-attention.
+        recache=True (as LongLive does): the self-attention cache is cleared and rebuilt from the clean latents
+        of the last window_frames / chunk_frames - 1 chunks (2 in the release; fewer early in a stream), oldest
+        first, by re-running only their context pass (t = 0) under the new prompt, as if those chunks had
+        started a new stream: the oldest becomes the sink (its EMA history is dropped) and the others fill the
+        ring, so the next chunk attends to the same frames, now keyed under the new prompt. The noise stream,
+        the decoder and chunk_index are not affected.
+        """
+        if self._cache is None:
+            raise RuntimeError("StreamGenerator.set_prompt: call reset(prompt, seed) first")
+        self._use_text(prompt, self._encode(prompt))
+        if recache:
+            self._forward.reset()
+            with torch.no_grad():
+                for latents in self._recent:
+                    self._forward.begin_chunk()
+                    self._forward(latents, self._plan.t_context)
+
+    def _build_forward(self) -> None:
+        """The stream's cache and the chunk forward over it (once per generator; reset() clears them)."""
+        if self._runner is not None:
+            filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
+            self._forward = self._cache = EngineForward(self._runner, self._layout, self.device, filling=filling)
+            return
+        cfg = self.dit.config
+        self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
+                                grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
+                                device=self.device, attention=self.attention)
+        self._forward = TorchForward(self.dit, self._cache)
+        if self.runtime.cuda_graphs:
+            from rfrt.runtime.graphs import ChunkGraphs
+
+            self._graphs = ChunkGraphs(self.dit, self._cache, self._plan)
+
+    def _encode(self, prompt: str):
+        """The prompt's cross-attention K/V (rfrt.models.CrossKV); validates the prompt, changes no state."""
+        with torch.no_grad():
+            return self.dit.cross_kv(self.text.encode(prompt).to(self.device))
+
+    def _use_text(self, prompt: str, cross) -> None:
+        self._forward.set_text(cross)
+        if self._graphs is not None:
+            self._graphs.set_text(cross)
+        self._cross, self._prompt = cross, prompt
+
+    def step(self) -> Chunk:
+        """Generate the next chunk (SPEC §2.1; see the module docstring for the exact order of operations)."""
+        if self._noise is None:
+            raise RuntimeError("StreamGenerator.step: call reset(prompt, seed) first")
+        if self.runtime.overlap_decode:
+            return self._step_ahead()
+        with torch.no_grad():
+            latents = self._sample_chunk()
+            video = self.decoder.decode(latents)
+        self._recent.append(latents)
+        chunk = Chunk(index=self._chunk, frames=to_uint8_frames(video)[0], video=video[0], latents=latents[0])
+        self._chunk += 1
+        return chunk
+
+    def _step_ahead(self) -> Chunk:
+        """step() with overlap_decode: decode chunk k (side stream / worker) while chunk k+1 denoises.
+
+        A chunk's latents join `_recent` when it is sampled, so a re-cache replays what the cache holds.
+        """
+        with torch.no_grad():
+            if self._ahead is None:
+                self._ahead = self._sample_chunk()
+                self._recent.append(self._ahead)
+            latents = self._ahead
+            pending = self.decoder.submit(latents)
+            self._ahead = self._sample_chunk()
+            self._recent.append(self._ahead)
+            video, frames = pending.result()
+        chunk = Chunk(index=self._chunk, frames=frames[0], video=video[0], latents=latents[0])
+        self._chunk += 1
+        return chunk
+
+    def _sample_chunk(self) -> torch.Tensor:
+        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk (a chunk that
+        starts with held context frames runs eagerly, holding them)."""
+        hold, self._hold = self._hold, None
+        if self._graphs is not None and hold is None:
+            return self._graphs.sample_chunk(self._noise)
+        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, hold=hold)
+
+    def flush(self) -> torch.Tensor:
+        """Frames the decoder still holds back: uint8 [T, H, W, 3] (T = 0 for the causal decoders)."""
+        held = self.decoder.flush()
+        if held.shape[1] == 0:
+            return torch.empty(0, self._height, self._width, 3, dtype=torch.uint8)
+        return to_uint8_frames(held)[0]
+
+    def __iter__(self) -> Iterator[Chunk]:
+        """Endless: yields step() until the caller stops."""
+        while True:
+            yield self.step()
+
+
+def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig) -> Path | None:
+    """Validate the backend arguments before any weights load; returns the engine path (tensorrt) or None."""
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or a chunk-step runner object, got {backend!r}")
+        if backend == "torch":
+            if engine is not None:
+                raise ValueError("engine= is the TensorRT engine of backend='tensorrt'; the torch backend takes "
+                                 "none (pass backend='tensorrt' to use it)")
+            return None
+    else:
+        check_runner(backend)
+        if engine is not None:
+            raise ValueError("engine= goes with backend='tensorrt'; a chunk-step runner object is its own engine")
+    # An engine replaces the PyTorch DiT's forwards, so the fast paths that rewrite or capture them do not apply.
+    if runtime.cuda_graphs or runtime.fp8:
+        raise ValueError(f"RuntimeConfig cuda_graphs / fp8 speed up the PyTorch DiT, which backend "
+                         f"{backend if isinstance(backend, str) else type(backend).__name__} does not run; "
+                         "turn them off (an FP8 engine is built with export/build_engine.py --fp8)")
+    if not isinstance(backend, str):
+        return None
+    if engine is None:
+        raise ValueError("backend='tensorrt' needs engine=PATH, a serialized engine built by export/build_engine.py "
+                         "from export/export_onnx.py's graph of this model")
+    path = Path(engine)
+    if not path.is_file():
+        raise FileNotFoundError(f"TensorRT engine {path} does not exist (build it with export/build_engine.py)")
+    if device.type != "cuda":
+        raise ValueError(f"backend='tensorrt' runs on an NVIDIA GPU, but the generator's device is {device}; pass "
+                         "device='cuda' (or use backend='torch' on a CPU)")
+    from rfrt.engine.tensorrt import import_tensorrt
+
+    import_tensorrt()  # TensorRTUnavailable, with what to install, before the model loads
+    return path
+
+
+def _load_runner(backend, engine_path: Path | None, device: torch.device):
+    """The chunk-step runner of an engine backend (None for torch)."""
+    if engine_path is not None:
+        from rfrt.engine.tensorrt import TensorRTChunkStep
+
+        return TensorRTChunkStep(engine_path, device)
+    return None if isinstance(backend, str) else backend
+
+
+def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
+    """The fast paths that change the model objects: FP8 block linears (in place), the overlapped decoder."""
+    if runtime.fp8:
+        from rfrt.fast.fp8 import swap_dit_linears
+
+        swap_dit_linears(dit, runtime.fp8_scaling)
+    if runtime.overlap_decode:
+        from rfrt.fast.overlap import OverlappedDecoder
+
+        decoder = OverlappedDecoder(decoder, device)
+    return dit, decoder
+
