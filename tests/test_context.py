@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rfrt.context import ContextError, context_note, fit_frames, read_frames, to_rgb
+from rfrt.context import ContextError, context_note, fit_frames, probe, read_frames, to_rgb
 
 av = pytest.importorskip("av")
 
@@ -80,6 +80,11 @@ def test_reading_pngs_and_videos(tmp_path):
     last = read_frames(path, last=4)
     assert np.array_equal(last, frames[-4:])
     assert np.abs(last[..., 0].astype(int) - video[-4:, ..., 0]).max() <= 3  # H.264 (crf 0, yuv420p) rounding
+    # fitted while decoding: each frame cropped and resized to the stream's size, rounded back to uint8
+    rgba_small = read_frames(tmp_path / "a.png", size=(4, 4))
+    want = ((fit_frames(to_rgb(rgba), 4, 4) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    assert rgba_small.shape == (1, 4, 4, 3) and np.array_equal(rgba_small, want)
+    assert probe(path) == (16, 16) and probe(tmp_path / "g.png") == (6, 8)
     with pytest.raises(ContextError, match="more than 9 frames, the longest context"):
         read_frames(path, max_frames=9)
     with pytest.raises(ContextError, match="does not exist"):

@@ -123,19 +123,33 @@ def _check_engine(args) -> None:
         raise CLIError(f"engine {args.engine!r} does not exist (build it with export/build_engine.py)")
 
 
-def _read_init(args):
-    """The --init frames (uint8 [T, H, W, C]), read before the model loads; None without --init."""
+def _probe_init(args) -> tuple[int, int] | None:
+    """Check --init before the model loads -> (H, W) of its first frame; None without --init."""
     if args.init is None:
         if args.init_frames is not None or args.drop_init:
             raise CLIError("--init-frames and --drop-init go with --init FILE")
         return None
-    from rfrt.context import MAX_CONTEXT_LATENT_FRAMES, ContextError, read_frames
+    from rfrt.context import ContextError, probe
 
     if args.init_frames is not None and args.init_frames <= 0:
         raise CLIError(f"--init-frames must be positive, got {args.init_frames}")
-    try:  # 4 frames per latent frame is the most any encoder here takes; the generator checks the exact limit
-        return read_frames(args.init, last=args.init_frames, max_frames=4 * MAX_CONTEXT_LATENT_FRAMES + 1)
+    try:
+        return probe(args.init)
     except ContextError as err:
+        raise CLIError(f"--init: {err}") from None
+
+
+def _read_init(args, generator):
+    """The --init frames, brought to the stream's size as they are decoded: uint8 [T, H, W, 3] (or None)."""
+    if args.init is None:
+        return None
+    from rfrt.context import MAX_CONTEXT_LATENT_FRAMES, ContextError, read_frames
+
+    try:
+        encoder = generator.decoder.encoder()
+        most = encoder.frames_for(MAX_CONTEXT_LATENT_FRAMES)
+        return read_frames(args.init, last=args.init_frames, max_frames=most, size=(generator.height, generator.width))
+    except (ContextError, NotImplementedError) as err:
         raise CLIError(f"--init: {err}") from None
 
 
@@ -161,13 +175,14 @@ def _generate(args) -> int:
             raise CLIError(f"prompt for chunk {chunk}: {err}") from None
     _check_output(args.out)
     _check_engine(args)
-    init = _read_init(args)
+    source_hw = _probe_init(args)
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
                                 dtype=dtype, height=args.height, width=args.width, backend=args.backend,
                                 engine=args.engine)
     from rfrt.context import ContextError, context_note
 
+    init = _read_init(args, generator)
     try:  # before the writer opens the output: a context that cannot be used leaves the file as it was
         generator.reset(schedule[0], seed=args.seed, context=init)
     except ContextError as err:
@@ -176,7 +191,7 @@ def _generate(args) -> int:
     chunks = _chunks_for(args, generator, start=generator.chunk_index)
     skip = primed.held_output_frames if primed is not None and args.drop_init else 0
     if primed is not None:
-        note = context_note(primed.source_hw, generator.height, generator.width)
+        note = context_note(source_hw, generator.height, generator.width)
         print(f"rfrt: primed from {args.init}: {primed.latents.shape[0]} latent frames ({primed.chunks} chunks "
               f"as context, {primed.held_frames} held)" + (f"; {note}" if note else ""), file=sys.stderr)
     for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ContextError", "MAX_CONTEXT_LATENT_FRAMES", "read_frames", "to_rgb", "fit_frames", "check_latents"]
+__all__ = ["ContextError", "MAX_CONTEXT_LATENT_FRAMES", "read_frames", "probe", "to_rgb", "fit_frames",
+           "check_latents", "context_note"]
 
 MAX_CONTEXT_LATENT_FRAMES = 256  # 85 chunks of 3: 64 s of Wan video (1 + 4 * 255 frames), 16 s of the default
 
@@ -57,17 +58,8 @@ def _frame_array(frame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def read_frames(path: str | os.PathLike, *, last: int | None = None, max_frames: int | None = None) -> np.ndarray:
-    """Decode an image or video file -> uint8 [T, H, W, C] (C = 1, 3 or 4; see `to_rgb`).
-
-    last:       keep only the last `last` frames (the whole file is decoded; memory holds `last` frames).
-    max_frames: with last=None, a file with more frames is a ContextError naming both counts.
-    A missing file, a file no decoder reads, one without video and one with no frames are ContextErrors.
-    """
-    path = os.fspath(path)
-    for name, value in (("last", last), ("max_frames", max_frames)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ContextError(f"{name} must be a positive number of frames, got {value!r}")
+def _open(path: str):
+    """The opened container of an image or video file (ContextError for a missing / unreadable one)."""
     if not os.path.exists(path):
         raise ContextError(f"context file {path!r} does not exist")
     if os.path.isdir(path):
@@ -77,23 +69,60 @@ def read_frames(path: str | os.PathLike, *, last: int | None = None, max_frames:
         container = av.open(path)
     except (av.error.FFmpegError, OSError) as err:
         raise ContextError(f"cannot read {path!r} as an image or a video: {err}") from None
-    with container:
-        if not container.streams.video:
-            raise ContextError(f"{path!r} has no video stream (no image or video in it)")
+    if not container.streams.video:
+        container.close()
+        raise ContextError(f"{path!r} has no video stream (no image or video in it)")
+    return container
+
+
+def probe(path: str | os.PathLike) -> tuple[int, int]:
+    """Check that a file holds a decodable image or video without reading it all -> (H, W) of its first frame.
+    The same ContextErrors as read_frames."""
+    path = os.fspath(path)
+    av = _import_av()
+    with _open(path) as container:
+        try:
+            for frame in container.decode(video=0):
+                return frame.height, frame.width
+        except av.error.FFmpegError as err:
+            raise ContextError(f"cannot read {path!r} as an image or a video (decoding frame 0 failed): "
+                               f"{err}") from None
+    raise ContextError(f"{path!r} holds no frames")
+
+
+def read_frames(path: str | os.PathLike, *, last: int | None = None, max_frames: int | None = None,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image or video file -> uint8 [T, H, W, C] (C = 1, 3 or 4; see `to_rgb`).
+
+    last:       keep only the last `last` frames (the whole file is decoded; memory holds `last` frames).
+    max_frames: with last=None, a file with more frames is a ContextError naming both counts.
+    size:       (height, width): bring each frame to RGB at that size as it is decoded (`to_rgb`, `fit_frames`,
+                rounded back to uint8), so memory holds frames of the stream's size, not the file's.
+    A missing file, a file no decoder reads, one without video and one with no frames are ContextErrors.
+    """
+    path = os.fspath(path)
+    for name, value in (("last", last), ("max_frames", max_frames)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ContextError(f"{name} must be a positive number of frames, got {value!r}")
+    av = _import_av()
+    with _open(path) as container:
         frames: collections.deque = collections.deque(maxlen=last)
-        count, size = 0, None
+        count, first = 0, None
         try:
             for frame in container.decode(video=0):
                 array = _frame_array(frame)
-                if size is None:
-                    size = array.shape
-                elif array.shape != size:
+                if first is None:
+                    first = array.shape
+                elif array.shape != first:
                     raise ContextError(f"{path!r}: frame {count} is {array.shape[1]}x{array.shape[0]}, earlier "
-                                       f"frames {size[1]}x{size[0]}; a context has one frame size")
+                                       f"frames {first[1]}x{first[0]}; a context has one frame size")
                 count += 1
                 if last is None and max_frames is not None and count > max_frames:
                     raise ContextError(f"{path!r} has more than {max_frames} frames, the longest context "
                                        f"accepted; pass fewer (rfrt generate --init-frames N keeps the last N)")
+                if size is not None:
+                    fitted = fit_frames(to_rgb(array), *size)
+                    array = ((fitted[0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
                 frames.append(array)
         except av.error.FFmpegError as err:
             raise ContextError(f"cannot read {path!r} as an image or a video (decoding frame {count} failed): "
@@ -144,7 +173,8 @@ def fit_frames(frames: np.ndarray, height: int, width: int, device=None) -> torc
     centre-cropped to height:width and resized, bilinear with antialiasing (module docstring).
     """
     t, h, w, _ = frames.shape
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device=device).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.ascontiguousarray(frames))
+    x = (x if device is None else x.to(device)).permute(0, 3, 1, 2).float()
     if (h, w) != (height, width):
         # The largest centred window of the target aspect: crop the dimension that is too long.
         if w * height > h * width:
