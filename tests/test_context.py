@@ -158,11 +158,15 @@ def test_cli_init_video_and_image(clip, tmp_path):
     (["--init", "NOTES"], "as an image or a video"),
     (["--init-frames", "3"], "go with --init"),
     (["--init", "VIDEO", "--init-frames", "0"], "must be positive"),
+    (["--init", "LONG"], "has more than 256 frames, the longest context accepted"),
 ])
 def test_cli_bad_init_leaves_the_output(clip, tmp_path, capsys, extra, match):
     notes = tmp_path / "notes.txt"
     notes.write_text("no image")
-    extra = [str(notes) if a == "NOTES" else str(clip[0]) if a == "VIDEO" else a for a in extra]
+    if "LONG" in extra:  # 257 frames: one more latent frame than the limit of the default (pixel) model
+        _mp4(tmp_path / "long.mp4", np.zeros((257, 16, 16, 3), np.uint8))
+    names = {"NOTES": str(notes), "VIDEO": str(clip[0]), "LONG": str(tmp_path / "long.mp4")}
+    extra = [names.get(a, a) for a in extra]
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"the user's video")
     assert _run(["generate", PROMPT, "--out", str(out), "--chunks", "1", *extra]) == 2
