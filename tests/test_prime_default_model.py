@@ -1,7 +1,7 @@
 """Priming the embedded default model from synthetic-world frames: continuing the first second of a video, and
 starting from one image. Positions are measured against the world's ground truth (`trajectory`).
 
-Thresholds are measured on the shipped model (numbers in each test; re-measure when the model is retrained).
+Thresholds are measured on the shipped model (re-measure with `python train/prime_eval.py` when it is retrained).
 Measured on the model of commit ec20772 (8 scenes of world seed 0, 1 s = 16 frames of context), first generated
 frame (stream frame 16) against the world's truth: own prompt 0.91 px, the opposite direction's prompt 0.77 px,
 no context 4.22 px (12 scenes each of seeds 0 / 1: 0.59 / 0.62, 1.10 / 0.93, 3.34 / 3.73).
@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # train/ (the s
 
 from rfrt.generator import StreamGenerator  # noqa: E402
 from rfrt.model_dir import default_model_path  # noqa: E402
+from train.prime_eval import OPPOSITE, centroids, mover_scenes  # noqa: E402
+from train.prime_eval import to_uint8 as _u8  # noqa: E402
 from test_generator_tiny import one_thread  # noqa: E402,F401 - fixture
 
 pytestmark = pytest.mark.skipif(default_model_path() is None, reason="the embedded default model is not installed")
@@ -34,46 +36,6 @@ pytestmark = pytest.mark.skipif(default_model_path() is None, reason="the embedd
 CONTEXT = 16  # frames: 1 s at the default model's 16 fps
 CHUNKS = 3
 SCENES = 8
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-
-
-def _u8(video: torch.Tensor) -> np.ndarray:
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def centroids(frames: torch.Tensor, colour: str) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> [T, 2] (x, y) centroid of the pixels nearest the palette colour (NaN if none)."""
-    from train.world_eval import _NAMES, nearest_colour
-
-    video = frames.float() / 127.5 - 1
-    mask = (nearest_colour(video) == _NAMES.index(colour)).float()
-    ys, xs = torch.meshgrid(torch.arange(frames.shape[1]), torch.arange(frames.shape[2]), indexing="ij")
-    n = mask.sum((1, 2))
-    out = torch.stack([(xs * mask).sum((1, 2)), (ys * mask).sum((1, 2))], dim=1) / n.clamp_min(1)[:, None]
-    out[n == 0] = float("nan")
-    return out.numpy()
-
-
-def mover_scenes(seed: int, frames: int, n: int, window: range):
-    """The first n single-object "moves" scenes of `frames` frames of the canonical world whose true centre stays
-    within [radius, 15 - radius] on both axes over the frames `window` (no wrap or wall in the measurement)."""
-    from train.data.synthetic_world import SyntheticWorld, trajectory
-
-    world = SyntheticWorld(height=16, width=16, num_frames=frames, max_objects=1, seed=seed, layout="canonical")
-    found = []
-    for i in range(400):
-        scene = world.scene(i)
-        obj = scene.objects[0]
-        if obj.motion != "moves":
-            continue
-        truth = trajectory(obj, scene)
-        seen = truth[list(window)]
-        if seen.min() >= obj.radius - 1e-6 and seen.max() <= 15 - obj.radius + 1e-6:
-            found.append((i, scene, truth))
-        if len(found) == n:
-            break
-    assert len(found) == n, f"the world gave {len(found)} usable mover scenes"
-    return found
 
 
 @pytest.fixture(scope="module")
