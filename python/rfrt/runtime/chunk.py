@@ -42,6 +42,9 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
         raise ValueError(f"exit_step must be an int in [0, {steps}), got {exit_step!r}")
     if len(draws) < k + 1:
         raise ValueError(f"sample_chunk needs {k + 1} noise draws for exit step {k}, got {len(draws)}")
+    if hold is not None and not 0 < hold.shape[1] < plan.latent_shape[1]:
+        raise ValueError(f"sample_chunk: hold must be [B, r, C, h, w] with 0 < r < {plan.latent_shape[1]} (the "
+                         f"chunk's latent frames), got {tuple(hold.shape)}")
     forward.begin_chunk()
     x = draws[0].to(plan.dtype)
     for i in range(k + 1):

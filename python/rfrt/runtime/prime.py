@@ -6,8 +6,8 @@ are written into the cache exactly as if the model had generated them:
 
 * every whole chunk of context latents, in stream order: `rfrt.runtime.chunk.context_chunk`, i.e. `begin_chunk`
   (slots, positions, and the EMA fold of the chunk it evicts, as streaming does), then the loop's own context
-  pass at t = 0. The first context chunk becomes
-  the sink; a context longer than the window folds its evicted chunks into the sink;
+  pass at t = 0. The first context chunk becomes the sink; a context longer than the window folds its evicted
+  chunks into the sink;
 * the decoder decodes those chunks (its causal state must continue from them; they are also the frames shown
   when the output starts with the context);
 * the noise stream skips the draws of the primed chunks, so chunk c of a stream always uses chunk c's draws
@@ -19,11 +19,14 @@ are written into the cache exactly as if the model had generated them:
 Holding is training-free: the model never saw a partially known chunk; after every denoising forward the known
 frames' x0 is replaced by the given latents, so the next input carries them re-noised at that step's sigma
 (with the stream's own noise draw for those frames) and the chunk's output holds them exactly, while the
-unknown frames are denoised attending to them (tests/test_prime.py measures how well that holds).
+unknown frames are denoised attending to them. How well that holds is measured in
+tests/test_prime_default_model.py and train/prime_eval.py (on the shipped default model: the given frame comes
+out exactly, but the frames generated after a single image follow the prompt, not the image; docs/design.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
