@@ -106,3 +106,38 @@ def test_page_shows_frames_and_switches_prompt(one_thread):  # noqa: F811
         srv.stop()
         shutil.rmtree(profile, ignore_errors=True)
     assert (ARTIFACTS / "serve_page.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+def test_a_paced_stream_reaches_the_page_without_drops(one_thread):  # noqa: F811
+    """Issue #14 item 6, as the probe saw it: a stream generated faster than real time made the page drop most
+    frames (318 of about 420 in 6 s). Paced, the page shows the stream at the video's rate and drops none."""
+    srv = BackgroundServer(lambda: StreamGenerator(tiny_model(32), device="cpu"), ServeConfig(port=0, token="tk"))
+    port = srv.start()
+    profile = tempfile.mkdtemp(prefix="rfrt-chromium-")
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                            args=FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/?token=tk")
+            page.wait_for_function("() => document.getElementById('state').textContent === 'idle'")
+            page.fill("#prompt", "a cat walks on the beach")
+            page.click("#start")
+            page.wait_for_function("() => window.rfrt.framesDrawn() >= 1", timeout=90_000)
+            drawn0, t0 = page.evaluate("() => window.rfrt.framesDrawn()"), time.monotonic()
+            page.wait_for_timeout(6000)
+            drawn, dropped = page.evaluate("() => [window.rfrt.framesDrawn(), window.rfrt.framesDropped()]")
+            seconds = time.monotonic() - t0
+            stream = _status(port)["streams"][0]
+            produced = stream["frames_out"]
+            capacity = 3 * len(stream["step_seconds"]) / sum(stream["step_seconds"])  # frames/s it could make
+            browser.close()
+    finally:
+        srv.stop()
+        shutil.rmtree(profile, ignore_errors=True)
+    print(f"\npage: {drawn - drawn0} frames drawn in {seconds:.1f} s, {dropped} dropped; server: {produced} sent, "
+          f"could generate {capacity:.0f} frames/s against the video's 16")
+    assert dropped == 0, (drawn, dropped, produced)
+    # the server did not outrun the page: what it sent is what the page drew, plus the chunks in flight
+    assert produced <= drawn + 3 * 3 + 16, (drawn, produced)

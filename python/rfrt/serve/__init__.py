@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"BackgroundServer": "app", "ServeConfig": "app", "create_app": "app", "parse_command": "app",
+_EXPORTS = {"BackgroundServer": "app", "ServeConfig": "config", "create_app": "app", "parse_command": "app",
             "serve": "app", "add_arguments": "cli", "main": "cli", "FRAME_HEADER": "hub", "Hub": "hub",
             "ServeError": "hub"}
 __all__ = sorted(_EXPORTS)

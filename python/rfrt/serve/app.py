@@ -15,6 +15,10 @@ Protocol, client -> server (JSON text): {"cmd": "start", "prompt": str, "seed": 
 "prompt": str, "recache": bool}, {"cmd": "stop"}, {"cmd": "reset", "seed": int, "prompt": str (optional)},
 {"cmd": "status"}. Server -> client: JSON events {"type": "hello" | "status" | "prompt" | "error", ...} and
 binary frames (`hub.FRAME_HEADER`: chunk index, frame number; then one JPEG).
+
+Who may connect (Host names, page origins, the token) is access.py's; what one client may cost (rate, queue)
+is limits.py's; the stream's pace is pacing.py's. Refusals: 403 with a text body before a handshake (Host,
+Origin, token: 401), an error event then close code 1013 after it (viewer or stream limit).
 """
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ import re
 import signal
 import socket
 import threading
-from dataclasses import dataclass
 from importlib import resources
 from typing import Callable
 
@@ -35,6 +38,8 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the environment
     raise ImportError("rfrt serve needs aiohttp: pip install 'rfrt[serve]' (or pip install aiohttp)") from err
 
+from .access import AccessPolicy
+from .config import ServeConfig
 from .hub import Hub, ServeError, Stream, Viewer
 
 log = logging.getLogger("rfrt.serve")
@@ -47,37 +52,22 @@ _HUB = web.AppKey("hub", Hub)
 _SOCKETS = web.AppKey("sockets", set)
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """host/port: where to listen (loopback by default: the page can start and steer generation).
-    token: when set, every request must carry ?token=TOKEN. max_streams: streams that may exist at once.
-    queue_frames: frames queued per viewer before its oldest are dropped. max_prompt_chars: longer prompts are
-    refused. send_buffer_bytes: when set, caps each viewer's socket and transport buffers, so that a stalled
-    viewer is detected (and its frames dropped) after that many bytes rather than after the kernel's megabytes.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    token: str | None = None
-    max_streams: int = 1
-    queue_frames: int = 8
-    max_prompt_chars: int = 2000
-    send_buffer_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_streams", "queue_frames", "max_prompt_chars"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ServeConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"ServeConfig.port must be in 0..65535, got {self.port}")
-        if self.token is not None and not self.token:
-            raise ValueError("ServeConfig.token must not be empty (leave it unset for no token)")
+def max_command_chars(max_prompt_chars: int) -> int:
+    """The longest command text: a prompt at the limit with every character escaped (\\uXXXX), plus the rest."""
+    return 6 * max_prompt_chars + 1024
 
 
 def parse_command(text: str, max_prompt_chars: int) -> tuple[str, dict]:
     """One client message -> (command, arguments). Raises ServeError with a message for the page."""
+    # A command is a small flat object: anything longer is refused before it is parsed, and nesting deeper
+    # than the parser's recursion limit is an error for the client, not a RecursionError in the server's log.
+    limit = max_command_chars(max_prompt_chars)
+    if len(text) > limit:
+        raise ServeError(f"message too long: {len(text)} characters (a command is at most {limit})")
     try:
         msg = json.loads(text)
+    except RecursionError:
+        raise ServeError("invalid JSON: nested too deeply (a command is a flat JSON object)") from None
     except ValueError as err:
         raise ServeError(f"invalid JSON: {err}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
@@ -144,14 +134,31 @@ def _limit_send_buffer(request: web.Request, nbytes: int) -> None:
         transport.set_write_buffer_limits(high=nbytes)
 
 
+# The page may not be framed by another site: a framing page could trick the user into clicking it, and the
+# clicks would drive the WebSocket with the server's own origin. No-referrer: the URL can carry the token.
+_PAGE_HEADERS = {"Content-Security-Policy": "frame-ancestors 'none'", "X-Frame-Options": "DENY",
+                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
 def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), recorder=None) -> web.Application:
     """The aiohttp application. make_generator() -> StreamGenerator, called once per stream (in its thread)."""
-    app = web.Application()
+    policy = AccessPolicy(config.host, config.allowed_hosts, config.allowed_origins)
+
+    @web.middleware
+    async def check_host(request, handler):
+        host = request.headers.get("Host")
+        if not policy.host_ok(host):
+            log.warning("refused %s %s: Host %r", request.remote, request.path, host)
+            raise web.HTTPForbidden(text=f"rfrt serve: refused Host {host!r}: this server answers to "
+                                         f"{policy.describe()}; to answer another name start it with "
+                                         f"--allow-host NAME (and a --token)\n")
+        return await handler(request)
+
+    app = web.Application(middlewares=[check_host])
     app[_SOCKETS] = set()
 
     async def on_startup(app):
-        app[_HUB] = Hub(make_generator, max_streams=config.max_streams, queue_frames=config.queue_frames,
-                        recorder=recorder, loop=asyncio.get_running_loop())
+        app[_HUB] = Hub(make_generator, config, recorder=recorder, loop=asyncio.get_running_loop())
 
     async def on_shutdown(app):
         # All at once and time-boxed: a stalled viewer cannot take its close frame, and must not hold up the
@@ -163,10 +170,11 @@ def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), re
 
     async def page(request):
         _check_token(request, config)
-        return web.Response(body=_asset("index.html"), content_type="text/html")
+        return web.Response(body=_asset("index.html"), content_type="text/html", headers=_PAGE_HEADERS)
 
     async def script(request):
-        return web.Response(body=_asset("app.js"), content_type="application/javascript")
+        return web.Response(body=_asset("app.js"), content_type="application/javascript",
+                            headers={"X-Content-Type-Options": "nosniff"})
 
     async def status(request):
         _check_token(request, config)
@@ -178,32 +186,45 @@ def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), re
                                   for v in s.viewers]
             st["frames_out"] = s.frames_out
             st["step_seconds"] = list(s.step_seconds)
+            st["pending_commands"] = s.pending_commands()
             out.append(st)
-        return web.json_response({"streams": out, "max_streams": config.max_streams})
+        return web.json_response({"streams": out, "max_streams": config.max_streams,
+                                  "max_viewers": config.max_viewers, "paced": config.pace})
+
+    async def refuse(ws, message: str, code: int = 1008):
+        await ws.send_json({"type": "error", "message": message})
+        await ws.close(code=code, message=message[:120].encode())
+        return ws
 
     async def websocket(request):
         _check_token(request, config)
+        origin = request.headers.get("Origin")
+        if not policy.origin_ok(origin, request.headers.get("Host")):
+            # Refused before the handshake: a foreign page learns nothing, not even the stream's state.
+            log.warning("refused a WebSocket from %s: Origin %r", request.remote, origin)
+            raise web.HTTPForbidden(text=f"rfrt serve: refused a WebSocket from the page at {origin!r}: only this "
+                                         f"server's own page may connect; to allow another page start the server "
+                                         f"with --allow-origin ORIGIN\n")
         name = request.query.get("stream", "main")
         # aiohttp checks the socket's flow control only every writer_limit bytes (64 KiB by default): with a
         # send buffer cap, check at that size too, or a stalled viewer absorbs 64 KiB before anything waits.
         limits = {"writer_limit": config.send_buffer_bytes} if config.send_buffer_bytes else {}
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20, **limits)
+        # timeout: how long a close waits for the client's answer (a refused client that never reads).
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20, timeout=5.0, **limits)
         await ws.prepare(request)
         if config.send_buffer_bytes:
             _limit_send_buffer(request, config.send_buffer_bytes)
         if not _STREAM_NAME.fullmatch(name):
-            await ws.send_json({"type": "error", "message": "stream names are 1-32 letters, digits, - or _"})
-            await ws.close()
-            return ws
+            return await refuse(ws, "stream names are 1-32 letters, digits, - or _")
         hub = request.app[_HUB]
         try:
             stream, viewer = hub.attach(name)
-        except ServeError as err:
-            await ws.send_json({"type": "error", "message": str(err)})
-            await ws.close()
-            return ws
+        except ServeError as err:  # a limit: 1013, try again later
+            log.warning("refused a viewer from %s: %s", request.remote, err)
+            return await refuse(ws, str(err), code=1013)
         request.app[_SOCKETS].add(ws)
-        viewer.offer_event({**stream.status(), "type": "hello", "queue_frames": config.queue_frames})
+        viewer.offer_event({**stream.status(), "type": "hello", "queue_frames": config.queue_frames,
+                            "paced": config.pace})
         sender = asyncio.create_task(_send_loop(ws, viewer))
         log.info("viewer %s joined stream %r (%d watching)", request.remote, name, len(stream.viewers))
         try:
@@ -226,20 +247,63 @@ def create_app(make_generator: Callable, config: ServeConfig = ServeConfig(), re
 
 
 def _handle(msg, stream: Stream, viewer: Viewer, config: ServeConfig, remote) -> None:
-    """Apply one client message; bad input becomes an error event for this viewer and a log line."""
+    """Apply one client message; bad input becomes an error event for this viewer and a log line.
+
+    Every message spends one of the viewer's tokens. Over the limit, a prompt waits (a later one replaces it:
+    the latest prompt wins) until the bucket refills; anything else is ignored, with one error a second."""
+    limited = viewer.deferred is not None or not viewer.bucket.take()
     try:
         if msg.type != WSMsgType.TEXT:
             raise ServeError("only JSON text messages are accepted")
         cmd, kw = parse_command(msg.data, config.max_prompt_chars)
     except ServeError as err:
-        log.warning("viewer %s, stream %r: %s", remote, stream.name, err)
-        viewer.offer_event({"type": "error", "stream": stream.name, "message": str(err)})
+        if limited:
+            _too_many(stream, viewer, config, "the message")
+        else:
+            log.warning("viewer %s, stream %r: %s", remote, stream.name, err)
+            viewer.offer_event({"type": "error", "stream": stream.name, "message": str(err)})
         return
-    if cmd == "status":
+    if limited and cmd == "prompt":
+        viewer.deferred = kw
+        if viewer.deferred_timer is None:
+            viewer.deferred_timer = stream.hub.loop.call_later(viewer.bucket.wait_s(), _release_deferred,
+                                                               stream, viewer, remote)
+    elif limited:
+        _too_many(stream, viewer, config, cmd)
+    elif cmd == "status":
         viewer.offer_event(stream.status())
     else:
-        log.info("viewer %s, stream %r: %s %s", remote, stream.name, cmd, kw)
-        stream.command(cmd, **kw)
+        _forward(stream, viewer, cmd, kw, remote)
+
+
+def _forward(stream: Stream, viewer: Viewer, cmd: str, kw: dict, remote) -> None:
+    log.info("viewer %s, stream %r: %s %s", remote, stream.name, cmd, kw)
+    if not stream.command(cmd, viewer, **kw):
+        viewer.offer_event({"type": "error", "stream": stream.name,
+                            "message": f"the stream is busy: {stream.pending_commands()} commands are already "
+                                       f"waiting for the generator; {cmd} was dropped, try again"})
+
+
+def _release_deferred(stream: Stream, viewer: Viewer, remote) -> None:
+    """The deferred prompt, once the viewer's bucket has a token again (and the viewer is still there)."""
+    viewer.deferred_timer = None
+    if viewer.deferred is None or viewer not in stream.viewers:
+        return
+    if not viewer.bucket.take():
+        viewer.deferred_timer = stream.hub.loop.call_later(viewer.bucket.wait_s(), _release_deferred,
+                                                           stream, viewer, remote)
+        return
+    kw, viewer.deferred = viewer.deferred, None
+    _forward(stream, viewer, "prompt", kw, remote)
+
+
+def _too_many(stream: Stream, viewer: Viewer, config: ServeConfig, what: str) -> None:
+    now = stream.hub.loop.time()
+    if now - viewer.last_notice >= 1.0:
+        viewer.last_notice = now
+        viewer.offer_event({"type": "error", "stream": stream.name,
+                            "message": f"too many commands: at most {config.commands_per_second:g} commands per "
+                                       f"second ({config.command_burst} at once); {what} was ignored"})
 
 
 async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *, recorder=None,
@@ -255,7 +319,8 @@ async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *
         await site.start()
         port = runner.addresses[0][1]
         query = "?token=" + config.token if config.token else ""
-        log.info("serving on http://%s:%d/%s", config.host, port, query)
+        shown = f"[{config.host}]" if ":" in config.host else config.host
+        log.info("serving on http://%s:%d/%s", shown, port, query)
         if ready is not None:
             ready(port)
         if threading.current_thread() is threading.main_thread():

@@ -17,10 +17,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory (rfrt.json or diffusers layout); default: embedded model")
     parser.add_argument("--checkpoint", help="DiT checkpoint replacing the model's (Reward Forcing / Self-Forcing .pt)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; anything else exposes the generator)")
+                        help="address to listen on (default 127.0.0.1; anything beyond loopback needs --token)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--token", help="access token: the page must be opened as /?token=TOKEN")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests for this Host name (repeatable; '*' any, needs --token); by "
+                             "default only the --host address, localhost, 127.0.0.1 and [::1]")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="also let the page at ORIGIN (e.g. https://app.example) open the WebSocket "
+                             "(repeatable; '*' any, needs --token); by default only the server's own page")
     parser.add_argument("--max-streams", type=int, default=1, help="streams that may exist at once (default 1)")
+    parser.add_argument("--max-viewers", type=int, default=32,
+                        help="WebSocket clients at once, all streams together (default 32)")
+    parser.add_argument("--commands-per-second", type=float, default=10.0,
+                        help="commands each client may send per second, 20 at once (default 10); over it a "
+                             "prompt waits and the latest prompt wins, other commands are refused")
+    parser.add_argument("--idle-grace", type=float, default=30.0, metavar="SECONDS",
+                        help="stop a running stream nobody watches after this long (default 30; inf: never)")
+    parser.add_argument("--pace", action=argparse.BooleanOptionalAction, default=True,
+                        help="generate no faster than the video's frame rate, like a camera (default); "
+                             "--no-pace runs flat out (recording, benchmarks; viewers drop what they cannot show)")
     parser.add_argument("--queue-frames", type=int, default=8,
                         help="frames queued per viewer before a slow viewer's oldest frames are dropped")
     parser.add_argument("--send-buffer-bytes", type=int,
@@ -69,15 +85,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = ServeConfig(host=args.host, port=args.port, token=args.token, max_streams=args.max_streams,
-                             queue_frames=args.queue_frames, send_buffer_bytes=args.send_buffer_bytes)
+        config = ServeConfig(host=args.host, port=args.port, token=args.token,
+                             allowed_hosts=tuple(args.allow_host), allowed_origins=tuple(args.allow_origin),
+                             max_streams=args.max_streams, max_viewers=args.max_viewers,
+                             queue_frames=args.queue_frames, send_buffer_bytes=args.send_buffer_bytes,
+                             commands_per_second=args.commands_per_second, idle_grace_s=args.idle_grace,
+                             pace=args.pace)
         make_generator, fps = _generator_factory(args)
         recorder = Mp4Writer(args.record, fps=fps) if args.record else None
     except (ValueError, OSError) as err:
         print(f"rfrt serve: error: {err}", file=sys.stderr)
         return 2
-    if config.host not in ("127.0.0.1", "localhost", "::1") and config.token is None:
-        log.warning("listening on %s without --token: anyone who can reach it can drive the generator", config.host)
     try:
         asyncio.run(serve(make_generator, config, recorder=recorder))
     except OSError as err:  # e.g. the port is taken

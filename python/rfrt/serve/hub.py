@@ -1,8 +1,10 @@
 """Streams and viewers: a generator thread per stream, JPEG fan-out to every viewer through bounded queues.
 
 Threads and queues (why each exists):
-  generator thread  runs StreamGenerator.step() back to back and applies commands (start, prompt, stop, reset)
-                    between chunks, so a chunk is never interrupted and the event loop never waits on torch;
+  generator thread  runs StreamGenerator.step(), paced to the video's frame rate (pacing.py) unless unpaced,
+                    and applies commands (start, prompt, stop, reset) between chunks from a bounded,
+                    coalescing queue (limits.py), so a chunk is never interrupted, the event loop never waits
+                    on torch, and no client can queue more than the bound;
   encoder thread    turns frames into JPEG once per frame (not once per viewer), off the generator thread, so
                     encoding overlaps the next chunk's compute; it is fed through a 2-chunk queue that drops the
                     oldest chunk when full: a slow encoder costs frames, never generation speed;
@@ -10,18 +12,25 @@ Threads and queues (why each exists):
                     (`queue_frames`, oldest dropped): a viewer that reads slowly, or not at all, only loses its
                     own frames, and the memory it can pin is queue_frames JPEGs.
 The optional recording is written by the generator thread itself, so the MP4 has every frame, in order.
+An error a command causes goes to the client that sent it only; a running stream that nobody watches is
+stopped after a grace period (`idle_grace_s`), so a page that leaves cannot hold a stream slot for ever.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+import math
 import queue
 import struct
 import threading
 import time
 from fractions import Fraction
 from typing import Callable
+
+from .config import ServeConfig
+from .limits import CommandQueue, TokenBucket
+from .pacing import Pacer
 
 log = logging.getLogger("rfrt.serve")
 
@@ -36,15 +45,25 @@ class ServeError(Exception):
 
 
 class Viewer:
-    """One WebSocket client: a bounded frame deque (oldest dropped) and a small deque of JSON events."""
+    """One WebSocket client: a bounded frame deque (oldest dropped), a small deque of JSON events, and its
+    command budget (a token bucket; `deferred` is a prompt waiting for the bucket, replaced by a later one)."""
 
-    def __init__(self, queue_frames: int) -> None:
+    def __init__(self, queue_frames: int, bucket: TokenBucket | None = None) -> None:
         self.frames: collections.deque = collections.deque(maxlen=queue_frames)
         # Events (status, errors, prompt switches) are few and small; bounded all the same.
         self.events: collections.deque = collections.deque(maxlen=256)
         self.wake = asyncio.Event()
         self.dropped = 0
         self.sent_frames = 0
+        self.bucket = bucket or TokenBucket(rate=10.0, burst=20)
+        self.deferred: dict | None = None
+        self.deferred_timer: asyncio.TimerHandle | None = None
+        self.last_notice = -math.inf  # when the last "too many commands" error was sent (one a second at most)
+
+    def cancel_deferred(self) -> None:
+        if self.deferred_timer is not None:
+            self.deferred_timer.cancel()
+        self.deferred, self.deferred_timer = None, None
 
     def offer_frame(self, data: bytes) -> None:
         if len(self.frames) == self.frames.maxlen:
@@ -81,10 +100,12 @@ class Stream:
 
     make_generator() -> StreamGenerator is called in the generator thread on the first start (loading can take
     a while; the loop stays responsive). `recorder` (an rfrt.video.Mp4Writer or None) receives every frame.
-    Commands are queued and applied by the generator thread between chunks.
+    Commands are queued (at most `command_queue`, a run of the same command merged) and applied by the
+    generator thread between chunks; with `pace` the thread waits, between chunks, until the next one is due.
     """
 
-    def __init__(self, name: str, hub: "Hub", make_generator: Callable, recorder=None) -> None:
+    def __init__(self, name: str, hub: "Hub", make_generator: Callable, recorder=None, *, command_queue: int = 16,
+                 pace: bool = True) -> None:
         self.name, self.hub = name, hub
         self._make_generator = make_generator
         self.recorder = recorder
@@ -98,7 +119,10 @@ class Stream:
         self.size: tuple[int, int] | None = None
         self.fps: int | None = None
         self.frames_per_chunk: int | None = None
-        self._commands: queue.Queue = queue.Queue()
+        self.pace = pace
+        self.idle_timer: asyncio.TimerHandle | None = None  # set while nobody watches a running stream
+        self._pacer: Pacer | None = None
+        self._commands = CommandQueue(command_queue)
         self._to_encoder: queue.Queue = queue.Queue(maxsize=2)
         self.encoder_dropped_chunks = 0
         self._gen_thread = threading.Thread(target=self._generate_loop, name=f"rfrt-gen-{name}", daemon=True)
@@ -107,8 +131,12 @@ class Stream:
         self._enc_thread.start()
 
     # ---- called on the event loop ----
-    def command(self, cmd: str, **kw) -> None:
-        self._commands.put((cmd, kw))
+    def command(self, cmd: str, origin: Viewer | None = None, **kw) -> bool:
+        """Queue a command for the generator thread; False when the queue is full (the command is not queued)."""
+        return self._commands.put(cmd, kw, origin)
+
+    def pending_commands(self) -> int:
+        return len(self._commands)
 
     def gen_fps(self) -> float | None:
         """Generated frames per second over the recent chunks (None before two chunks)."""
@@ -128,13 +156,20 @@ class Stream:
         for v in self.viewers:
             v.offer_event(event)
 
+    def tell(self, viewer: Viewer | None, event: dict) -> None:
+        """An event for one viewer (if it still watches), or for all when viewer is None."""
+        if viewer is None:
+            self.broadcast_event(event)
+        elif viewer in self.viewers:
+            viewer.offer_event(event)
+
     def publish_frame(self, data: bytes) -> None:
         for v in self.viewers:
             v.offer_frame(data)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop both threads (blocking: call it off the loop). The chunk in progress is finished first."""
-        self._commands.put(("close", {}))
+        self._commands.put_control("close")
         self._gen_thread.join(timeout)
         self._to_encoder.put(None)
         self._enc_thread.join(timeout)
@@ -145,21 +180,25 @@ class Stream:
     def _emit(self, event: dict) -> None:
         self.hub.call_in_loop(self.broadcast_event, event)
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, origin: Viewer | None = None) -> None:
+        """Report an error to the viewer whose command caused it (to every viewer when no viewer did)."""
         log.warning("stream %r: %s", self.name, message)
-        self._emit({"type": "error", "stream": self.name, "message": message})
+        self.hub.call_in_loop(self.tell, origin, {"type": "error", "stream": self.name, "message": message})
 
-    def _apply(self, gen, cmd: str, kw: dict):
+    def _apply(self, gen, cmd: str, kw: dict, origin: Viewer | None = None):
         """Apply one command; returns the (possibly new) generator. Errors are reported, never raised."""
         try:
             if cmd in ("start", "reset"):
                 if gen is None:
                     gen = self._make_generator()
                     self.size, self.fps = (gen.height, gen.width), gen.fps
+                    self._pacer = Pacer(gen.fps, enabled=self.pace)
                 prompt = kw.get("prompt") or self.prompt
                 if prompt is None:
                     raise ServeError("no prompt yet: type a prompt, then start")
                 if cmd == "start" and not kw and self.state in ("running", "stopped"):
+                    if self.state == "stopped":
+                        self._pacer.restart()  # the video clock starts again where it stopped
                     self.state = "running"  # a bare start resumes a stopped stream where it stopped
                     self._emit(self.status())
                     return gen
@@ -167,6 +206,7 @@ class Stream:
                 gen.reset(prompt, seed=seed)
                 self.prompt, self.seed, self.chunk, self.state = prompt, seed, 0, "running"
                 self.step_seconds.clear()
+                self._pacer.restart()
             elif cmd == "prompt":
                 if gen is None or self.state == "idle":
                     self.prompt = kw["prompt"]  # remembered for the next start
@@ -180,27 +220,29 @@ class Stream:
                 if self.state == "running":
                     self.state = "stopped"
         except (ServeError, ValueError, RuntimeError) as err:
-            self._error(f"{cmd} failed: {err}")
+            self._error(f"{cmd} failed: {err}", origin)
+            return gen  # nothing changed: no status for everyone
         except Exception as err:  # noqa: BLE001 - a model failure must not kill the thread and freeze the page
             log.exception("stream %r: %s failed", self.name, cmd)
-            self._error(f"{cmd} failed: {type(err).__name__}: {err}")
+            self._error(f"{cmd} failed: {type(err).__name__}: {err}", origin)
+            return gen
         self._emit(self.status())
         return gen
 
     def _generate_loop(self) -> None:
         gen = None
         while True:
-            try:
-                cmd, kw = self._commands.get(block=self.state != "running")
-            except queue.Empty:
-                cmd = None
+            # Idle or stopped: wait for a command. Running: wait (for a command) only until the next chunk is due.
+            wait = self._pacer.wait_s() if self.state == "running" else None
+            item = self._commands.get(wait)
+            if item is None:
+                self._step(gen)
+                continue
+            cmd, kw, origin = item
             if cmd == "close":
                 self.state = "closed"
                 return
-            if cmd is not None:
-                gen = self._apply(gen, cmd, kw)
-                continue  # drain every pending command before the next chunk
-            self._step(gen)
+            gen = self._apply(gen, cmd, kw, origin)  # every pending command goes before the next chunk
 
     def _step(self, gen) -> None:
         start = time.perf_counter()
@@ -215,6 +257,7 @@ class Stream:
         self.step_seconds.append(time.perf_counter() - start)
         frames = chunk.frames.numpy()
         self.frames_per_chunk = len(frames)
+        self._pacer.published(len(frames))
         if self.recorder is not None:
             self.recorder.write(frames)
         self.chunk = chunk.index + 1
@@ -243,17 +286,17 @@ class Stream:
 
 
 class Hub:
-    """All streams of one server, by name. max_streams bounds the streams that exist at once: a stream exists
-    while it has a viewer or is running; one left stopped (or never started) by its last viewer is closed."""
+    """All streams of one server, by name, and their viewers.
 
-    def __init__(self, make_generator: Callable, *, max_streams: int = 1, queue_frames: int = 8,
-                 recorder=None, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
-        if queue_frames < 1:
-            raise ValueError(f"queue_frames must be >= 1, got {queue_frames}")
+    A stream exists while it has a viewer or is running: one left stopped (or never started) by its last viewer
+    is closed at once, one left running is closed after `config.idle_grace_s` unless a viewer comes back
+    (a page reload, a dropped connection). config.max_streams bounds the streams, config.max_viewers the
+    viewers of all streams together."""
+
+    def __init__(self, make_generator: Callable, config: ServeConfig | None = None, *, recorder=None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config if config is not None else ServeConfig()
         self.make_generator = make_generator
-        self.max_streams, self.queue_frames = max_streams, queue_frames
         self.recorder = recorder
         self.loop = loop or asyncio.get_event_loop()
         self.streams: dict[str, Stream] = {}
@@ -263,37 +306,64 @@ class Hub:
         if not self._closed and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(fn, *args)
 
+    def viewer_count(self) -> int:
+        return sum(len(s.viewers) for s in self.streams.values())
+
     def stream(self, name: str) -> Stream:
         """The stream called name, created (with its threads) when first asked for."""
         if self._closed:
             raise ServeError("the server is shutting down")
         if name not in self.streams:
-            if len(self.streams) >= self.max_streams:
-                raise ServeError(f"the server already runs its limit of {self.max_streams} stream(s) "
+            if len(self.streams) >= self.config.max_streams:
+                raise ServeError(f"the server already runs its limit of {self.config.max_streams} stream(s) "
                                  f"({', '.join(sorted(self.streams))}); watch one of them or try later")
             # One MP4 holds one stream at a time: the recorder goes to a new stream only when no other has it.
             recorder = self.recorder if not any(s.recorder for s in self.streams.values()) else None
-            self.streams[name] = Stream(name, self, self.make_generator, recorder)
+            self.streams[name] = Stream(name, self, self.make_generator, recorder,
+                                        command_queue=self.config.command_queue, pace=self.config.pace)
         return self.streams[name]
 
     def attach(self, name: str) -> tuple[Stream, Viewer]:
+        """A new viewer of stream `name`. Raises ServeError at the viewer or stream limit."""
+        if self.viewer_count() >= self.config.max_viewers:
+            raise ServeError(f"the server already has its limit of {self.config.max_viewers} viewers; "
+                             f"try again later")
         stream = self.stream(name)
-        viewer = Viewer(self.queue_frames)
+        if stream.idle_timer is not None:  # somebody watches again
+            stream.idle_timer.cancel()
+            stream.idle_timer = None
+        viewer = Viewer(self.config.queue_frames,
+                        TokenBucket(self.config.commands_per_second, self.config.command_burst))
         stream.viewers.add(viewer)
         return stream, viewer
 
     def detach(self, stream: Stream, viewer: Viewer) -> None:
         stream.viewers.discard(viewer)
-        if not stream.viewers and stream.state != "running" and self.streams.get(stream.name) is stream:
-            # Nobody watches and nothing is generated: free the slot (a running stream keeps going, e.g. for
-            # the recording, and a viewer can come back to it).
-            del self.streams[stream.name]
-            self.loop.run_in_executor(None, stream.close)
+        viewer.cancel_deferred()
+        if stream.viewers or self.streams.get(stream.name) is not stream:
+            return
+        if stream.state != "running":
+            self._drop(stream)  # nobody watches and nothing is generated: free the slot now
+        elif math.isfinite(self.config.idle_grace_s) and stream.idle_timer is None:
+            stream.idle_timer = self.loop.call_later(self.config.idle_grace_s, self._expire, stream)
+
+    def _expire(self, stream: Stream) -> None:
+        stream.idle_timer = None
+        if not stream.viewers and self.streams.get(stream.name) is stream:
+            log.info("stream %r: nobody watched it for %g s: stopped", stream.name, self.config.idle_grace_s)
+            self._drop(stream)
+
+    def _drop(self, stream: Stream) -> None:
+        del self.streams[stream.name]
+        self.loop.run_in_executor(None, stream.close)
 
     async def close(self) -> None:
         """Stop every stream's threads and finalise the recording (the generator finishes its chunk first)."""
         self._closed = True
         streams = list(self.streams.values())
+        for s in streams:
+            if s.idle_timer is not None:
+                s.idle_timer.cancel()
         await asyncio.gather(*(asyncio.to_thread(s.close) for s in streams))
         if self.recorder is not None:
             self.recorder.close()

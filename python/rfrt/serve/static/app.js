@@ -10,12 +10,14 @@ ws.binaryType = "arraybuffer";
 const canvas = $("view");
 const ctx = canvas.getContext("2d");
 // Decoded frames waiting to be shown. Chunks arrive as bursts of frames; showing them at the video's rate
-// keeps motion smooth, and a short cap keeps latency low (older frames are skipped when it overflows).
+// keeps motion smooth, and a short cap keeps latency low (older frames are skipped when it overflows). A paced
+// server sends a chunk while the one before it plays, so the cap holds three chunks: two, and one to spare.
 const pending = [];
-const MAX_PENDING = 24;
-let videoFps = 16, drawn = 0, dropped = 0, lastDraw = 0;
+let videoFps = 16, drawn = 0, dropped = 0, nextDraw = 0;
+let perChunk = 1, lastChunk = -1, chunkFrames = 0;
+const maxPending = () => Math.max(24, 3 * perChunk);
 const drawTimes = [];
-window.rfrt = { framesDrawn: () => drawn, lastEvent: null, events: [] };
+window.rfrt = { framesDrawn: () => drawn, framesDropped: () => dropped, lastEvent: null, events: [] };
 
 function showError(message) {
   $("error").textContent = message;
@@ -59,22 +61,30 @@ ws.onmessage = async (msg) => {
   const chunk = header.getUint32(0, true);
   try {
     const bitmap = await createImageBitmap(new Blob([new Uint8Array(msg.data, 8)], { type: "image/jpeg" }));
+    if (chunk === lastChunk) chunkFrames++;
+    else { perChunk = Math.max(perChunk, chunkFrames); lastChunk = chunk; chunkFrames = 1; }
     pending.push({ bitmap, chunk });
-    while (pending.length > MAX_PENDING) { pending.shift().bitmap.close(); dropped++; }
+    while (pending.length > maxPending()) { pending.shift().bitmap.close(); dropped++; }
   } catch (err) {
     showError(`could not decode a frame: ${err}`);
   }
 };
 ws.onclose = (ev) => { $("state").textContent = "disconnected"; if (ev.reason) showError(ev.reason); };
-ws.onerror = () => showError("WebSocket error (is the server running? is the token right?)");
+ws.onerror = () => showError("WebSocket error (is the server running? is the token right? the server refuses "
+                             + "pages from other addresses, and names it was not started for)");
 
 function tick(now) {
-  if (pending.length && now - lastDraw >= 1000 / videoFps - 2) {
+  const interval = 1000 / videoFps;
+  if (pending.length && now >= nextDraw - 2) {
     const { bitmap } = pending.shift();
     ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
     bitmap.close();
     drawn++;
-    lastDraw = now;
+    // A clock, not a delay since the last frame: each frame is due one interval after the one before, so the
+    // page shows videoFps on average however the display's refresh rate divides it (waiting a whole interval
+    // after each draw lands on every fourth 60 Hz refresh: 15 of 16 FPS, and a paced stream piles up). After a
+    // gap with nothing to show, the clock starts again from now.
+    nextDraw = now - nextDraw > interval ? now + interval : nextDraw + interval;
     drawTimes.push(now);
   }
   while (drawTimes.length && now - drawTimes[0] > 2000) drawTimes.shift();
