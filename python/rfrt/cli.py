@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts", help="file of 'CHUNK<tab>prompt' lines switching prompts at given chunks")
     gen.add_argument("--recache", action="store_true", help="re-cache the window under each new prompt")
     gen.add_argument("--init", metavar="FILE", help="continue this video or start from this image (MP4, PNG, ...): "
-                                                  "its frames prime the stream's cache")
+                                                  "its frames prime the stream's cache; --seconds / --chunks and "
+                                                  "--prompts chunk numbers count what is generated after it")
     gen.add_argument("--init-frames", type=int, metavar="N", help="use the last N frames of --init (default: all)")
     gen.add_argument("--drop-init", action="store_true",
                      help="leave the --init frames out of the output (default: the output starts with them)")
