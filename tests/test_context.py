@@ -129,6 +129,13 @@ def clip(tmp_path_factory):
     return _mp4(d / "ctx.mp4", frames), _png(d / "ctx.png", frames[0])
 
 
+def _chunk_meta(path):
+    from rfrt.inspect.reader import read_chunk_metadata
+
+    with av.open(str(path)) as c:
+        return read_chunk_metadata(dict(c.metadata))
+
+
 def _run(argv):
     from rfrt.cli import main
 
@@ -142,9 +149,11 @@ def test_cli_init_video_and_image(clip, tmp_path):
     assert _run(["generate", PROMPT, "--init", str(video), "--init-frames", "7", "--chunks", "2",
                  "--out", str(out)]) == 0
     assert read_frames(out).shape[0] == 6 + 6  # 2 context chunks shown, 1 held frame inside the first chunk
+    assert _chunk_meta(out) == (3, 3)  # the shown context is chunk-aligned: seams where a stream has them
     assert _run(["generate", PROMPT, "--init", str(video), "--init-frames", "7", "--chunks", "2", "--drop-init",
                  "--out", str(out)]) == 0
     assert read_frames(out).shape[0] == 6 - 1  # the held frame left out too
+    assert _chunk_meta(out) == (3, 2)  # so the output's first chunk is one frame short
     assert _run(["generate", PROMPT, "--init", str(image), "--chunks", "1", "--out", str(out)]) == 0
     # The image is the first frame: exact before the MP4 (tests/test_prime.py); through H.264 crf 18 yuv420p at
     # 16x16 (chroma at half resolution across the red/blue edges) measured 14.4 mean abs vs 31 for frames 1, 2.

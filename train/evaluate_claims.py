@@ -16,6 +16,10 @@ Metrics (video in [-1, 1]):
   object:    prompt adherence late in the stream: the fraction of frames of the last 10 chunks holding the
              prompted object (pixels of its palette colour within [0.4, 2.5] x its rendered area, as
              train/world_eval.py counts) and the prompted background (median pixel's nearest palette colour).
+and the world-free long-stream metrics of `rfrt inspect` (rfrt.inspect, same definitions as the command, each
+stream analysed at 16 fps with its 3-frame chunks; means over the prompts): late/early motion ratio, streams that
+stall (and their mean stall onset), SSIM of the late seconds to the first second, colour dE late vs the first
+second, sharpness late/early, chunk-seam ratio.
 Usage: python train/evaluate_claims.py --student runs/default/redmd/export [--plain runs/default/dmd/export]
        [--chunks 60] [--prompts 8] --out train/results/claims_default.md
 """
@@ -68,6 +72,30 @@ def late_adherence(video: torch.Tensor, scenes: list[Scene], late_frames: int) -
     return torch.cat(hits).mean().item()
 
 
+_FPS = 16  # the default model's frame rate (rfrt.json video.fps): stall onsets in seconds of its videos
+
+
+def inspect_metrics(video: torch.Tensor, chunk_frames: int, fps: int = _FPS) -> dict[str, float | None]:
+    """video [B, F, 3, H, W] in [-1, 1] -> rfrt inspect's summary per stream, averaged over B (None: undefined
+    for every stream). stalled: fraction of streams with a stall onset; stall_s: their mean onset."""
+    from rfrt.inspect import inspect_frames
+
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    sums = [inspect_frames(clip, fps, chunk_frames=chunk_frames).summary for clip in frames]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    return {"motion_late_early": mean(s.motion_late_early for s in sums),
+            "stalled": mean(float(s.stall_onset_s is not None) for s in sums),
+            "stall_s": mean(s.stall_onset_s for s in sums),
+            "copy_ssim": mean(s.copy_ssim_late for s in sums),
+            "colour_de": mean(s.colour_de_late for s in sums),
+            "sharpness": mean(s.sharpness_decay for s in sums),
+            "seam": mean(s.seam_ratio_mean for s in sums)}
+
+
 def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward,
                    scenes: list[Scene]) -> dict[str, float]:
     """video [B, F, 3, H, W] of long streams -> the metrics of the module docstring (means over B)."""
@@ -83,7 +111,8 @@ def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward,
             "quality": q.mean().item(),
             "drift": (segments.max(1).values - segments.min(1).values).mean().item(),
             "copy": copy.mean().item(),
-            "object": late_adherence(video, scenes, 10 * chunk_frames)}
+            "object": late_adherence(video, scenes, 10 * chunk_frames),
+            **inspect_metrics(video, chunk_frames)}
 
 
 @torch.no_grad()
@@ -98,6 +127,10 @@ def run_variant(model_dir: str, alpha: float, chunks: int, scenes: list[Scene], 
     t0 = time.perf_counter()
     video = rollout(dit, text.encode([describe_scene(s) for s in scenes]), noise, policy, SamplerConfig())
     return stream_metrics(video, 3, MotionReward(), scenes), time.perf_counter() - t0
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def main() -> int:
@@ -123,11 +156,15 @@ def main() -> int:
     variants += [("static sink", args.student, 1.0), ("no sink (sliding window)", args.student, 0.0)]
     lines = [f"Long rollouts: {args.chunks} chunks x 3 frames, {args.prompts} prompts, {args.size[0]}x{args.size[1]}",
              "", "| variant | dynamic (px/frame) | quality | drift | first-chunk copy | late object + background "
-             "| wall s |", "|---|---|---|---|---|---|---|"]
+             "| motion late/early | stalled (onset s) | copy SSIM late | colour dE late | sharpness late/early "
+             "| seam ratio | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, model, alpha in variants:
         m, wall = run_variant(model, alpha, args.chunks, scenes, *args.size, args.seed)
         lines.append(f"| {name} | {m['dynamic']:.3f} | {m['quality']:.4f} | {m['drift']:.4f} | {m['copy']:.4f} "
-                     f"| {m['object']:.2f} | {wall:.0f} |")
+                     f"| {m['object']:.2f} | {_fmt(m['motion_late_early'], '.2f')} "
+                     f"| {m['stalled']:.2f} ({_fmt(m['stall_s'], '.1f')}) | {_fmt(m['copy_ssim'], '.3f')} "
+                     f"| {_fmt(m['colour_de'], '.2f')} | {_fmt(m['sharpness'], '.2f')} | {_fmt(m['seam'], '.2f')} "
+                     f"| {wall:.0f} |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:

@@ -1,4 +1,4 @@
-"""`rfrt generate | info`: stream a video to an MP4, report the build.
+"""`rfrt generate | info | serve | inspect`: stream a video to an MP4, report the build, serve, diagnose a video.
 
 Everything that can be checked before generating is checked first (prompts file, output path, model files),
 so a mistake costs seconds, not a half-generated video. During generation frames are encoded as each chunk
@@ -82,9 +82,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="torch (default) or tensorrt: every DiT forward on --engine (CUDA only)")
     gen.add_argument("--engine", help="TensorRT engine for --backend tensorrt (export/export_onnx.py of this model, "
                                       "then export/build_engine.py)")
+    gen.add_argument("--inspect", action="store_true",
+                     help="also write the long-stream report beside the video (OUT.inspect.json / .inspect.png)")
     sub.add_parser("info", help="print the build, torch, devices and the default model")
     from rfrt.serve.cli import add_arguments as add_serve_arguments  # no aiohttp import until `serve` runs
     add_serve_arguments(sub.add_parser("serve", help="stream live generation to a browser, prompts switchable"))
+    from rfrt.inspect.cli import add_arguments as add_inspect_arguments
+    add_inspect_arguments(sub.add_parser("inspect", help="long-stream diagnostics of a video: motion, stall, copy, "
+                                                        "drift, seams"))
     return parser
 
 
@@ -158,6 +163,7 @@ def _generate(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from rfrt.inspect import rfrt_chunk_metadata
     from rfrt.runtime.generator import StreamGenerator
     from rfrt.text import validate_prompt
     from rfrt.video import Mp4Writer
@@ -176,6 +182,8 @@ def _generate(args) -> int:
             raise CLIError(f"prompt for chunk {chunk}: {err}") from None
     _check_output(args.out)
     _check_engine(args)
+    if args.inspect:
+        _check_inspect(args.out)
     source_hw = _probe_init(args)
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
@@ -197,9 +205,14 @@ def _generate(args) -> int:
               f"as context, {primed.held_frames} held)" + (f"; {note}" if note else ""), file=sys.stderr)
     for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
         generator.text.encode(prompt)
-    with Mp4Writer(args.out, fps=generator.fps) as writer:
+    per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]  # latent frames
+    # The output's first chunk: chunk 0 (generated, or the context shown), else with --drop-init the first
+    # generated chunk less its held context frames.
+    first_out = (generator.decoder.frames_for(per_chunk, start=generator.chunk_index * per_chunk) - skip
+                 if args.drop_init else generator.decoder.frames_for(per_chunk))
+    chunk_meta = rfrt_chunk_metadata(generator.decoder.frames_for(per_chunk, start=per_chunk), first_out)
+    with Mp4Writer(args.out, fps=generator.fps, metadata=chunk_meta) as writer:
         try:
-            per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
             first = generator.chunk_index * per_chunk
             total = generator.decoder.frames_for(chunks * per_chunk, start=first) - skip
             if primed is not None and not args.drop_init and primed.frames.shape[0]:
@@ -221,7 +234,31 @@ def _generate(args) -> int:
         finally:
             written = writer.frames_written
     print(f"wrote {written} frames ({written / generator.fps:.2f} s at {generator.fps} fps) to {args.out}")
+    if args.inspect:
+        _inspect(args.out)
     return 0
+
+
+def _check_inspect(out: str) -> None:
+    """`--inspect`: its outputs and matplotlib are checked before generating, like the video's."""
+    from rfrt.inspect.cli import UsageError, check_outputs, report_paths
+
+    try:
+        check_outputs(out, *report_paths(out))
+    except UsageError as err:
+        raise CLIError(str(err)) from None
+
+
+def _inspect(out: str) -> None:
+    """The same report as `rfrt inspect OUT`, read back from the finished MP4 (chunk length from its metadata)."""
+    from rfrt.inspect import inspect_video
+    from rfrt.inspect.cli import report_paths, write_outputs
+
+    report = inspect_video(out, progress=True)
+    print(report.summary_text())
+    json_path, plot_path = report_paths(out)
+    write_outputs(report, json_path, plot_path)
+    print(f"wrote the inspect report to {json_path} and {plot_path}")
 
 
 def _info() -> int:
@@ -251,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from rfrt.serve.cli import main as serve_main
             return serve_main(args)
+        if args.command == "inspect":
+            from rfrt.inspect.cli import main as inspect_main
+            return inspect_main(args)
         return _generate(args) if args.command == "generate" else _info()
     except CLIError as err:
         print(f"rfrt: error: {err}", file=sys.stderr)

@@ -55,13 +55,15 @@ class Mp4Writer:
     codec_options: extra libx264 options (e.g. {"preset": "veryfast", "tune": "zerolatency"}; zerolatency
                    makes packets, and so the file, appear from the first frame instead of after x264's
                    look-ahead).
+    metadata:      container tags (e.g. {"comment": ...}; rfrt.inspect.rfrt_chunk_metadata records the chunk
+                   length there, so `rfrt inspect` finds the chunk seams).
 
     Use as a context manager, or call close(). Width and height are fixed by the first batch and must be even
     (yuv420p subsamples chroma 2x2). If no frame was ever written, close() removes the empty file.
     """
 
     def __init__(self, path: str | os.PathLike, fps: int | Fraction = 16, *, crf: int = 18,
-                 codec_options: dict[str, str] | None = None):
+                 codec_options: dict[str, str] | None = None, metadata: dict[str, str] | None = None):
         if isinstance(fps, bool) or not isinstance(fps, (int, Fraction)) or fps <= 0:
             raise ValueError(f"Mp4Writer: fps must be a positive int or Fraction, got {fps!r}")
         if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
@@ -75,6 +77,7 @@ class Mp4Writer:
         # flush_packets: without it the muxed bytes sit in PyAV's output buffer until close, so the file on disk
         # would not grow while generating.
         self._container = self._av.open(self.path, mode="w", options={"flush_packets": "1"})
+        self._container.metadata.update({str(k): str(v) for k, v in (metadata or {}).items()})  # before the header
         self._stream = None
         self._size: tuple[int, int] | None = None  # (H, W)
         self._frames_written = 0
