@@ -2,6 +2,7 @@
 #include <pybind11/pybind11.h>
 
 #include "rfrt/launch.h"
+#include "rfrt/rope.h"
 #include "rfrt/slots.h"
 
 namespace py = pybind11;
@@ -47,15 +48,34 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("g", &CacheWriteParams::g)
       .RFRT_PTR(CacheWriteParams, kv, void*)
       .RFRT_PTR(CacheWriteParams, sink_acc, void*)
+      .RFRT_PTR(CacheWriteParams, q, const void*)
+      .RFRT_PTR(CacheWriteParams, q_out, void*)
       .RFRT_PTR(CacheWriteParams, k, const void*)
       .RFRT_PTR(CacheWriteParams, v, const void*)
       .RFRT_PTR(CacheWriteParams, cursor, const int64_t*)
+      .RFRT_PTR(CacheWriteParams, rope_space, const float*)
+      .RFRT_PTR(CacheWriteParams, rope_time, const float*)
+      .RFRT_PTR(CacheWriteParams, error, int32_t*)
       .def_readwrite("layer", &CacheWriteParams::layer)
       .def_readwrite("chunk_tokens", &CacheWriteParams::chunk_tokens)
       .def_readwrite("cache_dtype", &CacheWriteParams::cache_dtype)
       .def_readwrite("acc_dtype", &CacheWriteParams::acc_dtype)
       .def_readwrite("device", &CacheWriteParams::device)
+      .def_readwrite("device_index", &CacheWriteParams::device_index)
       .def_readwrite("stream", &CacheWriteParams::stream);
+
+  py::class_<RopeTimeParams>(m, "RopeTimeParams")
+      .def(py::init<>())
+      .RFRT_PTR(RopeTimeParams, rope_time, float*)
+      .RFRT_PTR(RopeTimeParams, write_cursor, const int64_t*)
+      .RFRT_PTR(RopeTimeParams, fold_cursor, const int64_t*)
+      .def_readwrite("write_frames", &RopeTimeParams::write_frames)
+      .def_readwrite("sink_frames", &RopeTimeParams::sink_frames)
+      .def_readwrite("head_dim", &RopeTimeParams::head_dim)
+      .def_readwrite("rope_theta", &RopeTimeParams::rope_theta)
+      .def_readwrite("device", &RopeTimeParams::device)
+      .def_readwrite("device_index", &RopeTimeParams::device_index)
+      .def_readwrite("stream", &RopeTimeParams::stream);
 
   py::class_<SinkFoldParams>(m, "SinkFoldParams")
       .def(py::init<>())
@@ -63,10 +83,15 @@ PYBIND11_MODULE(_C, m) {
       .RFRT_PTR(SinkFoldParams, kv, void*)
       .RFRT_PTR(SinkFoldParams, sink_acc, void*)
       .RFRT_PTR(SinkFoldParams, cursor, const int64_t*)
+      .RFRT_PTR(SinkFoldParams, rope_space, const float*)
+      .RFRT_PTR(SinkFoldParams, rope_time, const float*)
+      .RFRT_PTR(SinkFoldParams, error, int32_t*)
+      .def_readwrite("write_frames", &SinkFoldParams::write_frames)
       .def_readwrite("alpha", &SinkFoldParams::alpha)
       .def_readwrite("cache_dtype", &SinkFoldParams::cache_dtype)
       .def_readwrite("acc_dtype", &SinkFoldParams::acc_dtype)
       .def_readwrite("device", &SinkFoldParams::device)
+      .def_readwrite("device_index", &SinkFoldParams::device_index)
       .def_readwrite("stream", &SinkFoldParams::stream);
 
   py::class_<RopeApplyParams>(m, "RopeApplyParams")
@@ -83,6 +108,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("rope_theta", &RopeApplyParams::rope_theta)
       .def_readwrite("dtype", &RopeApplyParams::dtype)
       .def_readwrite("device", &RopeApplyParams::device)
+      .def_readwrite("device_index", &RopeApplyParams::device_index)
       .def_readwrite("stream", &RopeApplyParams::stream);
 
   py::class_<RingAttentionParams>(m, "RingAttentionParams")
@@ -97,14 +123,26 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("scale", &RingAttentionParams::scale)
       .def_readwrite("dtype", &RingAttentionParams::dtype)
       .def_readwrite("device", &RingAttentionParams::device)
+      .def_readwrite("device_index", &RingAttentionParams::device_index)
       .def_readwrite("stream", &RingAttentionParams::stream);
 
   m.def("slot_frame", &slot_frame, py::arg("frame"), py::arg("sink_frames"), py::arg("window_frames"),
         "Physical frame slot of a logical frame (mirrors CachePolicy.slot_frame).");
 
+  m.def(
+      "rope_space_table",
+      [](int32_t tokens_per_frame, int32_t grid_w, int32_t head_dim, double theta, uintptr_t out) {
+        rope_space_table(tokens_per_frame, grid_w, head_dim, theta, reinterpret_cast<float*>(out));
+      },
+      py::arg("tokens_per_frame"), py::arg("grid_w"), py::arg("head_dim"), py::arg("theta"), py::arg("out"),
+      "Fill a host float32 [tokens_per_frame, h+w pairs, 2] buffer with the (cos, sin) of every h/w pair.");
+  m.attr("ERR_WRITE_CURSOR") = static_cast<int32_t>(RFRT_ERR_WRITE_CURSOR);
+  m.attr("ERR_FOLD_CURSOR") = static_cast<int32_t>(RFRT_ERR_FOLD_CURSOR);
+
   // The GIL is released: kernels never touch Python objects, and a CPU call may run for a while.
   m.def("cache_write", &cache_write, py::call_guard<py::gil_scoped_release>());
   m.def("sink_fold", &sink_fold, py::call_guard<py::gil_scoped_release>());
   m.def("rope_apply", &rope_apply, py::call_guard<py::gil_scoped_release>());
+  m.def("rope_time_rows", &rope_time_rows, py::call_guard<py::gil_scoped_release>());
   m.def("ring_attention", &ring_attention, py::call_guard<py::gil_scoped_release>());
 }

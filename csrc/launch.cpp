@@ -41,15 +41,17 @@ void cache_write(const CacheWriteParams& p) {
   check_dtype(p.cache_dtype, "cache");
   check_dtype(p.acc_dtype, "sink accumulator");
   check_device(p.device);
-  require(p.kv && p.sink_acc && p.k && p.v && p.cursor, "cache_write got a null pointer");
+  require(p.kv && p.sink_acc && p.q && p.q_out && p.k && p.v && p.cursor && p.rope_space && p.rope_time,
+          "cache_write got a null pointer");
   require(p.layer >= 0 && p.layer < p.g.layers,
           "layer " + std::to_string(p.layer) + " is outside [0, " + std::to_string(p.g.layers) + ")");
   require(p.chunk_tokens > 0 && p.chunk_tokens % p.g.tokens_per_frame == 0,
           "chunk_tokens must be a positive number of whole frames");
   require(p.chunk_tokens <= p.g.window_tokens - p.g.sink_tokens || p.chunk_tokens == p.g.sink_tokens,
           "a chunk must fit the ring or be exactly the sink");
-  if (p.device == Device::CPU) {
-    // On the GPU the cursor lives in device memory: the Python cache checks it before it uploads it.
+  if (p.device == Device::CPU && !p.error) {
+    // Without an error flag a CPU caller gets the error at once. With one (the cache), the CPU kernel behaves
+    // like the CUDA one, whose cursor lives in device memory: it refuses the write and sets the flag.
     const int64_t slot = p.cursor[0];
     require(slot >= 0 && slot % p.g.tokens_per_frame == 0, "write slot must be a frame boundary >= 0");
     require(slot + p.chunk_tokens <= p.g.window_tokens,
@@ -57,9 +59,17 @@ void cache_write(const CacheWriteParams& p) {
                 ") past the ring of " + std::to_string(p.g.window_tokens) + " tokens");
     require(slot >= p.g.sink_tokens || slot + p.chunk_tokens <= p.g.sink_tokens,
             "a chunk write may not straddle the sink and the ring");
-    return cpu::cache_write(p);
   }
-  return cuda::cache_write(p);
+  return p.device == Device::CPU ? cpu::cache_write(p) : cuda::cache_write(p);
+}
+
+void rope_time_rows(const RopeTimeParams& p) {
+  check_device(p.device);
+  require(p.rope_time && p.write_cursor && p.fold_cursor, "rope_time_rows got a null pointer");
+  require(p.write_frames > 0 && p.sink_frames > 0, "rope_time_rows needs positive frame counts");
+  require(p.head_dim >= 6 && p.head_dim % 2 == 0 && p.head_dim <= 512, "head_dim must be even and in [6, 512]");
+  require(p.rope_theta > 0.0, "rope_theta must be positive");
+  return p.device == Device::CPU ? cpu::rope_time_rows(p) : cuda::rope_time_rows(p);
 }
 
 void sink_fold(const SinkFoldParams& p) {
@@ -67,17 +77,17 @@ void sink_fold(const SinkFoldParams& p) {
   check_dtype(p.cache_dtype, "cache");
   check_dtype(p.acc_dtype, "sink accumulator");
   check_device(p.device);
-  require(p.kv && p.sink_acc && p.cursor, "sink_fold got a null pointer");
+  require(p.kv && p.sink_acc && p.cursor && p.rope_space && p.rope_time, "sink_fold got a null pointer");
+  require(p.write_frames > 0, "sink_fold needs the table's write_frames");
   require(p.alpha >= 0.0 && p.alpha <= 1.0, "sink_ema_alpha must lie in [0, 1], got " + std::to_string(p.alpha));
   require(p.acc_dtype == DType::F32 || p.acc_dtype == p.cache_dtype,
           "the sink accumulator must be float32 or the cache dtype");
-  if (p.device == Device::CPU) {
+  if (p.device == Device::CPU && !p.error) {
     const int64_t slot = p.cursor[0];
     require(slot >= p.g.sink_tokens && slot + p.g.sink_tokens <= p.g.window_tokens,
             "evicted slot must lie inside the ring, after the sink");
-    return cpu::sink_fold(p);
   }
-  return cuda::sink_fold(p);
+  return p.device == Device::CPU ? cpu::sink_fold(p) : cuda::sink_fold(p);
 }
 
 void rope_apply(const RopeApplyParams& p) {

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rfrt.cache.ring import RingCache
+from rfrt.cache import CacheLayout, RingCache
 from rfrt.fast import RuntimeConfig
 from rfrt.fast.fp8 import E4M3_MAX, FP8Linear, fp8_forward_error, quantize_fp8, relative_error, swap_dit_linears
 from rfrt.runtime.generator import StreamGenerator
@@ -73,8 +73,8 @@ def test_fp8_quality_forward_and_chunk():
 
     def backend():
         from rfrt.cache import CachePolicy
-        cache = RingCache(CachePolicy(tokens_per_frame=16), layers=cfg.num_layers, heads=cfg.num_heads,
-                          head_dim=cfg.head_dim, grid_h=4, grid_w=4)
+
+        cache = RingCache(CacheLayout.for_model(cfg, CachePolicy(), 4, 4))
         cache.begin_chunk()
         return cache
 
@@ -126,3 +126,53 @@ def test_scaled_mm_matches_emulation_on_gpu(scaling, out_features):
     print(f"\n_scaled_mm vs emulation ({scaling}, N={out_features}): {err:.2e}; vs bf16: "
           f"{relative_error(gpu, lin(x)):.4f}")
     assert err < 1e-2
+
+
+@pytest.mark.parametrize("scaling", ["row", "tensor"])
+def test_fused_quantizer_equals_the_unfused_one(scaling):
+    """The torch.compile'd quantiser (one reduction + one pointwise kernel) gives quantize_fp8's bits."""
+    from rfrt.fast.fp8 import fused_quantizer
+
+    g = torch.Generator().manual_seed(4)
+    fused = fused_quantizer(scaling)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(24, 64, generator=g) * torch.logspace(-3, 2, 24)[:, None]).to(dtype)
+        x[3] = 0
+        q, s = fused(x)
+        q_ref, s_ref = quantize_fp8(x, scaling)
+        assert q.dtype == torch.float8_e4m3fn and s.dtype == torch.float32
+        assert torch.equal(s, s_ref)
+        assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))
+
+
+def test_fused_qkv_is_the_three_fp8_projections_with_one_quantisation():
+    torch.manual_seed(5)
+    lins = [nn.Linear(64, 32) for _ in range(3)]
+    x = torch.randn(2, 9, 64)
+    fused = FP8Linear.concat(lins, "row")
+    parts = fused(x).chunk(3, dim=-1)
+    for lin, got in zip(lins, parts):
+        torch.testing.assert_close(got, FP8Linear(lin, "row")(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="same input size"):
+        FP8Linear.concat([nn.Linear(64, 32), nn.Linear(48, 32)])
+
+
+def test_swapped_dit_fuses_self_attention_qkv():
+    dit = tiny_dit()
+    assert swap_dit_linears(dit) == 8 * dit.config.num_layers
+    sa = dit.blocks[0].self_attn
+    assert isinstance(sa.fused_qkv, FP8Linear) and sa.q is None and sa.k is None and sa.v is None
+    assert sa.fused_qkv.out_features == 3 * dit.config.dim
+
+
+def test_emulated_bias_is_added_before_the_output_rounding():
+    """The GPU adds the bias in the GEMM epilogue (fp32, then one bf16 rounding); the emulation must too."""
+    torch.manual_seed(6)
+    lin = nn.Linear(64, 48).bfloat16()
+    with torch.no_grad():
+        lin.bias.mul_(100)
+    x = torch.randn(7, 64, dtype=torch.bfloat16)
+    layer = FP8Linear(lin, "row", emulate=True)
+    qx, sx = quantize_fp8(x, "row")
+    want = ((qx.float() @ layer.weight_fp8.float().t()) * (sx * layer.weight_scale.t()) + lin.bias.float())
+    assert torch.equal(layer(x), want.to(torch.bfloat16))

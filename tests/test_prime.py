@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.context import MAX_CONTEXT_LATENT_FRAMES, ContextError
 from rfrt.generator import StreamGenerator
 from test_generator_oracle import max_rel, spec_schedule
@@ -61,9 +61,9 @@ def spec_primed_stream(model, prompt, seed, context, chunks, *, hold=True):
     (their noise draws skipped), then the chunk holding the remainder (x0 of those frames replaced after every
     forward), then free chunks. Returns (latents [chunk][1, F, C, h, w], per-step mean |x0 - known| before
     replacement)."""
-    dit, policy = model.dit, CachePolicy(tokens_per_frame=16)
+    dit = model.dit
     text = F.pad(model.text_encoder.encode([prompt]), (0, 0, 0, dit.config.text_len - 5))
-    cache = ReferenceCache(policy, layers=2, head_dim=16, grid_h=4, grid_w=4)
+    cache = ReferenceCache(CacheLayout.for_model(dit.config, CachePolicy(), 4, 4))
     noise = torch.Generator().manual_seed(seed)
     schedule = spec_schedule()
     whole = context.shape[0] // 3

@@ -17,7 +17,6 @@ from train.config import ConfigError, load_config
 from train.stages import build_stage
 from train.stages.common import DistInfo, dit_config, init_dit
 from train.stages.dmd import generator_loss
-from train.stages.ode import sampler_of
 from train.stages.rollout import rollout, training_policy
 
 TINY = Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny_test.yaml"
@@ -123,9 +122,9 @@ def test_rollout_matches_block_causal_reference_and_grads_only_at_exit():
     with torch.no_grad():  # adaLN-zero init makes every output equal; give the blocks a real effect
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    sampler, text = sampler_of(cfg), torch.randn(2, 5, cfg.arch.text_dim)
+    sampler, text = cfg.sampler, torch.randn(2, 5, cfg.arch.text_dim)
     noise = torch.randn(2, 6, 3, 8, 8)
-    policy = training_policy(cfg.rollout, 16)
+    policy = training_policy(cfg.rollout)
     calls = []
     hook = model.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(5)
@@ -159,18 +158,17 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
     from rfrt.runtime.generator import StreamGenerator
     from rfrt.text_vocab import VocabTextEncoder
     from train.data.synthetic_world import vocabulary
-    from train.export_default import write_model_dir
     from train.stages.common import save_model_dir
 
-    cfg = make_cfg("unused")
+    cfg = make_cfg("unused", rollout={"cache": {"window_frames": 9}})
     model = init_dit(dit_config(cfg.arch), 3)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     text = VocabTextEncoder(vocabulary(), cfg.arch.text_dim, cfg.arch.max_words, 1)
-    save_model_dir(tmp_path / "student", model, text)
-    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=16)
-    write_model_dir(tmp_path / "student", tmp_path / "model", 8, 8, policy, sampler_of(cfg))
+    save_model_dir(tmp_path / "model", cfg, model, text)
+    policy = cfg.rollout.cache
+    assert policy == CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3)
     prompt = "a small red circle moves left on a blue background"
     gen = StreamGenerator(str(tmp_path / "model"))
     gen.reset(prompt, seed=4)
@@ -181,17 +179,62 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
     renoise_draws = iter([d for chunk in draws for d in chunk[1:]])
     with torch.no_grad():
         got = rollout(model, text.encode([prompt]), torch.cat([c[0] for c in draws], 1), policy,
-                      sampler_of(cfg), fresh_noise=lambda like: next(renoise_draws))
+                      cfg.sampler, fresh_noise=lambda like: next(renoise_draws))
     err = (got - streamed).abs().max().item()
     assert err < 1e-4, err
 
 
+def test_non_default_cache_and_sampler_survive_train_export_generator(pipeline, tmp_path):
+    """The manifest is written from the config a model trained with: a DMD student trained with alpha 0.9,
+    a 12-frame window and steps (1000, 500) streams with exactly those after train.export_default."""
+    from rfrt.runtime.generator import StreamGenerator
+    from train.export_default import export_model
+
+    root = pipeline[0]
+    run_stage(tmp_path / "dmd", **dmd_sections(root), rollout={"cache": {"window_frames": 12, "sink_ema_alpha": 0.9}},
+              sampler={"denoising_steps": [1000, 500]})
+    shipped = export_model(tmp_path / "dmd/export", tmp_path / "shipped")
+    manifest = yaml.safe_load((shipped / "rfrt.json").read_text())
+    assert manifest["cache"]["window_frames"] == 12 and manifest["cache"]["sink_ema_alpha"] == 0.9
+    assert manifest["sampler"]["denoising_steps"] == [1000, 500] and manifest["video"]["height"] == 8
+    gen = StreamGenerator(str(shipped), device="cpu")
+    assert gen.policy == CachePolicy(window_frames=12, sink_ema_alpha=0.9)
+    assert gen.sampler.denoising_steps == (1000, 500) and gen.plan.num_steps == 2
+    assert (gen.height, gen.width) == (8, 8)
+    gen.reset("a small red circle moves left on a blue background", seed=0)
+    chunks = [gen.step().latents for _ in range(5)]  # chunk 4 is the first to fold with a 12-frame window
+    assert gen.cache.chunk == 4 and all(torch.isfinite(c).all() for c in chunks)
+    assert dit_weights(shipped)["head.head.weight"].equal(dit_weights(tmp_path / "dmd/export")["head.head.weight"])
+
+
+def test_rerun_repairs_an_incomplete_export(pipeline, tmp_path, capsys):
+    """A finished run whose export was cut short (truncated weights, no text encoder) is re-exported by the
+    next run of the same command instead of reporting nothing to do (reliability review, issue #14 item 3)."""
+    from rfrt.model_dir import ModelDirError, verify_model_dir
+
+    run_stage(tmp_path / "t", stage={"kind": "teacher"})
+    export = tmp_path / "t/export"
+    good = {k: v.clone() for k, v in dit_weights(export).items()}  # loaded tensors may map the file
+    weights = export / "dit/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    for f in (export / "text_encoder").iterdir():
+        f.unlink()
+    (export / "text_encoder").rmdir()
+    with pytest.raises(ModelDirError):
+        verify_model_dir(export)
+    _, metrics = run_stage(tmp_path / "t", stage={"kind": "teacher"})
+    assert metrics == {}  # nothing left to train: the run only exported
+    assert "not a complete export" in capsys.readouterr().err
+    verify_model_dir(export)
+    assert all(torch.equal(good[k], v) for k, v in dit_weights(export).items())
+
+
 def test_training_policy_never_evicts_by_default():
-    cfg = make_cfg("unused", rollout={"num_frames": 21, "window_frames": 9})
-    p = training_policy(cfg.rollout, 16)
+    cfg = make_cfg("unused", rollout={"num_frames": 21, "cache": {"window_frames": 9}})
+    p = training_policy(cfg.rollout)
     assert p.window_frames == 21 and all(p.evicted_chunk(c) is None for c in range(7))
-    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "window_frames": 9,
-                                                 "sink_ema_during_training": True}).rollout, 16)
+    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "cache": {"window_frames": 9},
+                                                 "sink_ema_during_training": True}).rollout)
     assert ema.window_frames == 9 and ema.evicted_chunk(3) == 1
 
 
@@ -250,7 +293,7 @@ def test_bad_configs_and_missing_weights_are_clear(tmp_path):
         make_cfg(tmp_path, arch={"dim": 30, "num_heads": 4})
     with pytest.raises(ValueError, match="model.teacher is not set"):
         build_stage(make_cfg(tmp_path / "a", stage={"kind": "ode"}), progress=False)
-    with pytest.raises(FileNotFoundError, match=r"model.student_init=.*nowhere: missing .*config.json"):
+    with pytest.raises(FileNotFoundError, match=r"model.student_init=.*nowhere: model directory .* does not exist"):
         build_stage(make_cfg(tmp_path / "b", stage={"kind": "dmd"},
                              model={"student_init": str(tmp_path / "nowhere"), "teacher": str(tmp_path)}),
                     progress=False)

@@ -15,12 +15,12 @@ Metrics (video in [-1, 1]):
              (1 = identical to the start);
   object:    prompt adherence late in the stream: the fraction of frames of the last 10 chunks holding the
              prompted object (pixels of its palette colour within [0.4, 2.5] x its rendered area, as
-             train/world_eval.py counts) and the prompted background (median pixel's nearest palette colour).
+             train.world_eval counts) and the prompted background (median pixel's nearest palette colour).
 and the world-free long-stream metrics of `rfrt inspect` (rfrt.inspect, same definitions as the command, each
 stream analysed at 16 fps with its 3-frame chunks; means over the prompts): late/early motion ratio, streams that
 stall (and their mean stall onset), SSIM of the late seconds to the first second, colour dE late vs the first
 second, sharpness late/early, chunk-seam ratio.
-Usage: python train/evaluate_claims.py --student runs/default/redmd/export [--plain runs/default/dmd/export]
+Usage: python -m train.evaluate_claims --student runs/default/redmd/export [--plain runs/default/dmd/export]
        [--chunks 60] [--prompts 8] --out train/results/claims_default.md
 """
 from __future__ import annotations
@@ -33,21 +33,14 @@ from pathlib import Path
 
 import torch
 
-_ROOT = Path(__file__).resolve().parent.parent
-# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
-# wins over the source tree, also in the subprocesses of whoever imports this module.
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
-
-from rfrt.cache import CachePolicy  # noqa: E402
-from rfrt.sampling import SamplerConfig  # noqa: E402
-from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, describe_scene, render_scene  # noqa: E402
-from train.rewards import to_unit_range  # noqa: E402
-from train.rewards.motion import MotionReward  # noqa: E402
-from train.stages.common import load_dit, load_text  # noqa: E402
-from train.stages.rollout import rollout  # noqa: E402
-from train.world_eval import _NAMES, nearest_colour  # noqa: E402
+from rfrt.cache import CachePolicy
+from rfrt.sampling import SamplerConfig
+from train.data.synthetic_world import COLOURS, Scene, SyntheticWorld, describe_scene, render_scene
+from train.rewards import to_unit_range
+from train.rewards.motion import MotionReward
+from train.stages.common import load_dit, load_text
+from train.stages.rollout import rollout
+from train.world_eval import COLOUR_NAMES, nearest_colour
 
 _PALETTE = torch.tensor(list(COLOURS.values())) * 2 - 1
 
@@ -64,10 +57,10 @@ def late_adherence(video: torch.Tensor, scenes: list[Scene], late_frames: int) -
     hits = []
     for clip, scene in zip(video[:, -late_frames:], scenes):
         obj = scene.objects[0]
-        area = (nearest_colour(render_scene(scene)[-1].permute(1, 2, 0)) == _NAMES.index(obj.colour)).sum()
+        area = (nearest_colour(render_scene(scene)[-1].permute(1, 2, 0)) == COLOUR_NAMES.index(obj.colour)).sum()
         labels = nearest_colour(clip.clamp(-1, 1).permute(0, 2, 3, 1))  # [T, H, W]
-        count = (labels == _NAMES.index(obj.colour)).flatten(1).sum(1)
-        bg = labels.flatten(1).median(1).values == _NAMES.index(scene.background)
+        count = (labels == COLOUR_NAMES.index(obj.colour)).flatten(1).sum(1)
+        bg = labels.flatten(1).median(1).values == COLOUR_NAMES.index(scene.background)
         hits.append(((count >= 0.4 * area) & (count <= 2.5 * area) & bg).float())
     return torch.cat(hits).mean().item()
 
@@ -119,9 +112,7 @@ def stream_metrics(video: torch.Tensor, chunk_frames: int, motion: MotionReward,
 def run_variant(model_dir: str, alpha: float, chunks: int, scenes: list[Scene], h: int, w: int,
                 seed: int) -> tuple[dict[str, float], float]:
     dit, text = load_dit(model_dir, "student").eval(), load_text(model_dir, "student").eval()
-    ph, pw = dit.config.patch_size[1:]
-    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=(h // ph) * (w // pw),
-                         sink_ema_alpha=alpha)
+    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, sink_ema_alpha=alpha)
     torch.manual_seed(seed)
     noise = torch.randn(len(scenes), chunks * 3, dit.config.in_dim, h, w)
     t0 = time.perf_counter()

@@ -26,8 +26,9 @@ for _p in (_ROOT, _ROOT / "python"):  # runnable from a source checkout (appende
     if str(_p) not in sys.path:
         sys.path.append(str(_p))
 
-from train.data.synthetic_world import DIRECTIONS, SyntheticWorld, describe_scene, render_scene, trajectory  # noqa: E402
-from train.world_eval import _NAMES, nearest_colour  # noqa: E402
+from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, describe_scene,  # noqa: E402
+                                       render_scene, trajectory)
+from train.world_eval import nearest_colour  # noqa: E402  (an index into the palette, in COLOURS' order)
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
@@ -40,7 +41,7 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def centroids(frames: torch.Tensor, colour: str) -> np.ndarray:
     """uint8 [T, H, W, 3] -> [T, 2] (x, y) centroid of the pixels nearest the palette colour (NaN if none)."""
     video = frames.float() / 127.5 - 1
-    mask = (nearest_colour(video) == _NAMES.index(colour)).float()
+    mask = (nearest_colour(video) == list(COLOURS).index(colour)).float()
     ys, xs = torch.meshgrid(torch.arange(frames.shape[1]), torch.arange(frames.shape[2]), indexing="ij")
     n = mask.sum((1, 2))
     out = torch.stack([(xs * mask).sum((1, 2)), (ys * mask).sum((1, 2))], dim=1) / n.clamp_min(1)[:, None]

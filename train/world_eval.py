@@ -12,29 +12,21 @@ For a generated video [T, 3, H, W] in [-1, 1] and the Scene its prompt describes
 Measured reference levels (64 held-out scenes, 16x16x9): ground truth 1.0 / 1.0 / 0.40 px / 1.0; uniform
 noise 0.20 / 0.72 / 3.7 px / 0.43; a flat grey video 0.20 / 0.0 / 3.7 px / -.
 
-Usage: python train/world_eval.py --model runs/default/ode/export --kind student|teacher [--n 64] [--layout L]
+Usage: python -m train.world_eval --model runs/default/ode/export --kind student|teacher [--n 64] [--layout L]
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 
-_ROOT = Path(__file__).resolve().parent.parent
-# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
-# wins over the source tree, also in the subprocesses of whoever imports this module.
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
-
-from train.data.synthetic_world import (COLOURS, DIRECTIONS, Scene, SyntheticWorld, render_scene,  # noqa: E402
+from train.data.synthetic_world import (COLOURS, DIRECTIONS, Scene, SyntheticWorld, render_scene,
                                        trajectory)
 
-_NAMES = list(COLOURS)
-_PALETTE = torch.tensor([COLOURS[c] for c in _NAMES]) * 2 - 1  # [10, 3] in [-1, 1]
+COLOUR_NAMES = list(COLOURS)
+_PALETTE = torch.tensor([COLOURS[c] for c in COLOUR_NAMES]) * 2 - 1  # [10, 3] in [-1, 1]
 
 
 def nearest_colour(pixels: torch.Tensor) -> torch.Tensor:
@@ -47,11 +39,11 @@ def scene_scores(video: torch.Tensor, scene: Scene) -> dict[str, float]:
     T = video.shape[0]
     pix = video.permute(0, 2, 3, 1)  # [T, H, W, 3]
     median = pix.reshape(T, -1, 3).median(dim=1).values
-    bg = (nearest_colour(median) == _NAMES.index(scene.background)).float().mean().item()
+    bg = (nearest_colour(median) == COLOUR_NAMES.index(scene.background)).float().mean().item()
     obj = scene.objects[0]
     labels = nearest_colour(pix)  # [T, H, W]
-    mask = labels == _NAMES.index(obj.colour)
-    truth = nearest_colour(render_scene(scene).permute(0, 2, 3, 1)) == _NAMES.index(obj.colour)
+    mask = labels == COLOUR_NAMES.index(obj.colour)
+    truth = nearest_colour(render_scene(scene).permute(0, 2, 3, 1)) == COLOUR_NAMES.index(obj.colour)
     frames = range(obj.appear_frame, T)
     present = [t for t in frames if 0.4 * truth[t].sum() <= mask[t].sum() <= 2.5 * truth[t].sum() and mask[t].any()]
     found = len(present) / max(1, len(frames))
@@ -108,8 +100,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
             _, video = teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise, sampler,
                                    24, guidance)
         else:
-            tpf = (height // dit.config.patch_size[1]) * (width // dit.config.patch_size[2])
-            policy = training_policy(RolloutSection(num_frames=frames), tpf)
+            policy = training_policy(RolloutSection(num_frames=frames))
             video = rollout(dit, text.encode(prompts), noise, policy, sampler)
         rows += [scene_scores(v.clamp(-1, 1), s) for v, s in zip(video, scenes)]
         motions.append(motion.score(to_unit_range(video)))

@@ -1,6 +1,13 @@
-// CUDA implementations of the cache kernels: the math of csrc/cpu/cache_ops.cpp, one thread per rotated pair.
-// Positions are read from the device-side cursor, so launches are capturable in a CUDA graph and replayable for
-// every chunk. Launchers (csrc/launch.cpp) have validated all sizes before we get here.
+// CUDA implementations of the cache kernels: the math of csrc/cpu/cache_ops.cpp (shared through rfrt/rope.h,
+// rfrt/ema.h and rfrt/dispatch.h). Positions are read from the device-side cursor and the RoPE (cos, sin)
+// come from the cache's tables (the per-chunk time rows are filled on the device by rope_time_rows_kernel),
+// so every launch is capturable in a CUDA graph and replayable for every chunk. Launchers
+// (csrc/launch.cpp) have validated all sizes before we get here.
+//
+// Indexing. Write and fold use a 3-D grid: x = (head, pair) within a token row, y = token, z = batch (and
+// layer for the fold); per-thread offsets are 32-bit (a row is heads * head_dim <= 2^31 elements and a
+// layer's K is < 2^31 elements at every supported geometry; the launcher computes the 64-bit layer bases).
+// Each thread moves one adjacent pair with a single 4-byte (bf16x2 / half2) or 8-byte (float2) access.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -8,6 +15,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "rfrt/dispatch.h"
+#include "rfrt/ema.h"
 #include "rfrt/launch.h"
 #include "rfrt/rope.h"
 
@@ -21,126 +30,184 @@ __device__ __forceinline__ void store(float* p, float x) { *p = x; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float x) { *p = __float2bfloat16_rn(x); }
 __device__ __forceinline__ void store(__half* p, float x) { *p = __float2half_rn(x); }
 
+// One adjacent pair in one access (pairs start at even elements, so the address is 2*sizeof(T) aligned).
+__device__ __forceinline__ float2 load2(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 load2(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ float2 load2(const __half* p) { return __half22float2(*reinterpret_cast<const __half2*>(p)); }
+__device__ __forceinline__ void store2(float* p, float2 x) { *reinterpret_cast<float2*>(p) = x; }
+__device__ __forceinline__ void store2(__nv_bfloat16* p, float2 x) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __float22bfloat162_rn(x);
+}
+__device__ __forceinline__ void store2(__half* p, float2 x) { *reinterpret_cast<__half2*>(p) = __float22half2_rn(x); }
 template <typename T>
-__device__ __forceinline__ float round_to(float x) {
-  T t;
-  store(&t, x);
-  return load(&t);
+__device__ __forceinline__ void copy2(const T* src, T* dst) {
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float2*>(dst) = *reinterpret_cast<const float2*>(src);
+  } else {
+    *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(src);
+  }
 }
 
-__device__ __forceinline__ void pair_rotation(int32_t j, int64_t time_pos, int64_t in_frame, int64_t grid_w,
-                                              int32_t head_dim, double theta, float* c, float* s) {
-  double sd, cd;
-  sincos(rope_angle(j, time_pos, in_frame / grid_w, in_frame % grid_w, head_dim, theta), &sd, &cd);
-  *c = static_cast<float>(cd);
-  *s = static_cast<float>(sd);
+template <typename A>
+struct Round {
+  __device__ static float apply(float x) {
+    A t;
+    store(&t, x);
+    return load(&t);
+  }
+};
+
+__device__ __forceinline__ float2 rotate(float2 x, float c, float s) {
+  float2 y;
+  rotate_pair(x.x, x.y, c, s, &y.x, &y.y);
+  return y;
+}
+
+__device__ __forceinline__ void flag(int32_t* error, int32_t bit) {
+  if (error && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) atomicOr(error, bit);
 }
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("rfrt: ") + what + ": " + cudaGetErrorString(e));
 }
 
+// Launch on the device the tensors live on, whatever device is current, and restore it afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int32_t index) {
+    check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (prev_ != index) check(cudaSetDevice(index), "cudaSetDevice");
+    switched_ = prev_ != index;
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(prev_);
+  }
+
+ private:
+  int prev_ = 0;
+  bool switched_ = false;
+};
+
 constexpr int kThreads = 256;
 inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-// One thread per (batch, token, head, pair).
+// 32-bit sizes of one launch, computed once on the host.
+struct Dims {
+  int32_t pairs_per_row, half, time_pairs, space_pairs, tpf, row;
+};
+Dims dims_of(const CacheGeometry& g, int64_t grid_y, int64_t grid_z) {
+  // The 32-bit per-thread offsets and the grid's y/z extents must hold at this geometry.
+  if (g.batch * g.window_tokens * g.heads * g.head_dim >= (int64_t(1) << 31))
+    throw std::invalid_argument("rfrt: one layer of the cache exceeds 2^31 elements (32-bit kernel offsets)");
+  if (grid_y > 65535 || grid_z > 65535)
+    throw std::invalid_argument("rfrt: more than 65535 tokens per chunk or layers*batch for one launch");
+  const RopeAxes a = rope_axes(int32_t(g.head_dim));
+  return Dims{int32_t(g.heads * g.head_dim / 2), int32_t(g.head_dim / 2), a.time, a.h + a.w,
+              int32_t(g.tokens_per_frame), int32_t(g.heads * g.head_dim)};
+}
+
+// Time rows: one thread per (row, time pair). fp64 pow/cos/sin here only, a few hundred threads per chunk.
+__global__ void rope_time_rows_kernel(RopeTimeParams p, int32_t time_pairs) {
+  const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int32_t rows = int32_t(p.write_frames + 2 * p.sink_frames);
+  if (i >= rows * time_pairs) return;
+  const int32_t r = i / time_pairs, j = i % time_pairs, wf = int32_t(p.write_frames), sf = int32_t(p.sink_frames);
+  const int64_t pos = r < wf ? p.write_cursor[1] + r : r < wf + sf ? p.fold_cursor[1] + (r - wf) : p.fold_cursor[2] + (r - wf - sf);
+  rope_time_pair(j, pos, int32_t(p.head_dim), p.rope_theta, p.rope_time + 2 * i);
+}
+
+// Q rotation + K rotation/write + V copy (+ sink seeding on chunk 0) of one layer.
+// grid (ceil(pairs_per_row / kThreads), chunk_tokens, batch).
+template <typename T, typename A>
+__global__ void cache_write_kernel(CacheWriteParams p, Dims d, T* kc, T* vc, A* ka, A* va) {
+  const int32_t hj = blockIdx.x * blockDim.x + threadIdx.x;
+  if (hj >= d.pairs_per_row) return;
+  const int32_t t = blockIdx.y, b = blockIdx.z, chunk = int32_t(p.chunk_tokens);
+  const int32_t j = hj % d.half, e = 2 * hj;  // element offset in the row: h*head_dim + 2j == 2*hj
+  const float2 cs = *reinterpret_cast<const float2*>(
+      j < d.time_pairs ? p.rope_time + 2 * ((t / d.tpf) * d.time_pairs + j)
+                       : p.rope_space + 2 * ((t % d.tpf) * d.space_pairs + (j - d.time_pairs)));
+  const int32_t src = (b * chunk + t) * d.row + e;
+  store2(static_cast<T*>(p.q_out) + src, rotate(load2(static_cast<const T*>(p.q) + src), cs.x, cs.y));
+  const int64_t slot = p.cursor[0];
+  const CacheGeometry& g = p.g;
+  if (slot < 0 || slot % d.tpf != 0 || slot + chunk > g.window_tokens ||
+      (slot < g.sink_tokens && slot + chunk > g.sink_tokens)) {
+    flag(p.error, RFRT_ERR_WRITE_CURSOR);  // refuse: never write outside the ring
+    return;
+  }
+  const float2 k = load2(static_cast<const T*>(p.k) + src);
+  const int32_t dst = (b * int32_t(g.window_tokens) + int32_t(slot) + t) * d.row + e;
+  store2(kc + dst, rotate(k, cs.x, cs.y));
+  copy2(static_cast<const T*>(p.v) + src, vc + dst);
+  if (slot < g.sink_tokens) {  // chunk 0 seeds the EMA accumulator with its unrotated K/V
+    const int32_t a = (b * int32_t(g.sink_tokens) + int32_t(slot) + t) * d.row + e;
+    store(ka + a, k.x);
+    store(ka + a + 1, k.y);
+    const float2 v = load2(static_cast<const T*>(p.v) + src);
+    store(va + a, v.x);
+    store(va + a + 1, v.y);
+  }
+}
+
+// EMA fold of one (layer, batch, sink token, head, pair): read evicted, fold, write the re-rotated sink.
+// grid (ceil(pairs_per_row / kThreads), sink_tokens, layers * batch); bases are per layer*batch (64-bit host
+// math folded into the per-(l,b) stride products below, each < 2^31 elements).
+template <typename T, typename A>
+__global__ void sink_fold_kernel(SinkFoldParams p, Dims d) {
+  const int32_t hj = blockIdx.x * blockDim.x + threadIdx.x;
+  if (hj >= d.pairs_per_row) return;
+  const CacheGeometry& g = p.g;
+  const int64_t ev_slot = p.cursor[0];
+  if (ev_slot < g.sink_tokens || ev_slot + g.sink_tokens > g.window_tokens) {
+    flag(p.error, RFRT_ERR_FOLD_CURSOR);
+    return;
+  }
+  const int32_t t = blockIdx.y, lb = blockIdx.z, l = lb / int32_t(g.batch), b = lb % int32_t(g.batch);
+  const int32_t j = hj % d.half, e = 2 * hj, frame = t / d.tpf, sink_frames = int32_t(g.sink_tokens) / d.tpf;
+  const int64_t layer_stride = g.batch * g.window_tokens * d.row, acc_layer_stride = g.batch * g.sink_tokens * d.row;
+  T* kc = static_cast<T*>(p.kv) + l * layer_stride + int64_t(b) * g.window_tokens * d.row;
+  T* vc = kc + g.layers * layer_stride;
+  A* ka = static_cast<A*>(p.sink_acc) + l * acc_layer_stride + int64_t(b) * g.sink_tokens * d.row;
+  A* va = ka + g.layers * acc_layer_stride;
+  const bool is_time = j < d.time_pairs;
+  const int32_t space_at = 2 * ((t % d.tpf) * d.space_pairs + (j - d.time_pairs));
+  const int32_t wf = int32_t(p.write_frames);
+  const float2 ev_cs = *reinterpret_cast<const float2*>(
+      is_time ? p.rope_time + 2 * ((wf + frame) * d.time_pairs + j) : p.rope_space + space_at);
+  const float2 sk_cs = *reinterpret_cast<const float2*>(
+      is_time ? p.rope_time + 2 * ((wf + sink_frames + frame) * d.time_pairs + j) : p.rope_space + space_at);
+  const int32_t ev = (int32_t(ev_slot) + t) * d.row + e, s_off = t * d.row + e;
+  const float alpha = float(p.alpha), oma = float(1.0 - p.alpha);
+  const bool ref_round = p.acc_dtype != DType::F32;
+  const float2 ek = rotate(load2(kc + ev), ev_cs.x, -ev_cs.y);  // un-rotate from its stored position
+  const float a0 = ema<Round<A>>(load(ka + s_off), ek.x, alpha, oma, ref_round);
+  const float a1 = ema<Round<A>>(load(ka + s_off + 1), ek.y, alpha, oma, ref_round);
+  store(ka + s_off, a0);
+  store(ka + s_off + 1, a1);
+  const float2 ev_v = load2(vc + ev);
+  store(va + s_off, ema<Round<A>>(load(va + s_off), ev_v.x, alpha, oma, ref_round));
+  store(va + s_off + 1, ema<Round<A>>(load(va + s_off + 1), ev_v.y, alpha, oma, ref_round));
+  store2(vc + s_off, make_float2(load(va + s_off), load(va + s_off + 1)));
+  // the sink's K (read back from the accumulator's storage type, as the CPU path does), rotated to sit just
+  // before the window
+  store2(kc + s_off, rotate(make_float2(load(ka + s_off), load(ka + s_off + 1)), sk_cs.x, sk_cs.y));
+}
+
+// Self-contained rope_apply (no tables, off the cache's hot path): one thread per (batch, token, head, pair).
 template <typename T>
 __global__ void rope_apply_kernel(RopeApplyParams p) {
   const int64_t half = p.head_dim / 2;
   const int64_t n = p.batch * p.tokens * p.heads * half;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = i % half, t = (i / (half * p.heads)) % p.tokens;
-    float c, s, y0, y1;
-    pair_rotation(int32_t(j), p.cursor[0] + t / p.tokens_per_frame, t % p.tokens_per_frame, p.grid_w,
-                  int32_t(p.head_dim), p.rope_theta, &c, &s);
-    const T* x = static_cast<const T*>(p.x) + 2 * i;
-    rotate_pair(load(x), load(x + 1), c, s, &y0, &y1);
-    T* out = static_cast<T*>(p.out) + 2 * i;
-    store(out, y0);
-    store(out + 1, y1);
-  }
-}
-
-template <typename T, typename A>
-__global__ void cache_write_kernel(CacheWriteParams p) {
-  const CacheGeometry& g = p.g;
-  const int64_t half = g.head_dim / 2, row = g.heads * g.head_dim;
-  const int64_t n = g.batch * p.chunk_tokens * g.heads * half;
-  const int64_t slot = p.cursor[0], time_pos = p.cursor[1];
-  if (slot < 0 || slot + p.chunk_tokens > g.window_tokens) return;  // the host checked; never write past the ring
-  const int64_t layer_stride = g.batch * g.window_tokens * row, acc_layer_stride = g.batch * g.sink_tokens * row;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = i % half, h = (i / half) % g.heads, t = (i / (half * g.heads)) % p.chunk_tokens;
-    const int64_t b = i / (half * g.heads * p.chunk_tokens);
-    const int64_t src = (b * p.chunk_tokens + t) * row + h * g.head_dim + 2 * j;
-    const int64_t dst = p.layer * layer_stride + (b * g.window_tokens + slot + t) * row + h * g.head_dim + 2 * j;
-    const T* k = static_cast<const T*>(p.k) + src;
-    const T* v = static_cast<const T*>(p.v) + src;
-    T* kc = static_cast<T*>(p.kv) + dst;
-    T* vc = static_cast<T*>(p.kv) + g.layers * layer_stride + dst;
-    float c, s, y0, y1;
-    pair_rotation(int32_t(j), time_pos + t / g.tokens_per_frame, t % g.tokens_per_frame, g.grid_w,
-                  int32_t(g.head_dim), g.rope_theta, &c, &s);
-    const float k0 = load(k), k1 = load(k + 1);
-    rotate_pair(k0, k1, c, s, &y0, &y1);
-    store(kc, y0);
-    store(kc + 1, y1);
-    vc[0] = v[0];
-    vc[1] = v[1];
-    if (slot < g.sink_tokens) {  // chunk 0 seeds the EMA accumulator with its unrotated K/V
-      const int64_t a = p.layer * acc_layer_stride + (b * g.sink_tokens + slot + t) * row + h * g.head_dim + 2 * j;
-      A* ka = static_cast<A*>(p.sink_acc) + a;
-      A* va = static_cast<A*>(p.sink_acc) + g.layers * acc_layer_stride + a;
-      store(ka, k0);
-      store(ka + 1, k1);
-      store(va, load(v));
-      store(va + 1, load(v + 1));
-    }
-  }
-}
-
-template <typename A>
-__device__ __forceinline__ float ema(float acc, float x, float alpha, float oma, bool ref_round) {
-  if (!ref_round) return alpha * acc + oma * x;
-  return round_to<A>(round_to<A>(alpha * acc) + round_to<A>(oma * x));
-}
-
-// One thread per (layer, batch, sink token, head, pair): read evicted, fold, write the re-rotated sink.
-template <typename T, typename A>
-__global__ void sink_fold_kernel(SinkFoldParams p) {
-  const CacheGeometry& g = p.g;
-  const int64_t half = g.head_dim / 2, row = g.heads * g.head_dim;
-  const int64_t n = g.layers * g.batch * g.sink_tokens * g.heads * half;
-  const int64_t ev_slot = p.cursor[0], ev_pos = p.cursor[1], sink_pos = p.cursor[2];
-  if (ev_slot < g.sink_tokens || ev_slot + g.sink_tokens > g.window_tokens) return;
-  const float alpha = float(p.alpha), oma = float(1.0 - p.alpha);
-  const bool ref_round = p.acc_dtype != DType::F32;
-  const int64_t layer_stride = g.batch * g.window_tokens * row, acc_layer_stride = g.batch * g.sink_tokens * row;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t j = i % half, h = (i / half) % g.heads, t = (i / (half * g.heads)) % g.sink_tokens;
-    const int64_t b = (i / (half * g.heads * g.sink_tokens)) % g.batch;
-    const int64_t l = i / (half * g.heads * g.sink_tokens * g.batch);
-    const int64_t in_frame = t % g.tokens_per_frame, frame = t / g.tokens_per_frame, col = h * g.head_dim + 2 * j;
-    T* kc = static_cast<T*>(p.kv) + l * layer_stride + b * g.window_tokens * row;
-    T* vc = kc + g.layers * layer_stride;
-    A* ka = static_cast<A*>(p.sink_acc) + l * acc_layer_stride + b * g.sink_tokens * row;
-    A* va = ka + g.layers * acc_layer_stride;
-    const int64_t e = (ev_slot + t) * row + col, s_off = t * row + col;
-    float c, s, e0, e1, y0, y1;
-    pair_rotation(int32_t(j), ev_pos + frame, in_frame, g.grid_w, int32_t(g.head_dim), g.rope_theta, &c, &s);
-    rotate_pair(load(kc + e), load(kc + e + 1), c, -s, &e0, &e1);
-    const float a0 = ema<A>(load(ka + s_off), e0, alpha, oma, ref_round);
-    const float a1 = ema<A>(load(ka + s_off + 1), e1, alpha, oma, ref_round);
-    store(ka + s_off, a0);
-    store(ka + s_off + 1, a1);
-    for (int d = 0; d < 2; ++d) {
-      store(va + s_off + d, ema<A>(load(va + s_off + d), load(vc + e + d), alpha, oma, ref_round));
-      store(vc + s_off + d, load(va + s_off + d));
-    }
-    pair_rotation(int32_t(j), sink_pos + frame, in_frame, g.grid_w, int32_t(g.head_dim), g.rope_theta, &c, &s);
-    rotate_pair(load(ka + s_off), load(ka + s_off + 1), c, s, &y0, &y1);
-    store(kc + s_off, y0);
-    store(kc + s_off + 1, y1);
+    const int64_t j = i % half, t = (i / (half * p.heads)) % p.tokens, in_frame = t % p.tokens_per_frame;
+    float c, s;
+    rope_cos_sin(rope_angle(int32_t(j), p.cursor[0] + t / p.tokens_per_frame, in_frame / p.grid_w,
+                            in_frame % p.grid_w, int32_t(p.head_dim), p.rope_theta), &c, &s);
+    store2(static_cast<T*>(p.out) + 2 * i, rotate(load2(static_cast<const T*>(p.x) + 2 * i), c, s));
   }
 }
 
@@ -178,46 +245,8 @@ __global__ void ring_attention_kernel(RingAttentionParams p) {
   for (int64_t d = lane; d < g.head_dim; d += 32, ++u) store(out + d, acc[u] / denom);
 }
 
-cudaStream_t stream_of(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
-
-template <typename T, typename A>
-void launch_write(const CacheWriteParams& p) {
-  const int64_t n = p.g.batch * p.chunk_tokens * p.g.heads * (p.g.head_dim / 2);
-  cache_write_kernel<T, A><<<blocks_for(n), kThreads, 0, stream_of(p.stream)>>>(p);
-  check(cudaGetLastError(), "cache_write launch");
-}
-
-template <typename T, typename A>
-void launch_fold(const SinkFoldParams& p) {
-  const int64_t n = p.g.layers * p.g.batch * p.g.sink_tokens * p.g.heads * (p.g.head_dim / 2);
-  sink_fold_kernel<T, A><<<blocks_for(n), kThreads, 0, stream_of(p.stream)>>>(p);
-  check(cudaGetLastError(), "sink_fold launch");
-}
-
-template <typename T>
-void launch_rope(const RopeApplyParams& p) {
-  const int64_t n = p.batch * p.tokens * p.heads * (p.head_dim / 2);
-  rope_apply_kernel<T><<<blocks_for(n), kThreads, 0, stream_of(p.stream)>>>(p);
-  check(cudaGetLastError(), "rope_apply launch");
-}
-
-template <typename T>
-void launch_attention(const RingAttentionParams& p) {
-  const int64_t warps = p.g.batch * p.q_tokens * p.g.heads;
-  ring_attention_kernel<T><<<blocks_for(warps * 32), kThreads, 0, stream_of(p.stream)>>>(p);
-  check(cudaGetLastError(), "ring_attention launch");
-}
-
-template <typename T, template <typename, typename> class L, typename P>
-void with_acc(const P& p) {
-  switch (p.acc_dtype) {
-    case DType::F32: return L<T, float>::run(p);
-    case DType::BF16: return L<T, __nv_bfloat16>::run(p);
-    case DType::F16: return L<T, __half>::run(p);
-  }
-}
-template <typename T, typename A> struct Write { static void run(const CacheWriteParams& p) { launch_write<T, A>(p); } };
-template <typename T, typename A> struct Fold { static void run(const SinkFoldParams& p) { launch_fold<T, A>(p); } };
+template <typename Fn>
+void with_type(DType t, const char* what, Fn&& fn) { dispatch<float, __nv_bfloat16, __half>(t, what, fn); }
 
 }  // namespace
 
@@ -226,35 +255,61 @@ bool available() { return true; }
 std::string architectures() { return RFRT_CUDA_ARCHS; }
 
 void cache_write(const CacheWriteParams& p) {
-  switch (p.cache_dtype) {
-    case DType::F32: return with_acc<float, Write>(p);
-    case DType::BF16: return with_acc<__nv_bfloat16, Write>(p);
-    case DType::F16: return with_acc<__half, Write>(p);
-  }
+  DeviceGuard guard(p.device_index);
+  const Dims d = dims_of(p.g, p.chunk_tokens, p.g.batch);
+  const dim3 grid((d.pairs_per_row + kThreads - 1) / kThreads, unsigned(p.chunk_tokens), unsigned(p.g.batch));
+  const int64_t layer_stride = p.g.batch * p.g.window_tokens * d.row, acc_stride = p.g.batch * p.g.sink_tokens * d.row;
+  with_type(p.cache_dtype, "cache", [&](auto tt) {
+    with_type(p.acc_dtype, "sink accumulator", [&](auto at) {
+      using T = typename decltype(tt)::type;
+      using A = typename decltype(at)::type;
+      T* kc = static_cast<T*>(p.kv) + p.layer * layer_stride;
+      A* ka = static_cast<A*>(p.sink_acc) + p.layer * acc_stride;
+      cache_write_kernel<T, A><<<grid, kThreads, 0, stream_of(p.stream)>>>(
+          p, d, kc, kc + p.g.layers * layer_stride, ka, ka + p.g.layers * acc_stride);
+    });
+  });
+  check(cudaGetLastError(), "cache_write launch");
+}
+
+void rope_time_rows(const RopeTimeParams& p) {
+  DeviceGuard guard(p.device_index);
+  const int32_t tp = rope_axes(int32_t(p.head_dim)).time;
+  rope_time_rows_kernel<<<blocks_for((p.write_frames + 2 * p.sink_frames) * tp), kThreads, 0, stream_of(p.stream)>>>(p, tp);
+  check(cudaGetLastError(), "rope_time_rows launch");
 }
 
 void sink_fold(const SinkFoldParams& p) {
-  switch (p.cache_dtype) {
-    case DType::F32: return with_acc<float, Fold>(p);
-    case DType::BF16: return with_acc<__nv_bfloat16, Fold>(p);
-    case DType::F16: return with_acc<__half, Fold>(p);
-  }
+  DeviceGuard guard(p.device_index);
+  const Dims d = dims_of(p.g, p.g.sink_tokens, p.g.layers * p.g.batch);
+  const dim3 grid((d.pairs_per_row + kThreads - 1) / kThreads, unsigned(p.g.sink_tokens),
+                  unsigned(p.g.layers * p.g.batch));
+  with_type(p.cache_dtype, "cache", [&](auto tt) {
+    with_type(p.acc_dtype, "sink accumulator", [&](auto at) {
+      sink_fold_kernel<typename decltype(tt)::type, typename decltype(at)::type>
+          <<<grid, kThreads, 0, stream_of(p.stream)>>>(p, d);
+    });
+  });
+  check(cudaGetLastError(), "sink_fold launch");
 }
 
 void rope_apply(const RopeApplyParams& p) {
-  switch (p.dtype) {
-    case DType::F32: return launch_rope<float>(p);
-    case DType::BF16: return launch_rope<__nv_bfloat16>(p);
-    case DType::F16: return launch_rope<__half>(p);
-  }
+  DeviceGuard guard(p.device_index);
+  const int64_t n = p.batch * p.tokens * p.heads * (p.head_dim / 2);
+  with_type(p.dtype, "rope input", [&](auto tt) {
+    rope_apply_kernel<typename decltype(tt)::type><<<blocks_for(n), kThreads, 0, stream_of(p.stream)>>>(p);
+  });
+  check(cudaGetLastError(), "rope_apply launch");
 }
 
 void ring_attention(const RingAttentionParams& p) {
-  switch (p.dtype) {
-    case DType::F32: return launch_attention<float>(p);
-    case DType::BF16: return launch_attention<__nv_bfloat16>(p);
-    case DType::F16: return launch_attention<__half>(p);
-  }
+  DeviceGuard guard(p.device_index);
+  const int64_t warps = p.g.batch * p.q_tokens * p.g.heads;
+  with_type(p.dtype, "attention", [&](auto tt) {
+    ring_attention_kernel<typename decltype(tt)::type>
+        <<<blocks_for(warps * 32), kThreads, 0, stream_of(p.stream)>>>(p);
+  });
+  check(cudaGetLastError(), "ring_attention launch");
 }
 
 }  // namespace rfrt::cuda

@@ -12,5 +12,6 @@ std::string architectures() { return ""; }
 void cache_write(const CacheWriteParams&) { missing(); }
 void sink_fold(const SinkFoldParams&) { missing(); }
 void rope_apply(const RopeApplyParams&) { missing(); }
+void rope_time_rows(const RopeTimeParams&) { missing(); }
 void ring_attention(const RingAttentionParams&) { missing(); }
 }  // namespace rfrt::cuda

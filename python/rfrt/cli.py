@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from rfrt.devices import DTYPE_NAMES
+
 __all__ = ["main", "parse_prompts_file"]
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
 
 
 class CLIError(Exception):
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    gen.add_argument("--dtype", choices=sorted(_DTYPES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
+    gen.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
     gen.add_argument("--backend", choices=("torch", "tensorrt"), default="torch",
                      help="torch (default) or tensorrt: every DiT forward on --engine (CUDA only)")
     gen.add_argument("--engine", help="TensorRT engine for --backend tensorrt (export/export_onnx.py of this model, "
@@ -185,7 +185,7 @@ def _generate(args) -> int:
     if args.inspect:
         _check_inspect(args.out)
     source_hw = _probe_init(args)
-    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    dtype = args.dtype
     generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
                                 dtype=dtype, height=args.height, width=args.width, backend=args.backend,
                                 engine=args.engine)

@@ -72,9 +72,12 @@ def _check_frames(tokens: int, tokens_per_frame: int, grid_w: int) -> None:
 
 
 def _device_fields(p, t: Tensor) -> None:
+    """Device, device index and stream of a launch. The CUDA launcher switches to `device_index` itself
+    (a device guard), so tensors on a GPU other than the current one launch on their own GPU and stream."""
     _C = _core()
     if t.device.type == "cuda":
         p.device = _C.Device.CUDA
+        p.device_index = t.device.index if t.device.index is not None else torch.cuda.current_device()
         p.stream = torch.cuda.current_stream(t.device).cuda_stream
     elif t.device.type == "cpu":
         p.device = _C.Device.CPU
@@ -94,67 +97,203 @@ def _dtype(t: Tensor):
     return _core().DType(_DTYPE_CODES[t.dtype])
 
 
+def _pair_aligned(name: str, t: Tensor) -> None:
+    # The CUDA kernels move one (x[2j], x[2j+1]) pair per 2-element access.
+    if t.data_ptr() % (2 * t.element_size()):
+        raise ValueError(f"{name} must start at an even element (storage offset {t.storage_offset()})")
+
+
 # ---------------------------------------------------------------------------------------------------------
-def _check_write(kv, sink_acc, k, v, cursor, layer, tokens_per_frame, grid_w):
+# RoPE tables (csrc/include/rfrt/rope.h): space [tokens_per_frame, h+w pairs, 2] once per cache, time
+# [write_frames + 2 * sink_frames, time_pairs, 2] filled per chunk from the device cursors.
+def rope_space_table(head_dim: int, tokens_per_frame: int, grid_w: int, rope_theta: float,
+                     device: torch.device | str = "cpu") -> Tensor:
+    """(cos, sin) of every h/w pair of every token of a frame, fp32 [tokens_per_frame, h+w pairs, 2] (host-built
+    from fp64 angles by the same code the CPU kernels use, then copied to `device`)."""
+    if head_dim % 2 or head_dim < 6:
+        raise ValueError(f"head_dim must be even and >= 6, got {head_dim}")
+    _check_frames(tokens_per_frame, tokens_per_frame, grid_w)
+    c = head_dim // 2
+    out = torch.empty(tokens_per_frame, 2 * (c // 3), 2, dtype=torch.float32)
+    _core().rope_space_table(tokens_per_frame, grid_w, head_dim, float(rope_theta), out.data_ptr())
+    return out.to(device)
+
+
+def _time_pairs(head_dim: int) -> int:
+    c = head_dim // 2
+    return c - 2 * (c // 3)
+
+
+def _check_tables(rope_space: Tensor, rope_time: Tensor, head_dim: int, tokens_per_frame: int,
+                  device: torch.device, min_rows: int) -> None:
+    _check("rope_space", rope_space, 3, dtype=torch.float32, device=device)
+    _check("rope_time", rope_time, 3, dtype=torch.float32, device=device)
+    c = head_dim // 2
+    if tuple(rope_space.shape) != (tokens_per_frame, 2 * (c // 3), 2):
+        raise ValueError(f"rope_space {tuple(rope_space.shape)} must be [{tokens_per_frame}, {2 * (c // 3)}, 2]")
+    if rope_time.shape[1:] != (_time_pairs(head_dim), 2) or rope_time.shape[0] < min_rows:
+        raise ValueError(f"rope_time {tuple(rope_time.shape)} must be [>= {min_rows}, {_time_pairs(head_dim)}, 2]")
+
+
+def _check_error(error: Tensor | None, device: torch.device) -> None:
+    if error is not None:
+        _check("error", error, 1, dtype=torch.int32, device=device)
+        if error.numel() != 1:
+            raise ValueError(f"error must hold one int32, got {error.numel()}")
+
+
+def _check_time_rows(rope_time, write_cursor, fold_cursor, sink_frames, head_dim):
+    _check_cursor(write_cursor, 2, rope_time.device)
+    _check_cursor(fold_cursor, 3, rope_time.device)
+    _check("rope_time", rope_time, 3, dtype=torch.float32, device=write_cursor.device)
+    if sink_frames <= 0 or rope_time.shape[0] <= 2 * sink_frames:
+        raise ValueError(f"rope_time has {rope_time.shape[0]} rows: it needs write frames + 2 * {sink_frames}")
+    if rope_time.shape[1:] != (_time_pairs(head_dim), 2):
+        raise ValueError(f"rope_time {tuple(rope_time.shape)} must be [rows, {_time_pairs(head_dim)}, 2]")
+
+
+def time_rows_params(rope_time: Tensor, write_cursor: Tensor, fold_cursor: Tensor, sink_frames: int,
+                     head_dim: int, rope_theta: float):
+    """A filled _C.RopeTimeParams (the stream is set at launch)."""
+    _C = _core()
+    p = _C.RopeTimeParams()
+    p.rope_time, p.write_cursor, p.fold_cursor = rope_time.data_ptr(), write_cursor.data_ptr(), fold_cursor.data_ptr()
+    p.write_frames, p.sink_frames = rope_time.shape[0] - 2 * sink_frames, sink_frames
+    p.head_dim, p.rope_theta = head_dim, float(rope_theta)
+    _device_fields(p, rope_time)
+    return p
+
+
+@torch.library.custom_op("rfrt::rope_time_rows", mutates_args=("rope_time",))
+def rope_time_rows(rope_time: Tensor, write_cursor: Tensor, fold_cursor: Tensor, sink_frames: int, head_dim: int,
+                   rope_theta: float) -> None:
+    """Fill the chunk's time rows of rope_time [W + 2S, time_pairs, 2]: rows f < W at write_cursor[1] + f, then
+    S rows at fold_cursor[1] + f (evicted chunk), then S at fold_cursor[2] + f (new sink position)."""
+    _check_time_rows(rope_time, write_cursor, fold_cursor, sink_frames, head_dim)
+    _core().rope_time_rows(time_rows_params(rope_time, write_cursor, fold_cursor, sink_frames, head_dim, rope_theta))
+
+
+@rope_time_rows.register_fake
+def _(rope_time, write_cursor, fold_cursor, sink_frames, head_dim, rope_theta):
+    _check_time_rows(rope_time, write_cursor, fold_cursor, sink_frames, head_dim)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def _check_write(kv, sink_acc, q, k, v, cursor, rope_space, rope_time, layer, tokens_per_frame, error):
     _check_cache(kv, sink_acc)
+    _check_tokens("q", q, kv)
     _check_tokens("k", k, kv)
     _check_tokens("v", v, kv)
-    if k.shape != v.shape:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ")
+    if k.shape != v.shape or q.shape != k.shape:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} differ")
     _check_cursor(cursor, 2, kv.device)
     if not 0 <= layer < kv.shape[1]:
         raise ValueError(f"layer {layer} is outside the cache's {kv.shape[1]} layers")
-    _check_frames(k.shape[1], tokens_per_frame, grid_w)
+    _check_frames(k.shape[1], tokens_per_frame, tokens_per_frame)
+    _check_tables(rope_space, rope_time, kv.shape[5], tokens_per_frame, kv.device, k.shape[1] // tokens_per_frame)
+    _check_error(error, kv.device)
 
 
-@torch.library.custom_op("rfrt::cache_write", mutates_args=("kv", "sink_acc"))
-def cache_write(kv: Tensor, sink_acc: Tensor, k: Tensor, v: Tensor, cursor: Tensor, layer: int,
-                tokens_per_frame: int, grid_w: int, rope_theta: float) -> None:
-    """Write one chunk's K (rotated at cursor[1]) and V into layer `layer`'s slots from token cursor[0]."""
-    _check_write(kv, sink_acc, k, v, cursor, layer, tokens_per_frame, grid_w)
+def write_params(kv: Tensor, sink_acc: Tensor, cursor: Tensor, rope_space: Tensor, rope_time: Tensor, layer: int,
+                 chunk_tokens: int, tokens_per_frame: int, error: Tensor | None):
+    """A _C.CacheWriteParams with everything but q/q_out/k/v (and the stream) filled: a cache builds one per
+    layer once and sets only those per call (RingCache); the op fills one per call."""
     _C = _core()
     p = _C.CacheWriteParams()
-    p.g = _geometry(kv, sink_acc, tokens_per_frame, grid_w, rope_theta)
-    p.kv, p.sink_acc, p.k, p.v, p.cursor = kv.data_ptr(), sink_acc.data_ptr(), k.data_ptr(), v.data_ptr(), \
-        cursor.data_ptr()
-    p.layer, p.chunk_tokens = layer, k.shape[1]
+    # grid_w and rope_theta are unused here: the tables carry the grid and the angles.
+    p.g = _geometry(kv, sink_acc, tokens_per_frame, tokens_per_frame, 1.0)
+    p.kv, p.sink_acc, p.cursor = kv.data_ptr(), sink_acc.data_ptr(), cursor.data_ptr()
+    p.rope_space, p.rope_time = rope_space.data_ptr(), rope_time.data_ptr()
+    p.error = 0 if error is None else error.data_ptr()
+    p.layer, p.chunk_tokens = layer, chunk_tokens
     p.cache_dtype, p.acc_dtype = _dtype(kv), _dtype(sink_acc)
     _device_fields(p, kv)
-    _C.cache_write(p)
+    return p
+
+
+def launch_write(p, q: Tensor, q_out: Tensor, k: Tensor, v: Tensor) -> None:
+    """Set the per-call pointers (and the current stream) of a prebuilt CacheWriteParams and launch it."""
+    if q.is_cuda:
+        for name, t in (("q", q), ("q_out", q_out), ("k", k), ("v", v)):
+            _pair_aligned(name, t)
+        p.stream = torch.cuda.current_stream(q.device).cuda_stream
+    p.q, p.q_out, p.k, p.v = q.data_ptr(), q_out.data_ptr(), k.data_ptr(), v.data_ptr()
+    _core().cache_write(p)
+
+
+@torch.library.custom_op("rfrt::cache_write", mutates_args=("kv", "sink_acc", "error"))
+def cache_write(kv: Tensor, sink_acc: Tensor, q: Tensor, k: Tensor, v: Tensor, cursor: Tensor, rope_space: Tensor,
+                rope_time: Tensor, layer: int, tokens_per_frame: int, error: Tensor | None = None) -> Tensor:
+    """Write one chunk's K (rotated at cursor[1]) and V into layer `layer`'s slots from token cursor[0], and
+    return its queries q [B, L, H, D] rotated at the same positions (one fused launch).
+
+    rope_space / rope_time: the tables (rope_space_table, rope_time_rows), time rows [0, L / tokens_per_frame)
+    at the chunk's frames. error: optional int32 [1]; when given, an out-of-range cursor sets a bit in it and
+    nothing is written (on every device), otherwise a CPU call raises.
+    """
+    _check_write(kv, sink_acc, q, k, v, cursor, rope_space, rope_time, layer, tokens_per_frame, error)
+    q_out = torch.empty_like(q)
+    p = write_params(kv, sink_acc, cursor, rope_space, rope_time, layer, k.shape[1], tokens_per_frame, error)
+    launch_write(p, q, q_out, k, v)
+    return q_out
 
 
 @cache_write.register_fake
-def _(kv, sink_acc, k, v, cursor, layer, tokens_per_frame, grid_w, rope_theta):
-    _check_write(kv, sink_acc, k, v, cursor, layer, tokens_per_frame, grid_w)
+def _(kv, sink_acc, q, k, v, cursor, rope_space, rope_time, layer, tokens_per_frame, error=None):
+    _check_write(kv, sink_acc, q, k, v, cursor, rope_space, rope_time, layer, tokens_per_frame, error)
+    return torch.empty_like(q)
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _check_fold(kv, sink_acc, cursor, alpha, tokens_per_frame, grid_w):
+def _check_fold(kv, sink_acc, cursor, rope_space, rope_time, alpha, tokens_per_frame, error):
     _check_cache(kv, sink_acc)
     _check_cursor(cursor, 3, kv.device)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"sink_ema_alpha must lie in [0, 1], got {alpha}")
-    _check_frames(sink_acc.shape[3], tokens_per_frame, grid_w)
+    _check_frames(sink_acc.shape[3], tokens_per_frame, tokens_per_frame)
+    sink_frames = sink_acc.shape[3] // tokens_per_frame
+    _check_tables(rope_space, rope_time, kv.shape[5], tokens_per_frame, kv.device, 2 * sink_frames + 1)
+    _check_error(error, kv.device)
 
 
-@torch.library.custom_op("rfrt::sink_fold", mutates_args=("kv", "sink_acc"))
-def sink_fold(kv: Tensor, sink_acc: Tensor, cursor: Tensor, alpha: float, tokens_per_frame: int, grid_w: int,
-              rope_theta: float) -> None:
-    """EMA-Sink fold over all layers: acc <- a*acc + (1-a)*evicted; sink slots <- acc rotated to cursor[2]."""
-    _check_fold(kv, sink_acc, cursor, alpha, tokens_per_frame, grid_w)
+def fold_params(kv: Tensor, sink_acc: Tensor, cursor: Tensor, rope_space: Tensor, rope_time: Tensor, alpha: float,
+                tokens_per_frame: int, error: Tensor | None):
+    """A filled _C.SinkFoldParams (the stream is set at launch)."""
     _C = _core()
     p = _C.SinkFoldParams()
-    p.g = _geometry(kv, sink_acc, tokens_per_frame, grid_w, rope_theta)
+    p.g = _geometry(kv, sink_acc, tokens_per_frame, tokens_per_frame, 1.0)  # grid / theta: in the tables
     p.kv, p.sink_acc, p.cursor = kv.data_ptr(), sink_acc.data_ptr(), cursor.data_ptr()
+    p.rope_space, p.rope_time = rope_space.data_ptr(), rope_time.data_ptr()
+    p.write_frames = rope_time.shape[0] - 2 * (sink_acc.shape[3] // tokens_per_frame)
+    p.error = 0 if error is None else error.data_ptr()
     p.alpha = alpha
     p.cache_dtype, p.acc_dtype = _dtype(kv), _dtype(sink_acc)
     _device_fields(p, kv)
-    _C.sink_fold(p)
+    return p
+
+
+def launch(fn, p, t: Tensor) -> None:
+    """Launch a prebuilt params struct on t's device's current stream."""
+    if t.is_cuda:
+        p.stream = torch.cuda.current_stream(t.device).cuda_stream
+    fn(p)
+
+
+@torch.library.custom_op("rfrt::sink_fold", mutates_args=("kv", "sink_acc", "error"))
+def sink_fold(kv: Tensor, sink_acc: Tensor, cursor: Tensor, rope_space: Tensor, rope_time: Tensor, alpha: float,
+              tokens_per_frame: int, error: Tensor | None = None) -> None:
+    """EMA-Sink fold over all layers: acc <- a*acc + (1-a)*evicted; sink slots <- acc rotated to cursor[2].
+
+    rope_time's last 2 * sink_frames rows must hold the evicted and the new sink positions (rope_time_rows).
+    """
+    _check_fold(kv, sink_acc, cursor, rope_space, rope_time, alpha, tokens_per_frame, error)
+    p = fold_params(kv, sink_acc, cursor, rope_space, rope_time, alpha, tokens_per_frame, error)
+    launch(_core().sink_fold, p, kv)
 
 
 @sink_fold.register_fake
-def _(kv, sink_acc, cursor, alpha, tokens_per_frame, grid_w, rope_theta):
-    _check_fold(kv, sink_acc, cursor, alpha, tokens_per_frame, grid_w)
+def _(kv, sink_acc, cursor, rope_space, rope_time, alpha, tokens_per_frame, error=None):
+    _check_fold(kv, sink_acc, cursor, rope_space, rope_time, alpha, tokens_per_frame, error)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,12 +24,10 @@ from train.losses import (add_noise, cfg_combine, dmd_gradient, dmd_loss, flow_m
                           sample_dmd_timesteps)
 from train.rewards import build_reward, to_unit_range
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
+from train.stages.common import (Batches, autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-from train.stages.ode import sampler_of
 from train.stages.rollout import draw_exit_step, rollout, training_policy
-from train.stages.teacher import Batches
 
 
 def generator_loss(x: torch.Tensor, x0_fake: torch.Tensor, x0_real: torch.Tensor,
@@ -51,11 +49,10 @@ class DMDTrainer(StageTrainer):
         mc = self.student.config
         if cfg.data.height % mc.patch_size[1] or cfg.data.width % mc.patch_size[2]:
             raise ValueError(f"data {cfg.data.height}x{cfg.data.width} not divisible by patch {mc.patch_size}")
-        tpf = (cfg.data.height // mc.patch_size[1]) * (cfg.data.width // mc.patch_size[2])
         for m in (self.student, self.critic):
             shard_trained(m, cfg, self.info.world_size, dev)
-        self.policy = training_policy(cfg.rollout, tpf)
-        self.sampler = sampler_of(cfg)
+        self.policy = training_policy(cfg.rollout)
+        self.sampler = cfg.sampler
         self.gen_params = list(self.student.parameters())
         self.critic_params = list(self.critic.parameters())
         self.gen_opt = make_optimizer(self.gen_params, cfg.optim.lr, cfg)
@@ -86,21 +83,21 @@ class DMDTrainer(StageTrainer):
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda a, b, c: model(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
                              x_t, tt, text)
-        return flow_to_x0(x_t, v.float(), t / self.cfg.dmd.num_train_timesteps)
+        return flow_to_x0(x_t, v.float(), t / self.sampler.num_train_timesteps)
 
     def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.cfg.dmd
-        t = sample_dmd_timesteps(x.shape[0], min_t=d.min_t, max_t=d.max_t, shift=d.shift,
-                                 num_train_timesteps=d.num_train_timesteps, device=x.device)
+        d, s = self.cfg.dmd, self.sampler
+        t = sample_dmd_timesteps(x.shape[0], min_t=d.min_t, max_t=d.max_t, shift=s.shift,
+                                 num_train_timesteps=s.num_train_timesteps, device=x.device)
         eps = torch.randn_like(x)
-        return add_noise(x, eps, t / d.num_train_timesteps), t, eps
+        return add_noise(x, eps, t / s.num_train_timesteps), t, eps
 
     def critic_micro(self, prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():
             x = self._rollout(prompts, grad=False)
         x_t, t, eps = self._noised(x)
         text = self.text.encode(prompts)
-        tt = t[:, None].expand(-1, x.shape[1]).contiguous()
+        tt = t[:, None].expand(-1, x.shape[1] // self.critic.config.patch_size[0]).contiguous()
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda a, b, c: self.critic(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
                              x_t, tt, text)
@@ -150,4 +147,4 @@ class DMDTrainer(StageTrainer):
     def export(self, directory: Path) -> None:
         weights = {**full_state_dict(self.student), **self.ema.full_shadow()}  # the EMA replaces the parameters
         if self.info.is_main:
-            save_model_dir(directory, self.student, self.text, state=weights)
+            save_model_dir(directory, self.cfg, self.student, self.text, state=weights)

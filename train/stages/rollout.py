@@ -15,11 +15,12 @@ EMA sink instead.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
 from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
 from rfrt.sampling import SamplerConfig
@@ -27,14 +28,13 @@ from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
 
 
-def training_policy(r: RolloutSection, tokens_per_frame: int) -> CachePolicy:
-    """CachePolicy of the training rollout (see module docstring)."""
+def training_policy(r: RolloutSection) -> CachePolicy:
+    """CachePolicy of the training rollout: rollout.cache itself with sink_ema_during_training, else the same
+    policy with a window covering the whole rollout (see module docstring)."""
     if r.sink_ema_during_training:
-        window = r.window_frames
-    else:  # the sink plus every later frame of the rollout: nothing is ever evicted
-        window = max(r.num_frames, r.sink_frames + r.chunk_frames)
-    return CachePolicy(sink_frames=r.sink_frames, window_frames=window, chunk_frames=r.chunk_frames,
-                       tokens_per_frame=tokens_per_frame, sink_ema_alpha=r.sink_ema_alpha)
+        return r.cache
+    # the sink plus every later frame of the rollout: nothing is ever evicted
+    return dataclasses.replace(r.cache, window_frames=max(r.num_frames, r.cache.sink_frames + r.cache.chunk_frames))
 
 
 def draw_exit_step(num_steps: int, info: DistInfo) -> int:
@@ -66,8 +66,7 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     if not 0 <= k_exit < sampler.num_steps:
         raise ValueError(f"exit_step {exit_step} outside [0, {sampler.num_steps})")
     plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
-    cache = ReferenceCache(policy, layers=cfg.num_layers, head_dim=cfg.head_dim, grid_h=H // ph, grid_w=W // pw,
-                           compute_dtype=torch.float32)
+    cache = ReferenceCache(CacheLayout.for_model(cfg, policy, H // ph, W // pw, batch=B), compute_dtype=torch.float32)
     if not isinstance(text, CrossKV):
         with torch.set_grad_enabled(grad):
             text = model.cross_kv(text)

@@ -14,32 +14,12 @@ import torch
 from rfrt.models import FullAttention
 from rfrt.text_vocab import VocabTextEncoder
 from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
-from train.losses import add_noise, flow_matching_loss, shift_sigma
+from rfrt.sampling import shift_sigma
+from train.losses import add_noise, flow_matching_loss
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, dit_config, init_dit, make_optimizer, optimizer_step,
-                                 save_model_dir)
+from train.stages.common import (Batches, autocast, checkpointed, dit_config, init_dit, make_optimizer,
+                                 optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, is_sharded, model_state, optimizer_state, shard_trained
-
-
-class Batches:
-    """Batches of (video [B, T, 3, H, W], prompts) from a SyntheticWorldDataset, resumable exactly."""
-
-    def __init__(self, dataset: SyntheticWorldDataset, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
-        self._it = None
-
-    def next(self, device: str) -> tuple[torch.Tensor, list[str]]:
-        if self._it is None:
-            self._it = iter(self.dataset)
-        items = [next(self._it) for _ in range(self.batch_size)]
-        return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
-
-    def state_dict(self) -> dict[str, int]:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.dataset.load_state_dict(state)
-        self._it = None  # restart the stream at the restored position
 
 
 def drop_prompts(prompts: list[str], p: float) -> list[str]:
@@ -77,7 +57,7 @@ class TeacherTrainer(StageTrainer):
         sigma = shift_sigma(torch.rand(B, device=video.device), self.cfg.stage.teacher_shift)
         eps = torch.randn_like(video)
         x_t = add_noise(video, eps, sigma)
-        t = (sigma * self.cfg.dmd.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
+        t = (sigma * self.cfg.sampler.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
         text = self.text.encode(drop_prompts(prompts, self.cfg.stage.text_dropout))
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda x, tt, c: self.dit(x, tt, c, self.backend), self.cfg.run.grad_checkpointing,
@@ -99,4 +79,4 @@ class TeacherTrainer(StageTrainer):
         dit = full_state_dict(self.dit)
         text = full_state_dict(self.text) if is_sharded(self.text) else None  # else: the encoder saves itself
         if self.info.is_main:
-            save_model_dir(directory, self.dit, self.text, state=dit, text_state=text)
+            save_model_dir(directory, self.cfg, self.dit, self.text, state=dit, text_state=text)

@@ -7,6 +7,7 @@ namespace rfrt {
 
 void cache_write(const CacheWriteParams& p);
 void sink_fold(const SinkFoldParams& p);
+void rope_time_rows(const RopeTimeParams& p);
 void rope_apply(const RopeApplyParams& p);
 void ring_attention(const RingAttentionParams& p);
 
@@ -14,6 +15,7 @@ void ring_attention(const RingAttentionParams& p);
 namespace cpu {
 void cache_write(const CacheWriteParams& p);
 void sink_fold(const SinkFoldParams& p);
+void rope_time_rows(const RopeTimeParams& p);
 void rope_apply(const RopeApplyParams& p);
 void ring_attention(const RingAttentionParams& p);
 }  // namespace cpu
@@ -22,6 +24,7 @@ bool available();  // compiled in (not: a device is present)
 std::string architectures();
 void cache_write(const CacheWriteParams& p);
 void sink_fold(const SinkFoldParams& p);
+void rope_time_rows(const RopeTimeParams& p);
 void rope_apply(const RopeApplyParams& p);
 void ring_attention(const RingAttentionParams& p);
 }  // namespace cuda

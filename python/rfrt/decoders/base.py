@@ -201,9 +201,15 @@ class StreamingEncoder(abc.ABC):
         """frames [B, T, 3, H, W] (validated) -> latents [B, F, C, h, w]."""
 
 
-def to_uint8_frames(frames: torch.Tensor) -> torch.Tensor:
-    """Float frames [B, T, 3, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the CPU (values clamped, rounded)."""
+def uint8_frames_on_device(frames: torch.Tensor) -> torch.Tensor:
+    """Float frames [B, T, 3, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3] on the frames' device (values clamped,
+    rounded)."""
     if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"to_uint8_frames: expected [B, T, 3, H, W], got {tuple(frames.shape)}")
+        raise ValueError(f"uint8 frames: expected [B, T, 3, H, W], got {tuple(frames.shape)}")
     x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 1, 3, 4, 2).contiguous().cpu()
+    return x.to(torch.uint8).permute(0, 1, 3, 4, 2).contiguous()
+
+
+def to_uint8_frames(frames: torch.Tensor) -> torch.Tensor:
+    """`uint8_frames_on_device`, then on the CPU: [B, T, 3, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]."""
+    return uint8_frames_on_device(frames).cpu()

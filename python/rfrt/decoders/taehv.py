@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rfrt._checks import positive_int
 from .base import StreamingDecoder
 
 __all__ = ["TAEHVConfig", "TAEHVNet", "TAEHVDecoder"]
@@ -37,9 +38,7 @@ class TAEHVConfig:
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "image_channels"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"TAEHVConfig.{name} must be a positive int, got {v!r}")
+            positive_int(f"TAEHVConfig.{name}", getattr(self, name))
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "time_upscale", tuple(self.time_upscale))
         object.__setattr__(self, "space_upscale", tuple(self.space_upscale))

@@ -8,7 +8,7 @@ The body is device work only (no `.item()`, no Python value read from a tensor),
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -17,11 +17,12 @@ from rfrt.runtime.forward import ChunkForward
 from rfrt.runtime.plan import ChunkPlan
 from rfrt.sampling import flow_to_x0, renoise
 
-__all__ = ["sample_chunk", "context_chunk"]
+__all__ = ["sample_chunk", "context_pass", "context_chunk"]
 
 
 def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan, *, exit_step: int | None = None,
-                 grad: bool = False, hold: Tensor | None = None) -> Tensor:
+                 grad: bool = False, context: bool = True,
+                 before_context: Callable[[Tensor], None] | None = None, hold: Tensor | None = None) -> Tensor:
     """One chunk: begin it, denoise at the plan's warped steps, then the context pass. -> x0 [B, F, C, h, w].
 
     forward:   the DiT forward of the current chunk (`rfrt.runtime.forward.ChunkForward`), its text already set.
@@ -35,6 +36,9 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
                the next input carries them re-noised at that step's sigma and the output holds them exactly.
     After forward i < exit_step the next input is (1 - sigma_{i+1}) x0 + sigma_{i+1} draws[i+1]; the context
     pass runs the (detached) output at t = 0 and rewrites the chunk's K/V in the cache; its flow is discarded.
+    context=False stops before the context pass (the caller runs `context_pass` itself, e.g. as a second CUDA
+    graph); before_context(x0) is called first when given: the context pass only feeds the next chunk, so the
+    chunk's latents can go to the decoder before it.
     """
     steps = plan.num_steps
     k = steps - 1 if exit_step is None else exit_step
@@ -54,18 +58,21 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
             x0 = torch.cat([hold.to(x0.dtype), x0[:, hold.shape[1]:]], dim=1)
         if i < k:
             x = renoise(x0, draws[i + 1].to(plan.dtype), plan.sigma32[i + 1])
-    _context_pass(forward, x0.detach(), plan)
+    if before_context is not None:
+        before_context(x0.detach())
+    if context:
+        context_pass(forward, x0, plan)
     return x0
+
+
+def context_pass(forward: ChunkForward, x0: Tensor, plan: ChunkPlan) -> None:
+    """The chunk's context pass: x0 [B, F, C, h, w] (detached) at t = 0 rewrites its K/V; the flow is discarded."""
+    with torch.no_grad():
+        forward(x0.detach(), plan.t_context)
 
 
 def context_chunk(forward: ChunkForward, latents: Tensor, plan: ChunkPlan) -> None:
     """A chunk whose latents are given, not sampled (priming, rfrt.runtime.prime): begin it (slots, positions,
     the EMA fold of the chunk it evicts) and run only the loop's context pass. latents: [B, F, C, h, w]."""
     forward.begin_chunk()
-    _context_pass(forward, latents, plan)
-
-
-def _context_pass(forward: ChunkForward, x0: Tensor, plan: ChunkPlan) -> None:
-    """The end of every chunk: x0 at t = 0 rewrites the chunk's K/V in the cache; the flow is discarded."""
-    with torch.no_grad():
-        forward(x0, plan.t_context)
+    context_pass(forward, latents, plan)

@@ -20,20 +20,21 @@ the chunks a re-cache would replay are kept.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from rfrt.cache.functional import CacheLayout
+from rfrt._checks import positive_int
+from rfrt.cache.layout import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
-from rfrt.engine.interface import check_runner, check_step_shapes
-from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.decoders.base import to_uint8_frames
+from rfrt.devices import default_device, resolve_dtype
+from rfrt.engine.interface import check_step_shapes
+from rfrt.engine.select import BACKENDS, check_backend, load_runner
+from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.runtime.chunk import sample_chunk
@@ -44,9 +45,6 @@ from rfrt.sampling import SamplerConfig
 from rfrt.text import PromptCache
 
 __all__ = ["StreamGenerator", "Chunk", "BACKENDS"]
-
-BACKENDS = ("torch", "tensorrt")
-
 
 @dataclass(frozen=True, eq=False)
 class Chunk:
@@ -65,23 +63,29 @@ class Chunk:
     latents: torch.Tensor
 
 
-def _default_device(device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class StreamGenerator:
     """Generates video chunk by chunk, forever, from a text prompt.
+
+        >>> gen = StreamGenerator()                      # the embedded default model
+        >>> gen.reset("a large red circle moves right on a blue background", seed=0)
+        >>> for chunk in gen:                            # endless: stop when you like
+        ...     frames = chunk.frames                    # uint8 [T, H, W, 3]
+        ...     if chunk.index == 4:
+        ...         gen.set_prompt("a large red circle stays still on a blue background")
+        ...     if chunk.index == 9:
+        ...         break
+        >>> tail = gen.flush()                           # frames a decoder still holds back
 
     model:      a model directory (rfrt.json or diffusers layout), an `rfrt.model_dir.LoadedModel`, or None for
                 the embedded default model.
     checkpoint: a DiT checkpoint (Reward Forcing / Self-Forcing .pt, ...) replacing the directory's DiT weights;
                 use_ema picks a Self-Forcing checkpoint's EMA generator.
-    device:     default CUDA when available, else CPU. dtype: DiT dtype, default bf16 on CUDA, fp32 on CPU.
+    device:     default CUDA when available, else CPU. dtype: DiT dtype (a torch.dtype or "fp32" / "bf16" /
+                "fp16", rfrt.devices.DTYPE_NAMES), default bf16 on CUDA, fp32 on CPU.
     height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
-    cache, sampler: override the model's CachePolicy (tokens_per_frame is always derived from the resolution)
-                and SamplerConfig. attention: "sdpa" or "core" (RingCache's attention kernel).
+    cache, sampler: override the model's CachePolicy (frames, EMA alpha, RoPE rule, sink precision; token
+                counts follow from the resolution) and SamplerConfig.
+    attention:  "sdpa" or "core" (RingCache's attention kernel).
     runtime:    rfrt.fast.RuntimeConfig (default: every fast path off). fp8 swaps the DiT's block linears in
                 place; cuda_graphs replays each chunk as a CUDA graph (eager on a CPU, same results);
                 overlap_decode decodes chunk k while chunk k+1 denoises, so the stream runs one chunk ahead and
@@ -106,11 +110,10 @@ class StreamGenerator:
                                  ("runtime", runtime, RuntimeConfig)):
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
-        self.device = _default_device(device)
+        self.device = default_device(device)
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
-        engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
-        if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        engine_path = check_backend(backend, engine, self.device, runtime or RuntimeConfig())
+        dtype = resolve_dtype(dtype, self.device)
         if model is None:
             model = default_model_path()
             if model is None:
@@ -138,17 +141,15 @@ class StreamGenerator:
         s = self.decoder.spatial_upsample
         self._latent_hw = (self._height // s, self._width // s)
         self._grid = (self._latent_hw[0] // ph, self._latent_hw[1] // pw)
-        policy = cache or bundle.cache
-        self.policy = dataclasses.replace(policy, tokens_per_frame=self._grid[0] * self._grid[1])
+        self.policy = cache or bundle.cache
         # Model-facing timesteps and sigmas as device tensors, derived from the schedule once (never .item() on
         # the step path); CachePolicy counts token frames, the latents have patch_t times as many.
         self._plan = ChunkPlan.build(self.sampler, (1, self.policy.chunk_frames * pt, cfg.in_dim, *self._latent_hw),
                                      self.policy.chunk_frames, self.dtype, self.device)
         self.attention = attention
         self.backend = backend if isinstance(backend, str) else type(backend).__name__
-        self._layout = CacheLayout(self.policy, layers=cfg.num_layers, batch=1, heads=cfg.num_heads,
-                                   head_dim=cfg.head_dim, grid_h=self._grid[0], grid_w=self._grid[1])
-        self._runner = _load_runner(backend, engine_path, self.device)
+        self._layout = CacheLayout.for_model(cfg, self.policy, *self._grid)
+        self._runner = load_runner(backend, engine_path, self.device)
         if self._runner is not None:
             what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
             check_step_shapes(self._runner, cfg, self._layout, what)
@@ -194,6 +195,11 @@ class StreamGenerator:
         return self._plan
 
     @property
+    def layout(self) -> CacheLayout:
+        """The cache geometry: policy, layers, heads, head_dim, token grid, RoPE base."""
+        return self._layout
+
+    @property
     def primed(self) -> Primed | None:
         """What the last reset(..., context=...) primed (rfrt.runtime.prime.Primed), or None without a context."""
         return self._primed
@@ -213,8 +219,7 @@ class StreamGenerator:
         ph, pw = self.dit.config.patch_size[1:]
         s = self.decoder.spatial_upsample
         for name, value, p in (("height", height, ph), ("width", width, pw)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int of pixels, got {value!r}")
+            positive_int(name, value)
             if value % (s * p):
                 raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
                                  f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")
@@ -288,10 +293,8 @@ class StreamGenerator:
             filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
             self._forward = self._cache = EngineForward(self._runner, self._layout, self.device, filling=filling)
             return
-        cfg = self.dit.config
-        self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
-                                grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
-                                device=self.device, attention=self.attention)
+        self._cache = RingCache(self._layout, dtype=self.dtype, device=self.device, attention=self.attention,
+                                sdpa_backend=self.runtime.sdpa_backend)
         self._forward = TorchForward(self.dit, self._cache)
         if self.runtime.cuda_graphs:
             from rfrt.runtime.graphs import ChunkGraphs
@@ -326,28 +329,73 @@ class StreamGenerator:
     def _step_ahead(self) -> Chunk:
         """step() with overlap_decode: decode chunk k (side stream / worker) while chunk k+1 denoises.
 
-        A chunk's latents join `_recent` when it is sampled, so a re-cache replays what the cache holds.
+        Each chunk's latents go to the decoder as soon as they exist, before its context pass (which only feeds
+        the next chunk). The first chunk of a stream is returned as soon as it is decoded, without sampling
+        chunk 1 first; from the second step on the generator works one chunk ahead. A chunk's latents join
+        `_recent` when it is sampled, so a re-cache replays what the cache holds.
         """
         with torch.no_grad():
             if self._ahead is None:
-                self._ahead = self._sample_chunk()
-                self._recent.append(self._ahead)
-            latents = self._ahead
-            pending = self.decoder.submit(latents)
-            self._ahead = self._sample_chunk()
-            self._recent.append(self._ahead)
+                latents, pending = self._sample_submitting()
+                if self._chunk > 0:  # steady state: the next chunk denoises while this one decodes
+                    self._ahead = self._sample_submitting()
+            else:
+                latents, pending = self._ahead
+                self._ahead = self._sample_submitting()
             video, frames = pending.result()
         chunk = Chunk(index=self._chunk, frames=frames[0], video=video[0], latents=latents[0])
         self._chunk += 1
         return chunk
 
-    def _sample_chunk(self) -> torch.Tensor:
+    def _sample_submitting(self):
+        """Sample the next chunk, submitting its latents to the (overlapped) decoder before its context pass.
+        -> (latents, PendingFrames)."""
+        submitted = []
+        latents = self._sample_chunk(before_context=lambda x0: submitted.append(self.decoder.submit(x0)))
+        self._recent.append(latents)
+        return latents, submitted[0]
+
+    def _sample_chunk(self, before_context=None) -> torch.Tensor:
         """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk (a chunk that
         starts with held context frames runs eagerly, holding them)."""
         hold, self._hold = self._hold, None
         if self._graphs is not None and hold is None:
-            return self._graphs.sample_chunk(self._noise)
-        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, hold=hold)
+            return self._graphs.sample_chunk(self._noise, before_context)
+        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, before_context=before_context,
+                            hold=hold)
+
+    @torch.no_grad()
+    def warmup(self) -> None:
+        """Do before the first prompt what the first chunks would otherwise pay for: build the cache, run one
+        chunk of every cache phase (3 / 6 / 9 key frames, then the first fold) so SDPA builds its plans for each
+        key count and cuBLAS its handles, capture every phase's CUDA graphs (cuda_graphs), compile the fused
+        helpers (fuse_helpers) and run the decoder once. Uses zero text states and its own noise, then leaves
+        the generator as it was: reset(prompt, seed) is still needed and streams exactly what it streams
+        without a warm-up (tests/test_runtime_warmup.py)."""
+        if self._forward is None:
+            self._build_forward()
+        self._hold, self._primed = None, None  # a primed stream is gone too
+        cfg = self.dit.config
+        cross = self.dit.cross_kv(torch.zeros(1, cfg.text_len, cfg.text_dim, device=self.device))
+        self._forward.reset()
+        self._forward.set_text(cross)
+        if self._graphs is not None:
+            self._graphs.set_text(cross)
+        self.decoder.reset()
+        self._noise = torch.Generator(device=self.device).manual_seed(0)
+        phases = self.policy.window_frames // self.policy.chunk_frames + 1  # up to the first folding chunk
+        for _ in range(phases):
+            latents = self._sample_chunk()
+            self.decoder.decode(latents)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._forward.reset()
+        self.decoder.reset()
+        self._recent.clear()
+        # Any stream in progress is gone: the next step needs reset(prompt, seed).
+        self._noise, self._chunk, self._ahead = None, 0, None
+        if self._cross is not None:
+            self._use_text(self._prompt, self._cross)
 
     def flush(self) -> torch.Tensor:
         """Frames the decoder still holds back: uint8 [T, H, W, 3] (T = 0 for the causal decoders)."""
@@ -362,53 +410,14 @@ class StreamGenerator:
             yield self.step()
 
 
-def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig) -> Path | None:
-    """Validate the backend arguments before any weights load; returns the engine path (tensorrt) or None."""
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or a chunk-step runner object, got {backend!r}")
-        if backend == "torch":
-            if engine is not None:
-                raise ValueError("engine= is the TensorRT engine of backend='tensorrt'; the torch backend takes "
-                                 "none (pass backend='tensorrt' to use it)")
-            return None
-    else:
-        check_runner(backend)
-        if engine is not None:
-            raise ValueError("engine= goes with backend='tensorrt'; a chunk-step runner object is its own engine")
-    # An engine replaces the PyTorch DiT's forwards, so the fast paths that rewrite or capture them do not apply.
-    if runtime.cuda_graphs or runtime.fp8:
-        raise ValueError(f"RuntimeConfig cuda_graphs / fp8 speed up the PyTorch DiT, which backend "
-                         f"{backend if isinstance(backend, str) else type(backend).__name__} does not run; "
-                         "turn them off (an FP8 engine is built with export/build_engine.py --fp8)")
-    if not isinstance(backend, str):
-        return None
-    if engine is None:
-        raise ValueError("backend='tensorrt' needs engine=PATH, a serialized engine built by export/build_engine.py "
-                         "from export/export_onnx.py's graph of this model")
-    path = Path(engine)
-    if not path.is_file():
-        raise FileNotFoundError(f"TensorRT engine {path} does not exist (build it with export/build_engine.py)")
-    if device.type != "cuda":
-        raise ValueError(f"backend='tensorrt' runs on an NVIDIA GPU, but the generator's device is {device}; pass "
-                         "device='cuda' (or use backend='torch' on a CPU)")
-    from rfrt.engine.tensorrt import import_tensorrt
-
-    import_tensorrt()  # TensorRTUnavailable, with what to install, before the model loads
-    return path
-
-
-def _load_runner(backend, engine_path: Path | None, device: torch.device):
-    """The chunk-step runner of an engine backend (None for torch)."""
-    if engine_path is not None:
-        from rfrt.engine.tensorrt import TensorRTChunkStep
-
-        return TensorRTChunkStep(engine_path, device)
-    return None if isinstance(backend, str) else backend
-
-
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
-    """The fast paths that change the model objects: FP8 block linears (in place), the overlapped decoder."""
+    """The fast paths that change the model objects: modulation precision / fused helpers, FP8 block linears (in
+    place), the overlapped decoder."""
+    current = getattr(dit, "block_math", None)
+    if current is not None and (current.precision, current.compile) != (runtime.modulation, runtime.fuse_helpers):
+        from rfrt.models.dit import BlockMath
+
+        dit.set_block_math(BlockMath(runtime.modulation, compile=runtime.fuse_helpers))
     if runtime.fp8:
         from rfrt.fast.fp8 import swap_dit_linears
 

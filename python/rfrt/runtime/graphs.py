@@ -8,7 +8,8 @@ with x0 / renoise -> context pass) over a forward whose begin_chunk takes its cu
 then: copy x0 to the output -> chunk counter + 1.
 
 Cursors without a host sync. `RingCache.begin_chunk` computes the chunk's slot and RoPE positions on the host
-and uploads them (a host-to-device copy). Inside the graph the cache computes them instead from a device
+and uploads them (a pinned non-blocking copy, which refuses to run under capture: a captured copy would
+freeze a host address the allocator reuses). Inside the graph the cache computes them instead from a device
 chunk counter (`RingCache.load_cursors`: the same arithmetic as `CachePolicy` as tensor ops), so the step path
 never waits for the device; before each replay the cache's host half (`RingCache.enter_chunk`) moves its two
 plain counters. The runner asks the cache for both halves and writes none of the cache's state itself.
@@ -39,7 +40,7 @@ from torch import Tensor
 
 from rfrt.cache.ring import RingCache
 from rfrt.models.dit import CrossKV
-from rfrt.runtime.chunk import sample_chunk
+from rfrt.runtime.chunk import context_pass, sample_chunk
 from rfrt.runtime.forward import TorchForward
 from rfrt.runtime.plan import ChunkPlan
 
@@ -92,7 +93,8 @@ class ChunkGraphs:
         self._forward = _GraphForward(dit, cache, self._counter)
         self._noise = [torch.empty(plan.latent_shape, dtype=torch.float32, device=device) for _ in plan.timesteps]
         self._out = torch.empty(plan.latent_shape, dtype=plan.dtype, device=device)
-        self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        # per phase: (denoise graph, context graph); the latents leave between the two
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph]] = {}
         self._seen: set[tuple[int, bool]] = set()
 
     @property
@@ -114,8 +116,12 @@ class ChunkGraphs:
         self._forward.set_text(cross)
 
     @torch.no_grad()
-    def sample_chunk(self, noise: torch.Generator) -> Tensor:
-        """Generate the cache's next chunk -> latents [1, F, C, h, w] (a fresh tensor, DiT dtype)."""
+    def sample_chunk(self, noise: torch.Generator, before_context=None) -> Tensor:
+        """Generate the cache's next chunk -> latents [1, F, C, h, w] (a fresh tensor, DiT dtype).
+
+        before_context(latents): called with that tensor between the denoising graph and the context-pass graph
+        (each phase is captured as those two graphs), e.g. to start decoding the chunk while its context pass
+        runs."""
         if self._forward.cross is None:
             raise RuntimeError("ChunkGraphs: call set_text(cross) before the first chunk")
         nxt = self.cache.chunk + 1
@@ -126,28 +132,42 @@ class ChunkGraphs:
         self.plan.draw(noise, out=self._noise)
         phase = self._phase(nxt)
         self.cache.enter_chunk(nxt)
-        graph = self._graphs.get(phase)
-        if graph is not None:
-            graph.replay()
+        graphs = self._graphs.get(phase)
+        if graphs is not None:
+            graphs[0].replay()
+            out = self._out.clone()
+            if before_context is not None:
+                before_context(out)
+            graphs[1].replay()
         else:
-            self._body()
+            self._denoise()
+            out = self._out.clone()
+            if before_context is not None:
+                before_context(out)
+            self._context()
             if self.capture and phase not in self._seen:
                 self._record(phase)
             self._seen.add(phase)
         self._counter_chunk = nxt + 1
-        return self._out.clone()
+        return out
 
     def _record(self, phase: tuple[int, bool]) -> None:
-        graph = torch.cuda.CUDAGraph()
+        denoise, context = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # torch.cuda.graph synchronises, captures on its own side stream and gives the graph a private memory
         # pool; the body's temporaries live there and nothing captured outlives the graph except the static
-        # buffers allocated above.
-        with torch.cuda.graph(graph):
-            self._body()
-        self._graphs[phase] = graph
+        # buffers allocated above. The two halves of a phase always run in turn, so they share one pool.
+        with torch.cuda.graph(denoise):
+            self._denoise()
+        with torch.cuda.graph(context, pool=denoise.pool()):
+            self._context()
+        self._graphs[phase] = (denoise, context)
 
-    def _body(self) -> None:
-        """One chunk on the static buffers: the loop, then the output copy and the counter (device ops only:
-        this is what a graph records)."""
-        self._out.copy_(sample_chunk(self._forward, self._noise, self.plan))
+    def _denoise(self) -> None:
+        """The chunk's cursors, fold and 4 denoising forwards on the static buffers, x0 into `_out` (device ops
+        only: this is what the first graph of a phase records)."""
+        self._out.copy_(sample_chunk(self._forward, self._noise, self.plan, context=False))
+
+    def _context(self) -> None:
+        """The context pass over `_out`, then the chunk counter (the second graph)."""
+        context_pass(self._forward, self._out, self.plan)
         self._counter.add_(1)
