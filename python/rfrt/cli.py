@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
     gen.add_argument("--prompts", help="file of 'CHUNK<tab>prompt' lines switching prompts at given chunks")
     gen.add_argument("--recache", action="store_true", help="re-cache the window under each new prompt")
+    gen.add_argument("--init", metavar="FILE", help="continue this video or start from this image (MP4, PNG, ...): "
+                                                  "its frames prime the stream's cache; --seconds / --chunks and "
+                                                  "--prompts chunk numbers count what is generated after it")
+    gen.add_argument("--init-frames", type=int, metavar="N", help="use the last N frames of --init (default: all)")
+    gen.add_argument("--drop-init", action="store_true",
+                     help="leave the --init frames out of the output (default: the output starts with them)")
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -87,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _chunks_for(args, generator) -> int:
+def _chunks_for(args, generator, start: int = 0) -> int:
     if args.chunks is not None:
         if args.chunks <= 0:
             raise CLIError(f"--chunks must be positive, got {args.chunks}")
@@ -98,7 +104,7 @@ def _chunks_for(args, generator) -> int:
     wanted, frames, chunks = math.ceil(seconds * generator.fps), 0, 0
     per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
     while frames < wanted:
-        frames += generator.decoder.frames_for(per_chunk, start=chunks * per_chunk)
+        frames += generator.decoder.frames_for(per_chunk, start=(start + chunks) * per_chunk)
         chunks += 1
     return chunks
 
@@ -121,6 +127,36 @@ def _check_engine(args) -> None:
         raise CLIError("--engine is used by --backend tensorrt; add --backend tensorrt")
     if args.engine is not None and not Path(args.engine).is_file():
         raise CLIError(f"engine {args.engine!r} does not exist (build it with export/build_engine.py)")
+
+
+def _probe_init(args) -> tuple[int, int] | None:
+    """Check --init before the model loads -> (H, W) of its first frame; None without --init."""
+    if args.init is None:
+        if args.init_frames is not None or args.drop_init:
+            raise CLIError("--init-frames and --drop-init go with --init FILE")
+        return None
+    from rfrt.context import ContextError, probe
+
+    if args.init_frames is not None and args.init_frames <= 0:
+        raise CLIError(f"--init-frames must be positive, got {args.init_frames}")
+    try:
+        return probe(args.init)
+    except ContextError as err:
+        raise CLIError(f"--init: {err}") from None
+
+
+def _read_init(args, generator):
+    """The --init frames, brought to the stream's size as they are decoded: uint8 [T, H, W, 3] (or None)."""
+    if args.init is None:
+        return None
+    from rfrt.context import MAX_CONTEXT_LATENT_FRAMES, ContextError, read_frames
+
+    try:
+        encoder = generator.decoder.encoder()
+        most = encoder.frames_for(MAX_CONTEXT_LATENT_FRAMES)
+        return read_frames(args.init, last=args.init_frames, max_frames=most, size=(generator.height, generator.width))
+    except (ContextError, NotImplementedError) as err:
+        raise CLIError(f"--init: {err}") from None
 
 
 def _generate(args) -> int:
@@ -148,29 +184,48 @@ def _generate(args) -> int:
     _check_engine(args)
     if args.inspect:
         _check_inspect(args.out)
+    source_hw = _probe_init(args)
     dtype = args.dtype
     generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, device=args.device,
                                 dtype=dtype, height=args.height, width=args.width, backend=args.backend,
                                 engine=args.engine)
-    chunks = _chunks_for(args, generator)
-    generator.reset(schedule[0], seed=args.seed)
+    from rfrt.context import ContextError, context_note
+
+    init = _read_init(args, generator)
+    try:  # before the writer opens the output: a context that cannot be used leaves the file as it was
+        generator.reset(schedule[0], seed=args.seed, context=init)
+    except ContextError as err:
+        raise CLIError(f"--init: {err}") from None
+    primed = generator.primed
+    chunks = _chunks_for(args, generator, start=generator.chunk_index)
+    skip = primed.held_output_frames if primed is not None and args.drop_init else 0
+    if primed is not None:
+        note = context_note(source_hw, generator.height, generator.width)
+        print(f"rfrt: primed from {args.init}: {primed.latents.shape[0]} latent frames ({primed.chunks} chunks "
+              f"as context, {primed.held_frames} held)" + (f"; {note}" if note else ""), file=sys.stderr)
     for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
         generator.text.encode(prompt)
     per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]  # latent frames
-    chunk_meta = rfrt_chunk_metadata(generator.decoder.frames_for(per_chunk, start=per_chunk),
-                                     generator.decoder.frames_for(per_chunk))
+    # The output's first chunk: chunk 0 (generated, or the context shown), else with --drop-init the first
+    # generated chunk less its held context frames.
+    first_out = (generator.decoder.frames_for(per_chunk, start=generator.chunk_index * per_chunk) - skip
+                 if args.drop_init else generator.decoder.frames_for(per_chunk))
+    chunk_meta = rfrt_chunk_metadata(generator.decoder.frames_for(per_chunk, start=per_chunk), first_out)
     with Mp4Writer(args.out, fps=generator.fps, metadata=chunk_meta) as writer:
         try:
-            latent_frames = chunks * generator.policy.chunk_frames * generator.dit.config.patch_size[0]
-            total = generator.decoder.frames_for(latent_frames)
+            first = generator.chunk_index * per_chunk
+            total = generator.decoder.frames_for(chunks * per_chunk, start=first) - skip
+            if primed is not None and not args.drop_init and primed.frames.shape[0]:
+                writer.write(primed.frames)  # the context as the stream's decoder shows it
             with tqdm(total=total, unit="frame", desc="rfrt", dynamic_ncols=True) as bar:
                 start = time.perf_counter()
                 for index in range(chunks):
                     if index > 0 and index in schedule:
                         generator.set_prompt(schedule[index], recache=args.recache)
                     chunk = generator.step()
-                    writer.write(chunk.frames)
-                    bar.update(chunk.frames.shape[0])
+                    frames = chunk.frames[skip:] if index == 0 else chunk.frames
+                    writer.write(frames)
+                    bar.update(frames.shape[0])
                     bar.set_postfix(chunk=f"{index + 1}/{chunks}",
                                     fps=f"{writer.frames_written / (time.perf_counter() - start):.1f}")
                 tail = generator.flush()

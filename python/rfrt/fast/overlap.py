@@ -96,6 +96,10 @@ class OverlappedDecoder(StreamingDecoder):
         """Latent frames submitted since the last reset (decoded or still queued)."""
         return self._submitted_frames
 
+    def encoder(self):
+        """The wrapped decoder's encode path."""
+        return self.inner.encoder()
+
     # ---- the protocol ----
     def submit(self, latents: Tensor) -> PendingFrames:
         """Queue the next chunk latents [B, F, C, h, w] (stream order) for decoding; returns immediately."""

@@ -40,6 +40,7 @@ from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_
 from rfrt.runtime.chunk import sample_chunk
 from rfrt.runtime.forward import TorchForward
 from rfrt.runtime.plan import ChunkPlan
+from rfrt.runtime.prime import Primed, context_latents, prime_chunks
 from rfrt.sampling import SamplerConfig
 from rfrt.text import PromptCache
 
@@ -160,6 +161,8 @@ class StreamGenerator:
         self._prompt: str | None = None
         self._cross = None
         self._chunk = 0
+        self._primed: Primed | None = None
+        self._hold: torch.Tensor | None = None  # held context latents [1, r, C, h, w] for the next chunk
         # Latents of the chunks a re-cache replays: the sink chunk plus the ring chunks before the next one.
         replayed = self.policy.window_frames // self.policy.chunk_frames - 1
         self._recent: collections.deque = collections.deque(maxlen=replayed)
@@ -197,6 +200,11 @@ class StreamGenerator:
         return self._layout
 
     @property
+    def primed(self) -> Primed | None:
+        """What the last reset(..., context=...) primed (rfrt.runtime.prime.Primed), or None without a context."""
+        return self._primed
+
+    @property
     def cache(self):
         """The stream's self-attention cache (None before the first reset): a RingCache with the torch backend,
         an rfrt.engine.EngineForward with an engine. Both hold it in .kv and .sink_acc."""
@@ -222,10 +230,22 @@ class StreamGenerator:
         return height, width
 
     # ---- the stream ----
-    def reset(self, prompt: str, seed: int = 0) -> None:
-        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise."""
+    def reset(self, prompt: str, seed: int = 0, *, context=None) -> None:
+        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise.
+
+        context: start from given frames (video continuation, image-to-video): an image or video file, uint8
+        frames [T, H, W, C] / [H, W, C] / [H, W], or float latents [F, C, h, w]. They are encoded with the model's
+        encoder and written into the cache as if generated (rfrt.runtime.prime); step() continues at chunk
+        `primed.chunks`. A context that cannot be used raises rfrt.context.ContextError, stream untouched.
+        """
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        ctx = None
+        if context is not None:
+            ctx = context_latents(context, decoder=self.decoder, height=self._height, width=self._width,
+                                  channels=self.dit.config.in_dim, latent_hw=self._latent_hw,
+                                  chunk_latent_frames=self._plan.latent_shape[1], dtype=self.dtype,
+                                  device=self.device)
         cross = self._encode(prompt)
         if self._forward is None:
             self._build_forward()
@@ -237,6 +257,12 @@ class StreamGenerator:
         self._chunk = 0
         self._recent.clear()
         self._ahead = None
+        self._hold, self._primed = None, None
+        if ctx is not None:
+            self._primed, chunks, self._hold = prime_chunks(ctx, self._forward, self._plan, self._noise,
+                                                            self.decoder)
+            self._recent.extend(chunks)
+            self._chunk = len(chunks)
 
     def set_prompt(self, prompt: str, recache: bool = False) -> None:
         """Switch the prompt mid-stream: re-encode it and rebuild the cross-attention K/V.
@@ -330,10 +356,13 @@ class StreamGenerator:
         return latents, submitted[0]
 
     def _sample_chunk(self, before_context=None) -> torch.Tensor:
-        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk."""
-        if self._graphs is not None:
+        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk (a chunk that
+        starts with held context frames runs eagerly, holding them)."""
+        hold, self._hold = self._hold, None
+        if self._graphs is not None and hold is None:
             return self._graphs.sample_chunk(self._noise, before_context)
-        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, before_context=before_context)
+        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, before_context=before_context,
+                            hold=hold)
 
     @torch.no_grad()
     def warmup(self) -> None:
@@ -345,6 +374,7 @@ class StreamGenerator:
         without a warm-up (tests/test_runtime_warmup.py)."""
         if self._forward is None:
             self._build_forward()
+        self._hold, self._primed = None, None  # a primed stream is gone too
         cfg = self.dit.config
         cross = self.dit.cross_kv(torch.zeros(1, cfg.text_len, cfg.text_dim, device=self.device))
         self._forward.reset()
