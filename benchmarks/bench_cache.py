@@ -11,16 +11,16 @@ import dataclasses
 import pytest
 import torch
 
-from rfrt.cache import CachePolicy, ReferenceCache, RingCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache, RingCache
 
 # name -> (grid_h, grid_w, layers, heads, head_dim)
 CPU_CONFIGS = {"cpu-small": (8, 8, 4, 4, 64)}
 FORWARDS = 5
 
 
-def _inputs(policy, layers, heads, head_dim, dtype, device, seed=0):
+def _inputs(layout, layers, heads, head_dim, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
-    shape = (1, policy.chunk_tokens, heads, head_dim)
+    shape = (1, layout.chunk_tokens, heads, head_dim)
     return [[tuple(torch.randn(shape, generator=g).to(device, dtype) for _ in range(3)) for _ in range(layers)]
             for _ in range(FORWARDS)]
 
@@ -43,14 +43,13 @@ def _warm(cache, inputs, chunks=4):
 @pytest.mark.parametrize("name", list(CPU_CONFIGS))
 def test_cpu_chunk_update_and_attention(benchmark, name, impl):
     gh, gw, layers, heads, head_dim = CPU_CONFIGS[name]
-    policy = CachePolicy(tokens_per_frame=gh * gw)
+    policy = CachePolicy()
+    layout = CacheLayout(policy, layers=layers, heads=heads, head_dim=head_dim, grid_h=gh, grid_w=gw)
     if impl == "reference":
-        cache = ReferenceCache(policy, layers=layers, head_dim=head_dim, grid_h=gh, grid_w=gw,
-                               compute_dtype=torch.float32)
+        cache = ReferenceCache(layout, compute_dtype=torch.float32)
     else:
-        cache = RingCache(policy, layers=layers, heads=heads, head_dim=head_dim, grid_h=gh, grid_w=gw,
-                          attention=impl.split("-")[1])
-    inputs = _inputs(policy, layers, heads, head_dim, torch.float32, "cpu")
+        cache = RingCache(layout, attention=impl.split("-")[1])
+    inputs = _inputs(layout, layers, heads, head_dim, torch.float32, "cpu")
     _warm(cache, inputs)
     benchmark.extra_info.update(config=name, impl=impl, policy=dataclasses.asdict(policy), layers=layers,
                                 heads=heads, head_dim=head_dim, dtype="float32",
@@ -90,9 +89,9 @@ def _measured_peaks(device):
 @pytest.mark.gpu
 @pytest.mark.parametrize("attention", ["sdpa"])  # "core" is an O(Lq*Lk) oracle kernel: minutes at this shape
 def test_gpu_released_shape_attention(benchmark, cuda_only, attention):
-    policy = CachePolicy(tokens_per_frame=RELEASED["grid_h"] * RELEASED["grid_w"])
-    cache = RingCache(policy, dtype=torch.bfloat16, device="cuda", attention=attention, **RELEASED)
-    inputs = _inputs(policy, RELEASED["layers"], RELEASED["heads"], RELEASED["head_dim"], torch.bfloat16, "cuda")
+    layout = CacheLayout(CachePolicy(), **RELEASED)
+    cache = RingCache(layout, dtype=torch.bfloat16, device="cuda", attention=attention)
+    inputs = _inputs(layout, RELEASED["layers"], RELEASED["heads"], RELEASED["head_dim"], torch.bfloat16, "cuda")
     _warm(cache, inputs)
     torch.cuda.synchronize()
 
@@ -102,7 +101,7 @@ def test_gpu_released_shape_attention(benchmark, cuda_only, attention):
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     peak_tflops, _ = _measured_peaks("cuda")
-    lq, lk, d, h = policy.chunk_tokens, policy.window_tokens, RELEASED["head_dim"], RELEASED["heads"]
+    lq, lk, d, h = layout.chunk_tokens, layout.window_tokens, RELEASED["head_dim"], RELEASED["heads"]
     attn_flops = FORWARDS * RELEASED["layers"] * 4 * lq * lk * d * h
     achieved = attn_flops / benchmark.stats.stats.median / 1e12
     benchmark.extra_info.update(config="released-832x480", attention=attention, dtype="bfloat16",
@@ -112,9 +111,9 @@ def test_gpu_released_shape_attention(benchmark, cuda_only, attention):
 
 @pytest.mark.gpu
 def test_gpu_released_shape_ema_fold(benchmark, cuda_only):
-    policy = CachePolicy(tokens_per_frame=RELEASED["grid_h"] * RELEASED["grid_w"])
-    cache = RingCache(policy, dtype=torch.bfloat16, device="cuda", **RELEASED)
-    cache.cursors[2].copy_(torch.tensor([policy.sink_tokens, 3, 3]))
+    layout = CacheLayout(CachePolicy(), **RELEASED)
+    cache = RingCache(layout, dtype=torch.bfloat16, device="cuda")
+    cache.cursors[2].copy_(torch.tensor([layout.sink_tokens, 3, 3]))
     cache.time_rows()
 
     def fold():
@@ -124,7 +123,7 @@ def test_gpu_released_shape_ema_fold(benchmark, cuda_only):
     benchmark.pedantic(fold, rounds=20, iterations=1, warmup_rounds=2)
     _, peak_gbs = _measured_peaks("cuda")
     # bytes touched: read evicted K,V (cache dtype), read+write fp32 accumulators, write sink K,V (cache dtype)
-    n = RELEASED["layers"] * policy.sink_tokens * RELEASED["heads"] * RELEASED["head_dim"]
+    n = RELEASED["layers"] * layout.sink_tokens * RELEASED["heads"] * RELEASED["head_dim"]
     moved = 2 * n * (2 + 4 + 4 + 2)
     achieved = moved / benchmark.stats.stats.median / 1e9
     benchmark.extra_info.update(config="released-832x480", dtype="bfloat16", fold_gbs=achieved,
@@ -138,11 +137,11 @@ def test_gpu_released_shape_sdpa_backend(benchmark, cuda_only, backend):
     (rfrt.fast.attention); records the kernel torch picks by default."""
     from rfrt.fast.attention import sdpa, sdpa_choice
 
-    policy = CachePolicy(tokens_per_frame=RELEASED["grid_h"] * RELEASED["grid_w"])
-    cache = RingCache(policy, dtype=torch.bfloat16, device="cuda", **{**RELEASED, "layers": 1})
+    layout = CacheLayout(CachePolicy(), **{**RELEASED, "layers": 1})
+    cache = RingCache(layout, dtype=torch.bfloat16, device="cuda")
     for _ in range(4):
         cache.begin_chunk()
-    q = torch.randn(1, policy.chunk_tokens, RELEASED["heads"], RELEASED["head_dim"], device="cuda",
+    q = torch.randn(1, layout.chunk_tokens, RELEASED["heads"], RELEASED["head_dim"], device="cuda",
                     dtype=torch.bfloat16)
     views = cache.sdpa_inputs(0, q)
     try:
@@ -155,7 +154,7 @@ def test_gpu_released_shape_sdpa_backend(benchmark, cuda_only, backend):
         torch.cuda.synchronize()
 
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-    flop = 4 * policy.chunk_tokens * policy.window_tokens * RELEASED["head_dim"] * RELEASED["heads"]
+    flop = 4 * layout.chunk_tokens * layout.window_tokens * RELEASED["head_dim"] * RELEASED["heads"]
     benchmark.extra_info.update(config="released-832x480", backend=backend,
                                 default_choice=sdpa_choice(*views, cache.scale),
                                 tflops=flop / benchmark.stats.stats.median / 1e12)

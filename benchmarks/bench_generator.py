@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.decoders import PixelDecoder
 from rfrt.runtime.generator import StreamGenerator
 from rfrt.model_dir import LoadedModel, VideoSpec
@@ -51,8 +51,7 @@ class _ReferenceLoop:
         self.text = F.pad(model.text_encoder.encode(["x"]), (0, 0, 0, cfg.text_len - 8))
         self.ctx = self.dit.cross_kv(self.text)
         grid = size // cfg.patch_size[1]
-        self.cache = ReferenceCache(policy, layers=cfg.num_layers, head_dim=cfg.head_dim, grid_h=grid, grid_w=grid,
-                                    compute_dtype=torch.float32)
+        self.cache = ReferenceCache(CacheLayout.for_model(cfg, policy, grid, grid), compute_dtype=torch.float32)
         self.steps = list(zip(warped_timesteps(SamplerConfig()).tolist(), warped_sigmas(SamplerConfig()).tolist()))
         self.noise = torch.Generator().manual_seed(0)
         self.frames = policy.chunk_frames
@@ -74,7 +73,7 @@ class _ReferenceLoop:
 def _info(benchmark, name: str, impl: str, **extra) -> None:
     kwargs, size = CONFIGS[name]
     benchmark.extra_info.update(config=name, impl=impl, dit=kwargs, pixels=size, dtype="float32",
-                                policy=dataclasses.asdict(CachePolicy(tokens_per_frame=(size // 2) ** 2)),
+                                policy=dataclasses.asdict(CachePolicy()) | {"tokens_per_frame": (size // 2) ** 2},
                                 threads=torch.get_num_threads(), **extra)
 
 
@@ -86,7 +85,7 @@ def test_cpu_chunk_latency(benchmark, name, impl):
         runner = StreamGenerator(model, device="cpu")
         runner.reset("x", seed=0)
     else:
-        runner = _ReferenceLoop(model, CachePolicy(tokens_per_frame=(CONFIGS[name][1] // 2) ** 2), CONFIGS[name][1])
+        runner = _ReferenceLoop(model, CachePolicy(), CONFIGS[name][1])
     for _ in range(WARM_CHUNKS):
         runner.step()
     _info(benchmark, name, impl, reference=f"test_cpu_chunk_latency[{name}-reference-loop]")

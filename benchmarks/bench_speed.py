@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.decoders import StreamingDecoder, TAEHVConfig, TAEHVDecoder, TAEHVNet
 from rfrt.fast import RuntimeConfig
 from rfrt.fast.cost import chunk_flop
@@ -159,7 +159,7 @@ def _record(benchmark, name: str, gen, impl: str, frames_per_chunk: int, key_fra
     timed chunk attends to (default the full window, the steady state)."""
     sc = CONFIGS[name]
     median = benchmark.stats.stats.median
-    flop = chunk_flop(sc.dit, gen.policy, key_frames=key_frames)
+    flop = chunk_flop(sc.dit, gen.layout, key_frames=key_frames)
     info = dict(config=name, impl=impl, dit=dataclasses.asdict(sc.dit), height=sc.height, width=sc.width,
                 dtype=str(sc.dtype), policy=dataclasses.asdict(gen.policy), frames_per_chunk=frames_per_chunk,
                 fps=frames_per_chunk / median, dit_tflop_per_chunk=flop / 1e12,
@@ -259,12 +259,11 @@ class _ReferenceLoop:
         self.dit = _random_dit(name, False)
         s = 8  # decoder stride of the Wan family
         grid = (sc.height // s // cfg.patch_size[1], sc.width // s // cfg.patch_size[2])
-        self.policy = CachePolicy(tokens_per_frame=grid[0] * grid[1])
+        self.policy = CachePolicy()
         self.shape = (1, self.policy.chunk_frames, cfg.in_dim, sc.height // s, sc.width // s)
         text = _Text(cfg).encode(["a red ball rolling"]).to(sc.device, sc.dtype)
         self.ctx = self.dit.cross_kv(F.pad(text, (0, 0, 0, cfg.text_len - text.shape[1])))
-        self.cache = ReferenceCache(self.policy, layers=cfg.num_layers, head_dim=cfg.head_dim, grid_h=grid[0],
-                                    grid_w=grid[1], compute_dtype=sc.dtype)
+        self.cache = ReferenceCache(CacheLayout.for_model(cfg, self.policy, *grid), compute_dtype=sc.dtype)
         self.steps = list(zip(warped_timesteps(SamplerConfig()).tolist(), warped_sigmas(SamplerConfig()).tolist()))
         self.noise = torch.Generator(device=sc.device).manual_seed(0)
         self.sc = sc

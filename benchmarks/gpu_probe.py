@@ -86,14 +86,14 @@ def dtype() -> torch.dtype:
 # ---------------------------------------------------------------------------------------------------------
 def stage_kernels() -> None:
     from rfrt import ops
-    from rfrt.cache import CachePolicy, RingCache
+    from rfrt.cache import CacheLayout, CachePolicy, RingCache
 
     g = geometry()
-    policy = CachePolicy(tokens_per_frame=g["grid_h"] * g["grid_w"])
+    layout = CacheLayout(CachePolicy(), layers=2, heads=g["heads"], head_dim=g["head_dim"], grid_h=g["grid_h"],
+                         grid_w=g["grid_w"])
     for dt in ((torch.float32, torch.bfloat16) if ARGS.device == "cuda" else (torch.float32,)):
-        kw = dict(layers=2, heads=g["heads"], head_dim=g["head_dim"], grid_h=g["grid_h"], grid_w=g["grid_w"],
-                  dtype=dt)
-        dev, ref = RingCache(policy, device=ARGS.device, **kw), RingCache(policy, device="cpu", **kw)
+        kw = dict(dtype=dt)
+        dev, ref = RingCache(layout, device=ARGS.device, **kw), RingCache(layout, device="cpu", **kw)
         dev.kv.fill_(float("nan"))  # poison: a slot read before it is written shows up as a non-finite output
         gen = torch.Generator().manual_seed(0)
         worst, finite = 0.0, True
@@ -101,7 +101,7 @@ def stage_kernels() -> None:
             dev.begin_chunk()
             ref.begin_chunk()
             for layer in range(2):
-                q, k, v = (torch.randn(1, policy.chunk_tokens, g["heads"], g["head_dim"], generator=gen).to(dt)
+                q, k, v = (torch.randn(1, layout.chunk_tokens, g["heads"], g["head_dim"], generator=gen).to(dt)
                            for _ in range(3))
                 out_d = dev(layer, *(t.to(ARGS.device) for t in (q, k, v)))
                 out_r = ref(layer, q, k, v)
@@ -118,10 +118,10 @@ def stage_kernels() -> None:
              out_max_abs=worst, finite=finite, error_flag=flag,
              ok=finite and flag == "clean" and kv_err <= (1e-5 if dt == torch.float32 else 2e-2))
     # a corrupted device cursor must set the flag, not write
-    dev = RingCache(policy, device=ARGS.device, **{**kw, "dtype": torch.float32})
+    dev = RingCache(layout, device=ARGS.device, **{**kw, "dtype": torch.float32})
     dev.begin_chunk()
-    dev.cursors[0].fill_(policy.window_tokens)
-    x = torch.randn(1, policy.chunk_tokens, g["heads"], g["head_dim"], device=ARGS.device)
+    dev.cursors[0].fill_(layout.window_tokens)
+    x = torch.randn(1, layout.chunk_tokens, g["heads"], g["head_dim"], device=ARGS.device)
     dev(0, x, x, x)
     try:
         dev.check()
@@ -129,13 +129,13 @@ def stage_kernels() -> None:
     except RuntimeError as e:
         emit("kernels", name="error-flag", ok=bool(dev.kv.abs().sum() == 0), detail=str(e)[:120])
     tests = ("test_schema", "test_faketensor")
-    ring = RingCache(policy, device=ARGS.device, **kw)
+    ring = RingCache(layout, device=ARGS.device, **kw)
     ring.begin_chunk()
-    q = torch.randn(1, policy.chunk_tokens, g["heads"], g["head_dim"], device=ARGS.device, dtype=kw["dtype"])
+    q = torch.randn(1, layout.chunk_tokens, g["heads"], g["head_dim"], device=ARGS.device, dtype=kw["dtype"])
     for name, op, args in (
             ("cache_write", ops.cache_write, (ring.kv, ring.sink_acc, q, q, q, ring.cursors[0], ring.rope_space,
-                                              ring.rope_time, 1, policy.tokens_per_frame, ring.error)),
-            ("rope_apply", ops.rope_apply, (q, ring.cursors[1], policy.tokens_per_frame, g["grid_w"], 1e4))):
+                                              ring.rope_time, 1, layout.tokens_per_frame, ring.error)),
+            ("rope_apply", ops.rope_apply, (q, ring.cursors[1], layout.tokens_per_frame, g["grid_w"], layout.rope_theta))):
         try:
             torch.library.opcheck(op, args, test_utils=tests)
             emit("kernels", name=f"opcheck-{name}", ok=True)
@@ -190,11 +190,11 @@ def stage_micro() -> None:
     except Exception as e:  # noqa: BLE001 - recorded, the stage goes on
         emit("micro", name=f"fp8-qkv-{lq}x{dim}x{3 * dim}", error=str(e)[:200])
     if not ARGS.no_core:
-        from rfrt.cache import CachePolicy, RingCache
+        from rfrt.cache import CacheLayout, CachePolicy, RingCache
 
-        policy = CachePolicy(tokens_per_frame=tpf)
-        cache = RingCache(policy, layers=30 if not ARGS.tiny else 2, heads=H, head_dim=D, grid_h=g["grid_h"],
-                          grid_w=g["grid_w"], dtype=dt, device=dev)
+        layout = CacheLayout(CachePolicy(), layers=30 if not ARGS.tiny else 2, heads=H, head_dim=D,
+                             grid_h=g["grid_h"], grid_w=g["grid_w"])
+        cache = RingCache(layout, dtype=dt, device=dev)
         for _ in range(4):
             cache.begin_chunk()
         qkv = [torch.randn(1, lq, H, D, device=dev, dtype=dt) for _ in range(3)]
@@ -208,7 +208,7 @@ def stage_micro() -> None:
         emit("micro", name="rfrt-cache_write-qkv", ms=s * 1e3, gbs=(moved + 2 * qkv[0].numel() *
                                                                    qkv[0].element_size()) / s / 1e9)
         s = timed(cache.fold, 2, 10)
-        n = cache.layers * policy.sink_tokens * H * D
+        n = cache.layers * layout.sink_tokens * H * D
         emit("micro", name="rfrt-sink_fold", ms=s * 1e3, gbs=2 * n * (2 * dt.itemsize + 8 + dt.itemsize) / s / 1e9)
         emit("micro", name="rfrt-time_rows", ms=timed(cache.time_rows, 3, 20) * 1e3)
     if dev == "cuda":
@@ -387,17 +387,16 @@ def stage_profile() -> None:
 
 
 def stage_sanitize() -> None:
-    from rfrt.cache import CachePolicy, RingCache
+    from rfrt.cache import CacheLayout, CachePolicy, RingCache
 
-    policy = CachePolicy(tokens_per_frame=24)
+    layout = CacheLayout(CachePolicy(), layers=2, heads=2, head_dim=16, grid_h=4, grid_w=6)
     for dt in (torch.float32, torch.bfloat16) if ARGS.device == "cuda" else (torch.float32,):
         for attention in ("sdpa", "core"):
-            cache = RingCache(policy, layers=2, heads=2, head_dim=16, grid_h=4, grid_w=6, dtype=dt,
-                              device=ARGS.device, attention=attention)
+            cache = RingCache(layout, dtype=dt, device=ARGS.device, attention=attention)
             for _ in range(5):
                 cache.begin_chunk()
                 for layer in range(2):
-                    x = torch.randn(1, policy.chunk_tokens, 2, 16, device=ARGS.device, dtype=dt)
+                    x = torch.randn(1, layout.chunk_tokens, 2, 16, device=ARGS.device, dtype=dt)
                     out = cache(layer, x, x, x)
             sync()
             cache.check()

@@ -34,8 +34,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rfrt._checks import positive_int
 from rfrt.cache import CachePolicy, RingCache
-from rfrt.cache.functional import CacheLayout, StepControls, step_controls
+from rfrt.cache.functional import StepControls, step_controls
+from rfrt.cache.layout import CacheLayout
 from rfrt.engine.interface import MASK_INPUT, STEP_INPUTS, STEP_OUTPUTS
 from rfrt.engine.onnxruntime import ort_session
 from rfrt.engine.stream import chunk_step_forward
@@ -51,7 +53,7 @@ class ExportSpec:
     """What one exported graph is specialised to (all its shapes derive from this and the model config).
 
     batch: videos per call. latent_h, latent_w: latent size (60 x 104 at 832x480).
-    policy: cache layout (tokens_per_frame must match the latent size). phase: "steady" or "any".
+    policy: cache policy (frames, alpha; its token counts follow from the latent size). phase: "steady" or "any".
     opset: ONNX opset of the export.
     """
 
@@ -64,23 +66,17 @@ class ExportSpec:
 
     def __post_init__(self) -> None:
         for name in ("batch", "latent_h", "latent_w", "opset"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"ExportSpec.{name} must be a positive int, got {value!r}")
+            positive_int(f"ExportSpec.{name}", getattr(self, name))
         if not isinstance(self.policy, CachePolicy):
             raise TypeError(f"ExportSpec.policy must be a CachePolicy, got {type(self.policy).__name__}")
         if self.phase not in PHASES:
             raise ValueError(f"ExportSpec.phase must be one of {PHASES}, got {self.phase!r}")
 
     def layout(self, cfg: ModelConfig) -> CacheLayout:
-        """The cache geometry for model `cfg`; raises if the latent size does not match the policy."""
-        tpf = cfg.tokens_per_frame(self.latent_h, self.latent_w)
-        if tpf != self.policy.tokens_per_frame:
-            raise ValueError(f"latent {self.latent_h}x{self.latent_w} gives {tpf} tokens per frame but the policy "
-                             f"says tokens_per_frame={self.policy.tokens_per_frame}")
+        """The cache geometry for model `cfg` at this latent size; raises if the latent does not fit the patch."""
+        cfg.tokens_per_frame(self.latent_h, self.latent_w)  # a clear error for a latent the patch does not divide
         ph, pw = cfg.patch_size[1:]
-        return CacheLayout(self.policy, layers=cfg.num_layers, batch=self.batch, heads=cfg.num_heads,
-                           head_dim=cfg.head_dim, grid_h=self.latent_h // ph, grid_w=self.latent_w // pw)
+        return CacheLayout.for_model(cfg, self.policy, self.latent_h // ph, self.latent_w // pw, batch=self.batch)
 
     def input_names(self) -> tuple[str, ...]:
         return STEP_INPUTS + ((MASK_INPUT,) if self.phase == "any" else ())
@@ -102,7 +98,7 @@ class ChunkStep(nn.Module):
         if masked and valid_tokens is None:
             raise ValueError("phase 'any' needs the valid_tokens input")
         if not masked:  # steady state: every slot of the buffer holds a key
-            valid_tokens = torch.full((1,), self.layout.policy.window_tokens, dtype=torch.int64)
+            valid_tokens = torch.full((1,), self.layout.window_tokens, dtype=torch.int64)
         controls = StepControls(slots, rope_cos, rope_sin, fold, valid_tokens)
         # The same function StreamGenerator's engine backends are checked against (rfrt.engine).
         return chunk_step_forward(self.model, self.layout, masked, x, t, cross_kv, kv, sink_acc, controls)
@@ -179,8 +175,7 @@ def verify_stream(model: CausalWanDiT, spec: ExportSpec, session, text: torch.Te
     PyTorch on the same inputs), kv, sink_acc (vs RingCache's buffers).
     """
     cfg, layout, p = model.config, spec.layout(model.config), spec.policy
-    ring = RingCache(p, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim, grid_h=layout.grid_h,
-                     grid_w=layout.grid_w, batch=spec.batch, dtype=model.patch_embedding.weight.dtype)
+    ring = RingCache(layout, dtype=model.patch_embedding.weight.dtype)
     step = ChunkStep(model, spec).eval()
     gen = torch.Generator().manual_seed(seed)
     first = p.ring_chunks if spec.phase == "steady" else 0
@@ -264,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dtype == "fp16":
         model = model.half()
     policy = CachePolicy(sink_frames=args.sink_frames, window_frames=args.window_frames,
-                         chunk_frames=args.chunk_frames, tokens_per_frame=model.config.tokens_per_frame(h, w),
-                         sink_ema_alpha=args.sink_ema_alpha)
+                         chunk_frames=args.chunk_frames, sink_ema_alpha=args.sink_ema_alpha)
     spec = ExportSpec(batch=args.batch, latent_h=h, latent_w=w, policy=policy, phase=args.phase, opset=args.opset)
     path = export_chunk_step(model, spec, args.out)
     print(f"wrote {path} (checker passed): {spec}")

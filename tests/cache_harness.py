@@ -6,10 +6,12 @@ import torch
 FORWARDS_PER_CHUNK = 5  # 4 denoising forwards + the context pass (SPEC §2.1)
 
 
-def stream_inputs(policy, *, chunks, layers, heads, head_dim, batch=1, seed=0, dtype=torch.float32):
-    """Yield (chunk, forward, layer, q, k, v): fresh random q/k/v per forward, like the real model's."""
+def stream_inputs(layout, *, chunks, layers, heads, head_dim, batch=1, seed=0, dtype=torch.float32):
+    """Yield (chunk, forward, layer, q, k, v): fresh random q/k/v per forward, like the real model's.
+
+    layout: the caches' rfrt.cache.CacheLayout (its chunk_tokens)."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (batch, policy.chunk_tokens, heads, head_dim)
+    shape = (batch, layout.chunk_tokens, heads, head_dim)
     for c in range(chunks):
         for f in range(FORWARDS_PER_CHUNK):
             for layer in range(layers):
@@ -17,11 +19,11 @@ def stream_inputs(policy, *, chunks, layers, heads, head_dim, batch=1, seed=0, d
                 yield c, f, layer, q, k, v
 
 
-def run_pair(fast, judge, policy, *, chunks, layers, heads, head_dim, batch=1, seed=0, dtype=torch.float32,
+def run_pair(fast, judge, *, chunks, layers, heads, head_dim, batch=1, seed=0, dtype=torch.float32,
              judge_dtype=None, device="cpu"):
     """Feed both caches the same stream; return per-call outputs (fast, judge) as lists."""
     outs_fast, outs_judge, last = [], [], -1
-    for c, _, layer, q, k, v in stream_inputs(policy, chunks=chunks, layers=layers, heads=heads,
+    for c, _, layer, q, k, v in stream_inputs(fast.layout, chunks=chunks, layers=layers, heads=heads,
                                               head_dim=head_dim, batch=batch, seed=seed, dtype=dtype):
         if c != last:
             fast.begin_chunk()

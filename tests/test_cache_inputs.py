@@ -5,16 +5,16 @@ import pytest
 import torch
 
 from rfrt import ops
-from rfrt.cache import CachePolicy, RingCache
+from rfrt.cache import CacheLayout, CachePolicy, RingCache
 
 
 def small_ring(**kw):
-    policy = CachePolicy(tokens_per_frame=4, **kw)
-    return policy, RingCache(policy, layers=2, heads=2, head_dim=8, grid_h=2, grid_w=2)
+    policy = CachePolicy(**kw)
+    return policy, RingCache(CacheLayout(policy, layers=2, heads=2, head_dim=8, grid_h=2, grid_w=2))
 
 
 def qkv(policy, dtype=torch.float32):
-    return [torch.randn(1, policy.chunk_tokens, 2, 8, dtype=dtype) for _ in range(3)]
+    return [torch.randn(1, 4 * policy.chunk_frames, 2, 8, dtype=dtype) for _ in range(3)]  # 2x2 tokens per frame
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -24,17 +24,24 @@ def qkv(policy, dtype=torch.float32):
     (dict(sink_ema_alpha=-0.1), r"sink_ema_alpha must lie in \[0, 1\]"),
     (dict(sink_frames=2), "sink_frames .* must equal chunk_frames"),
     (dict(chunk_frames=0), "chunk_frames must be a positive int"),
+    (dict(tokens_per_frame=1560), "tokens_per_frame"),  # resolution-free: the grid lives in CacheLayout
     (dict(rope_rule="rotate-half"), "rope_rule must be one of"),
     (dict(sink_precision="fp8"), "sink_precision must be one of"),
 ])
 def test_policy_rejects_bad_values(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         CachePolicy(**kw)
 
 
 def test_policy_sizes_are_derived():
-    p = CachePolicy()  # the release: 3/9/3 frames of 1560 tokens
-    assert (p.chunk_tokens, p.window_tokens, p.ring_chunks) == (4680, 14040, 2)
+    from rfrt.models import ModelConfig
+
+    p = CachePolicy()  # the release: 3/9/3 frames of 1560 tokens (832x480: a 30 x 52 token grid)
+    layout = CacheLayout.for_model(ModelConfig(), p, 30, 52)
+    assert (layout.tokens_per_frame, layout.chunk_tokens, layout.window_tokens, p.ring_chunks) == (1560, 4680, 14040, 2)
+    assert (layout.layers, layout.heads, layout.head_dim, layout.rope_theta) == (30, 12, 128, 10000.0)
+    assert layout.kv_shape() == (2, 30, 1, 14040, 12, 128) and layout.sink_acc_shape()[3] == 4680
+    assert [layout.valid_tokens(c) for c in range(4)] == [4680, 9360, 14040, 14040]
     assert [p.chunk_slot_frame(c) for c in range(6)] == [0, 3, 6, 3, 6, 3]
     assert [p.evicted_chunk(c) for c in range(6)] == [None, None, None, 1, 2, 3]
     assert [p.valid_frames(c) for c in range(4)] == [3, 6, 9, 9]
@@ -66,10 +73,10 @@ def test_cache_rejects_wrong_dtype_shape_layout_and_order():
         ring(5, q, k, v)
     with pytest.raises(ValueError, match="expected chunk 1, got 3"):
         ring.begin_chunk(3)
-    with pytest.raises(ValueError, match="grid 3x3 has 9 tokens"):
-        RingCache(policy, layers=1, heads=1, head_dim=8, grid_h=3, grid_w=3)
-    with pytest.raises(ValueError, match="head_dim must be even"):
-        RingCache(policy, layers=1, heads=1, head_dim=7, grid_h=2, grid_w=2)
+    with pytest.raises(TypeError, match="CacheLayout"):
+        RingCache(policy)
+    with pytest.raises(ValueError, match="even head_dim"):
+        RingCache(CacheLayout(policy, layers=1, heads=1, head_dim=7, grid_h=2, grid_w=2))
 
 
 def tables(ring):
@@ -94,7 +101,7 @@ def test_ops_reject_non_contiguous_wrong_device_and_writes_past_the_ring():
         ops.cache_write(ring.kv, ring.sink_acc, q, k, v, cursor, sp[:3].contiguous(), tm, 0, 4)
     with pytest.raises(TypeError, match="error must have dtype torch.int32"):
         ops.cache_write(ring.kv, ring.sink_acc, q, k, v, cursor, sp, tm, 0, 4, torch.zeros(1))
-    past = torch.tensor([policy.window_tokens - 4, 0])
+    past = torch.tensor([ring.layout.window_tokens - 4, 0])
     with pytest.raises(ValueError, match="past the ring"):
         ops.cache_write(ring.kv, ring.sink_acc, q, k, v, past, sp, tm, 0, 4)
     with pytest.raises(ValueError, match=r"sink_ema_alpha must lie in \[0, 1\]"):
@@ -179,7 +186,7 @@ def test_out_of_range_cursor_sets_the_error_flag_and_writes_nothing():
     ring(0, q, k, v)
     ring.check()  # clean so far
     before = ring.kv.clone()
-    ring.cursors[0].copy_(torch.tensor([policy.window_tokens - 4, 0]))  # a corrupted device cursor
+    ring.cursors[0].copy_(torch.tensor([ring.layout.window_tokens - 4, 0]))  # a corrupted device cursor
     ring(0, q, k, v)
     assert torch.equal(ring.kv, before)
     with pytest.raises(RuntimeError, match="a cache write met an out-of-range device cursor"):
@@ -264,7 +271,7 @@ def test_sdpa_choice_is_recorded_and_a_forced_backend_gives_the_same_attention()
     from rfrt.fast.attention import sdpa_choice
 
     policy, auto = small_ring()
-    forced = RingCache(policy, layers=2, heads=2, head_dim=8, grid_h=2, grid_w=2, sdpa_backend="math")
+    forced = RingCache(auto.layout, sdpa_backend="math")
     q, k, v = qkv(policy)
     for cache in (auto, forced):
         for _ in range(3):
@@ -273,9 +280,9 @@ def test_sdpa_choice_is_recorded_and_a_forced_backend_gives_the_same_attention()
     torch.testing.assert_close(out_math, out_auto, rtol=1e-5, atol=1e-5)
     assert sdpa_choice(*auto.sdpa_inputs(0, q)) in ("cudnn", "flash", "efficient", "math")
     with pytest.raises(ValueError, match="sdpa_backend must be one of"):
-        RingCache(policy, layers=1, heads=2, head_dim=8, grid_h=2, grid_w=2, sdpa_backend="fa3")
+        RingCache(auto.layout, sdpa_backend="fa3")
     if not torch.cuda.is_available():
-        cudnn = RingCache(policy, layers=2, heads=2, head_dim=8, grid_h=2, grid_w=2, sdpa_backend="cudnn")
+        cudnn = RingCache(auto.layout, sdpa_backend="cudnn")
         cudnn.begin_chunk()
         with pytest.raises(RuntimeError, match="SDPA backend 'cudnn' cannot run"):
             cudnn(0, q, k, v)

@@ -2,14 +2,13 @@
 import pytest
 import torch
 
-from rfrt.cache import CachePolicy, RingCache
-from rfrt.cache.functional import (CacheLayout, FunctionalCacheAttention, fold_sink, rotate, step_controls,
+from rfrt.cache import CacheLayout, CachePolicy, RingCache
+from rfrt.cache.functional import (FunctionalCacheAttention, fold_sink, rotate, step_controls,
                                    time_rope_tables)
 from rfrt.rope import apply_rope, rope_angles
 
 GRID_H, GRID_W, HEADS, HEAD_DIM, LAYERS, BATCH = 2, 3, 2, 12, 2, 1
-POLICY = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, tokens_per_frame=GRID_H * GRID_W,
-                     sink_ema_alpha=0.9)
+POLICY = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, sink_ema_alpha=0.9)
 LAYOUT = CacheLayout(POLICY, layers=LAYERS, batch=BATCH, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H,
                      grid_w=GRID_W)
 FORWARDS = 3  # denoising forwards + context pass per chunk (fewer than 5 keeps it fast; the fold is in the 1st)
@@ -26,11 +25,10 @@ def _drive(chunks, masked, start_functional_at=0):
     its buffers (the steady-state export is handed a cache the runtime filled).
     """
     gen = torch.Generator().manual_seed(0)
-    ring = RingCache(POLICY, layers=LAYERS, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W,
-                     batch=BATCH)
+    ring = RingCache(LAYOUT)
     kv = sink_acc = None
     worst = {"out": 0.0, "kv": 0.0, "acc": 0.0}
-    shape = (BATCH, POLICY.chunk_tokens, HEADS, HEAD_DIM)
+    shape = (BATCH, LAYOUT.chunk_tokens, HEADS, HEAD_DIM)
     for c in range(chunks):
         if c == start_functional_at:  # before begin_chunk: the functional side does its own fold
             kv, sink_acc = ring.kv.clone(), ring.sink_acc.clone()
@@ -67,10 +65,11 @@ def test_masked_mode_matches_ring_cache_from_an_empty_cache():
 
 def test_a_missed_fold_is_detected():
     # The comparison can fail: skipping the fold at a chunk's first forward diverges from the RingCache.
-    ring = RingCache(POLICY, layers=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W)
+    layout = CacheLayout(POLICY, layers=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W)
+    ring = RingCache(layout)
     layout = CacheLayout(POLICY, layers=1, batch=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W)
     gen = torch.Generator().manual_seed(1)
-    shape = (1, POLICY.chunk_tokens, HEADS, HEAD_DIM)
+    shape = (1, LAYOUT.chunk_tokens, HEADS, HEAD_DIM)
     for c in range(POLICY.ring_chunks + 2):
         if c == POLICY.ring_chunks + 1:
             kv, acc = ring.kv.clone(), ring.sink_acc.clone()
@@ -94,8 +93,9 @@ def test_rotation_matches_reference_rope():
 
 
 def test_layout_and_backend_validation():
-    with pytest.raises(ValueError, match="tokens_per_frame"):
-        CacheLayout(POLICY, layers=1, batch=1, heads=1, head_dim=12, grid_h=3, grid_w=3)
+    assert CacheLayout(POLICY, layers=1, heads=1, head_dim=12, grid_h=3, grid_w=5).window_tokens == 6 * 15
+    with pytest.raises(ValueError, match="grid_w"):
+        CacheLayout(POLICY, layers=1, batch=1, heads=1, head_dim=12, grid_h=3, grid_w=0)
     with pytest.raises(ValueError, match="head_dim"):
         CacheLayout(POLICY, layers=1, batch=1, heads=1, head_dim=7, grid_h=GRID_H, grid_w=GRID_W)
     with pytest.raises(TypeError, match="CachePolicy"):
@@ -112,13 +112,11 @@ def test_layout_and_backend_validation():
 def test_reference_rounding_mode_matches_ring_cache_in_bf16():
     # sink_precision="cache" keeps a bf16 accumulator and rounds the EMA like the reference; the functional
     # fold must round the same way (an fp32 fold would differ by whole bf16 ulps).
-    policy = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, tokens_per_frame=GRID_H * GRID_W,
-                         sink_ema_alpha=0.9, sink_precision="cache")
+    policy = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, sink_ema_alpha=0.9, sink_precision="cache")
     layout = CacheLayout(policy, layers=1, batch=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W)
-    ring = RingCache(policy, layers=1, heads=HEADS, head_dim=HEAD_DIM, grid_h=GRID_H, grid_w=GRID_W,
-                     dtype=torch.bfloat16)
+    ring = RingCache(layout, dtype=torch.bfloat16)
     gen = torch.Generator().manual_seed(2)
-    shape = (1, policy.chunk_tokens, HEADS, HEAD_DIM)
+    shape = (1, layout.chunk_tokens, HEADS, HEAD_DIM)
     for c in range(policy.ring_chunks + 3):
         kv, acc = ring.kv.clone(), ring.sink_acc.clone()
         ring.begin_chunk()
@@ -127,5 +125,5 @@ def test_reference_rounding_mode_matches_ring_cache_in_bf16():
     new_kv, new_acc = fold_sink(layout, kv, acc, step_controls(layout, c, first_forward=True))
     assert acc.dtype == torch.bfloat16 and not torch.equal(new_acc, acc)
     assert torch.equal(new_acc, ring.sink_acc)
-    assert (new_kv[:, :, :, :policy.sink_tokens].float() - ring.kv[:, :, :, :policy.sink_tokens].float()).abs().max() \
+    assert (new_kv[:, :, :, :layout.sink_tokens].float() - ring.kv[:, :, :, :layout.sink_tokens].float()).abs().max() \
         <= 1e-2

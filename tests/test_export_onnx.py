@@ -14,7 +14,7 @@ from rfrt.engine.interface import STEP_INPUTS, STEP_OUTPUTS  # noqa: E402
 
 LATENT_H, LATENT_W = 4, 6  # 2 x 3 tokens per frame with patch (1, 2, 2)
 # A visible EMA (alpha 0.9, not 0.999) so a fold mistake cannot hide under the tolerance.
-POLICY = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, tokens_per_frame=6, sink_ema_alpha=0.9)
+POLICY = CachePolicy(sink_frames=2, window_frames=6, chunk_frames=2, sink_ema_alpha=0.9)
 TOL = 1e-4
 
 
@@ -84,9 +84,10 @@ def test_spec_validation():
         ExportSpec(batch=0, latent_h=4, latent_w=6, policy=POLICY)
     with pytest.raises(TypeError, match="CachePolicy"):
         ExportSpec(batch=1, latent_h=4, latent_w=6, policy={"sink_frames": 2})
-    spec = ExportSpec(batch=1, latent_h=8, latent_w=6, policy=POLICY)
-    with pytest.raises(ValueError, match="tokens_per_frame"):
+    spec = ExportSpec(batch=1, latent_h=7, latent_w=6, policy=POLICY)
+    with pytest.raises(ValueError, match="not divisible by patch"):
         spec.layout(tiny_model(0).config)
+    assert ExportSpec(batch=1, latent_h=8, latent_w=6, policy=POLICY).layout(tiny_model(0).config).grid_h == 4
     with pytest.raises(SystemExit):
         main(["--out", "x.onnx"])  # neither --checkpoint nor --tiny-random
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rfrt.cache.ring import RingCache
+from rfrt.cache import CacheLayout, RingCache
 from rfrt.fast import RuntimeConfig
 from rfrt.fast.fp8 import E4M3_MAX, FP8Linear, fp8_forward_error, quantize_fp8, relative_error, swap_dit_linears
 from rfrt.runtime.generator import StreamGenerator
@@ -73,8 +73,8 @@ def test_fp8_quality_forward_and_chunk():
 
     def backend():
         from rfrt.cache import CachePolicy
-        cache = RingCache(CachePolicy(tokens_per_frame=16), layers=cfg.num_layers, heads=cfg.num_heads,
-                          head_dim=cfg.head_dim, grid_h=4, grid_w=4)
+
+        cache = RingCache(CacheLayout.for_model(cfg, CachePolicy(), 4, 4))
         cache.begin_chunk()
         return cache
 

@@ -2,13 +2,10 @@
 fallback against the plain StreamGenerator, bit for bit; CUDA capture/replay on a GPU."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from rfrt.cache import CachePolicy
-from rfrt.cache.ring import RingCache
+from rfrt.cache import CacheLayout, CachePolicy, RingCache
 from rfrt.fast import RuntimeConfig
 from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
@@ -16,12 +13,12 @@ from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("policy", [CachePolicy(tokens_per_frame=4),
-                                    CachePolicy(window_frames=12, tokens_per_frame=4),
-                                    CachePolicy(sink_frames=2, chunk_frames=2, window_frames=6, tokens_per_frame=4),
-                                    CachePolicy(tokens_per_frame=4, rope_rule="absolute")])
+@pytest.mark.parametrize("policy", [CachePolicy(),
+                                    CachePolicy(window_frames=12),
+                                    CachePolicy(sink_frames=2, chunk_frames=2, window_frames=6),
+                                    CachePolicy(rope_rule="absolute")])
 def test_device_cursors_match_begin_chunk(policy):
-    cache = RingCache(policy, layers=1, heads=1, head_dim=6, grid_h=2, grid_w=2)
+    cache = RingCache(CacheLayout(policy, layers=1, heads=1, head_dim=6, grid_h=2, grid_w=2))
     for chunk in range(25):
         cache.begin_chunk()
         write, query, fold = cache.device_cursors(torch.tensor([chunk]))

@@ -68,9 +68,13 @@ def test_decoder_runs_beside_the_caller_in_order():
     over.close()
 
 
-def test_uint8_on_device_equals_to_uint8_frames():
-    x = torch.randn(2, 3, 3, 5, 4, generator=torch.Generator().manual_seed(4)) * 1.3
-    assert torch.equal(uint8_frames_on_device(x), to_uint8_frames(x))
+def test_uint8_frames_closed_form():
+    """[-1, 1] -> round((x + 1) * 127.5), clamped, channels last; the CPU copy holds the same bytes."""
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.002, 0.5, 1.0, 3.0]).view(1, 1, 1, 1, 8).expand(2, 3, 3, 5, 8)
+    want = torch.tensor([0, 0, 64, 128, 128, 191, 255, 255], dtype=torch.uint8)  # 63.75 -> 64, 127.755 -> 128
+    got = uint8_frames_on_device(x)
+    assert got.shape == (2, 3, 5, 8, 3) and torch.equal(got[0, 0, 0, :, 0], want)
+    assert torch.equal(to_uint8_frames(x), got)
 
 
 def test_generator_overlap_equals_sequential():

@@ -28,7 +28,7 @@ from test_generator_tiny import one_thread, tiny_dit, tiny_model  # noqa: E402, 
 SIZE = 8  # px; pixel decoder, patch 2 -> 4x4 tokens per frame
 # The release layout (sink 3, window 9, chunks of 3: the window fills at chunk 2, folds from chunk 3) with a
 # visible EMA (0.9, not 0.999), so a fold mistake cannot hide under the tolerance.
-POLICY = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=16, sink_ema_alpha=0.9)
+POLICY = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, sink_ema_alpha=0.9)
 TOL = 1e-4
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -115,7 +115,7 @@ def test_engine_shapes_are_checked_at_load(onnx_paths):
     runner = OnnxRuntimeChunkStep(onnx_paths["any"])
     with pytest.raises(ValueError, match=r"x \(1, 3, 3, 8, 8\) \(needs \(1, 3, 3, 16, 16\)\).*--latent-height 16"):
         StreamGenerator(tiny_model(SIZE), device="cpu", cache=POLICY, height=16, width=16, backend=runner)
-    wider = CachePolicy(sink_frames=3, window_frames=12, chunk_frames=3, tokens_per_frame=16, sink_ema_alpha=0.9)
+    wider = CachePolicy(sink_frames=3, window_frames=12, chunk_frames=3, sink_ema_alpha=0.9)
     with pytest.raises(ValueError, match=r"kv .* \(needs \(2, 2, 1, 192, 2, 16\)\).*--window-frames 12"):
         StreamGenerator(tiny_model(SIZE), device="cpu", cache=wider, backend=runner)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_model  # noqa: F401 - fixture
 
@@ -22,9 +22,9 @@ def spec_schedule(shift=5.0, steps=(1000, 750, 500, 250), n=1000):
 
 def spec_stream(model, prompt, seed, chunks, *, renoise_order="spec", fold_at_context=False):
     """Latents [chunk][1, F, C, h, w] of the reference loop. The keyword arguments inject known mistakes."""
-    dit, policy = model.dit, CachePolicy(tokens_per_frame=16)
+    dit, policy = model.dit, CachePolicy()
     text = F.pad(model.text_encoder.encode([prompt]), (0, 0, 0, dit.config.text_len - 5))  # zero-padded states
-    cache = ReferenceCache(policy, layers=2, head_dim=16, grid_h=4, grid_w=4)
+    cache = ReferenceCache(CacheLayout.for_model(dit.config, policy, 4, 4))
     noise = torch.Generator().manual_seed(seed)
     schedule = spec_schedule()
     out = []

@@ -133,7 +133,7 @@ def test_tiny_generator_chunk_shapes(one_thread):
     expect = ((c.video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
     assert torch.equal(c.frames, expect)
     assert gen.flush().shape == (0, 8, 8, 3)
-    assert gen.cache.policy.tokens_per_frame == 16
+    assert gen.cache.layout.tokens_per_frame == 16
 
 
 def test_iteration_is_endless_and_matches_step(one_thread):

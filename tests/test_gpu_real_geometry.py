@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cache_harness import max_rel_error, run_pair
-from rfrt.cache import CachePolicy, ReferenceCache, RingCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache, RingCache
 from rfrt.fast import RuntimeConfig
 from rfrt.generator import StreamGenerator
 from rfrt.model_dir import LoadedModel, VideoSpec
@@ -58,7 +58,7 @@ def test_graphs_match_eager_at_the_release_geometry():
     assert dit.blocks[0].self_attn.num_heads == 12 and CFG.head_dim == 128
     _, eager = _stream(dit, RuntimeConfig())
     gen, graphs = _stream(dit, RuntimeConfig(cuda_graphs=True))
-    assert gen._cache.policy.tokens_per_frame == 1560 and len(gen._graphs.captured_phases) == 4
+    assert gen._cache.layout.tokens_per_frame == 1560 and len(gen._graphs.captured_phases) == 4
     for c, (a, b) in enumerate(zip(graphs, eager)):
         assert bool(a.isfinite().all()), f"chunk {c} not finite"
         assert torch.allclose(a, b, atol=1e-2, rtol=0), f"chunk {c}: max |diff| {(a - b).abs().max().item()}"
@@ -68,9 +68,9 @@ def test_graphs_match_eager_at_the_release_geometry():
 
 def test_cache_matches_the_oracle_at_the_release_geometry():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    policy = CachePolicy(tokens_per_frame=1560)
-    ring = RingCache(policy, layers=2, heads=12, head_dim=128, grid_h=30, grid_w=52, device="cuda", debug=True)
-    ref = ReferenceCache(policy, layers=2, head_dim=128, grid_h=30, grid_w=52)
-    fast, judge = run_pair(ring, ref, policy, chunks=CHUNKS, layers=2, heads=12, head_dim=128, device="cuda")
+    layout = CacheLayout(CachePolicy(), layers=2, heads=12, head_dim=128, grid_h=30, grid_w=52)
+    ring = RingCache(layout, device="cuda", debug=True)
+    ref = ReferenceCache(layout)
+    fast, judge = run_pair(ring, ref, chunks=CHUNKS, layers=2, heads=12, head_dim=128, device="cuda")
     assert all(bool(x.isfinite().all()) for x in fast)
     assert max_rel_error(fast, judge) <= 1e-5

@@ -24,17 +24,17 @@ DIFFUSERS_1_3B_JSON = {"_class_name": "WanTransformer3DModel", "_diffusers_versi
 
 def test_preset_has_exactly_the_released_parameter_count():
     with torch.device("meta"):
-        net = CausalWanDiT(ModelConfig.wan_1_3b())
+        net = CausalWanDiT(ModelConfig())
     assert sum(p.numel() for p in net.parameters()) == 1_418_996_800
     assert all(p.device.type == "meta" for p in net.parameters())
-    assert ModelConfig.wan_1_3b().tokens_per_frame(60, 104) == 1560
+    assert ModelConfig().tokens_per_frame(60, 104) == 1560
 
 
 @pytest.mark.parametrize("raw", [WAN_1_3B_JSON, DIFFUSERS_1_3B_JSON], ids=["wan", "diffusers"])
 def test_both_spellings_of_the_release_read_as_the_preset(tmp_path, raw):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(raw))
-    assert ModelConfig.from_json(path) == ModelConfig.wan_1_3b()
+    assert ModelConfig.from_json(path) == ModelConfig()
 
 
 def test_diffusers_defaults_match_diffusers(tmp_path):

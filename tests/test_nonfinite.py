@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from rfrt import cli
-from rfrt.checks import FiniteWatch, NonFiniteError, check_dtype, check_seed, resolve_device
+from rfrt.checks import FiniteWatch, NonFiniteError, check_seed
+from rfrt.devices import default_device as resolve_device, resolve_dtype
 from rfrt.runtime.generator import StreamGenerator
 from test_generator_tiny import one_thread, tiny_dit, tiny_model, write_model_dir  # noqa: F401
 
@@ -114,9 +115,9 @@ def test_api_seed_dtype_and_model_rules(one_thread):  # noqa: F811
         StreamGenerator(tiny_model(SIZE), device="cpu", dtype="float33")
     with pytest.raises(TypeError, match="model must be a model directory path, a LoadedModel or None"):
         StreamGenerator(123, device="cpu")
-    assert check_dtype("bf16") is torch.bfloat16 and check_dtype(None) is None
+    assert resolve_dtype("bf16", "cpu") is torch.bfloat16 and resolve_dtype(None, "cpu") is torch.float32
     with pytest.raises(ValueError, match="floating point"):
-        check_dtype(torch.int8)
+        resolve_dtype(torch.int8, "cpu")
 
 
 def test_device_rule():

@@ -40,3 +40,24 @@ def test_late_adherence_needs_the_object_and_the_background():
 
 def test_noise_is_off_palette():
     assert palette_quality(torch.rand(2, 4, 3, 16, 16) * 2 - 1).max() < 0.9
+
+
+def test_motion_metrics_of_true_and_frozen_long_streams():
+    """The world's own 60-chunk streams keep their drawn speed to the end; their first frame frozen stalls at 0."""
+    import math
+
+    from train.data.synthetic_world import render_scene
+    from train.evaluate_claims import per_stream_metrics
+    from train.rewards.motion import MotionReward
+
+    world = SyntheticWorld(16, 16, 180, 1, seed=5, layout="canonical")
+    ids = [i for i in range(60) if world.scene(i).objects[0].motion == "moves"][:3]
+    scenes = [world.scene(i) for i in ids]
+    truth = torch.stack([render_scene(s) for s in scenes])
+    for r, s in zip(per_stream_metrics(truth, 3, MotionReward(), scenes), scenes):
+        speed = math.hypot(*s.objects[0].velocity)
+        assert abs(r["speed"] - speed) < 0.05 and r["in_range"] == 1.0 and abs(r["late_early"] - 1) < 0.1
+        assert r["stall"] == 11 and r["object"] == 1.0  # 180 frames = 11 whole seconds
+    frozen = truth[:, :1].expand_as(truth)
+    for r in per_stream_metrics(frozen, 3, MotionReward(), scenes):
+        assert r["stall"] == 0 and abs(r["speed"]) < 1e-6 and r["in_range"] == 0.0 and r["copy"] == 1.0

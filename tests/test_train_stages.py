@@ -17,7 +17,6 @@ from train.config import ConfigError, load_config
 from train.stages import build_stage
 from train.stages.common import DistInfo, dit_config, init_dit
 from train.stages.dmd import generator_loss
-from train.stages.ode import sampler_of
 from train.stages.rollout import rollout, training_policy
 
 TINY = Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny_test.yaml"
@@ -123,9 +122,9 @@ def test_rollout_matches_block_causal_reference_and_grads_only_at_exit():
     with torch.no_grad():  # adaLN-zero init makes every output equal; give the blocks a real effect
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    sampler, text = sampler_of(cfg), torch.randn(2, 5, cfg.arch.text_dim)
+    sampler, text = cfg.sampler, torch.randn(2, 5, cfg.arch.text_dim)
     noise = torch.randn(2, 6, 3, 8, 8)
-    policy = training_policy(cfg.rollout, 16)
+    policy = training_policy(cfg.rollout)
     calls = []
     hook = model.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
     torch.manual_seed(5)
@@ -159,18 +158,17 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
     from rfrt.runtime.generator import StreamGenerator
     from rfrt.text_vocab import VocabTextEncoder
     from train.data.synthetic_world import vocabulary
-    from train.export_default import write_model_dir
     from train.stages.common import save_model_dir
 
-    cfg = make_cfg("unused")
+    cfg = make_cfg("unused", rollout={"cache": {"window_frames": 9}})
     model = init_dit(dit_config(cfg.arch), 3)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     text = VocabTextEncoder(vocabulary(), cfg.arch.text_dim, cfg.arch.max_words, 1)
-    save_model_dir(tmp_path / "student", model, text)
-    policy = CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3, tokens_per_frame=16)
-    write_model_dir(tmp_path / "student", tmp_path / "model", 8, 8, policy, sampler_of(cfg))
+    save_model_dir(tmp_path / "model", cfg, model, text)
+    policy = cfg.rollout.cache
+    assert policy == CachePolicy(sink_frames=3, window_frames=9, chunk_frames=3)
     prompt = "a small red circle moves left on a blue background"
     gen = StreamGenerator(str(tmp_path / "model"))
     gen.reset(prompt, seed=4)
@@ -181,18 +179,101 @@ def test_training_rollout_equals_runtime_stream_generator(tmp_path):
     renoise_draws = iter([d for chunk in draws for d in chunk[1:]])
     with torch.no_grad():
         got = rollout(model, text.encode([prompt]), torch.cat([c[0] for c in draws], 1), policy,
-                      sampler_of(cfg), fresh_noise=lambda like: next(renoise_draws))
+                      cfg.sampler, fresh_noise=lambda like: next(renoise_draws))
     err = (got - streamed).abs().max().item()
     assert err < 1e-4, err
 
 
-def test_training_policy_never_evicts_by_default():
-    cfg = make_cfg("unused", rollout={"num_frames": 21, "window_frames": 9})
-    p = training_policy(cfg.rollout, 16)
-    assert p.window_frames == 21 and all(p.evicted_chunk(c) is None for c in range(7))
-    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "window_frames": 9,
-                                                 "sink_ema_during_training": True}).rollout, 16)
-    assert ema.window_frames == 9 and ema.evicted_chunk(3) == 1
+def test_non_default_cache_and_sampler_survive_train_export_generator(pipeline, tmp_path):
+    """The manifest is written from the config a model trained with: a DMD student trained with alpha 0.9,
+    a 12-frame window and steps (1000, 500) streams with exactly those after train.export_default."""
+    from rfrt.runtime.generator import StreamGenerator
+    from train.export_default import export_model
+
+    root = pipeline[0]
+    run_stage(tmp_path / "dmd", **dmd_sections(root), rollout={"cache": {"window_frames": 12, "sink_ema_alpha": 0.9}},
+              sampler={"denoising_steps": [1000, 500]})
+    shipped = export_model(tmp_path / "dmd/export", tmp_path / "shipped")
+    manifest = yaml.safe_load((shipped / "rfrt.json").read_text())
+    assert manifest["cache"]["window_frames"] == 12 and manifest["cache"]["sink_ema_alpha"] == 0.9
+    assert manifest["sampler"]["denoising_steps"] == [1000, 500] and manifest["video"]["height"] == 8
+    gen = StreamGenerator(str(shipped), device="cpu")
+    assert gen.policy == CachePolicy(window_frames=12, sink_ema_alpha=0.9)
+    assert gen.sampler.denoising_steps == (1000, 500) and gen.plan.num_steps == 2
+    assert (gen.height, gen.width) == (8, 8)
+    gen.reset("a small red circle moves left on a blue background", seed=0)
+    chunks = [gen.step().latents for _ in range(5)]  # chunk 4 is the first to fold with a 12-frame window
+    assert gen.cache.chunk == 4 and all(torch.isfinite(c).all() for c in chunks)
+    assert dit_weights(shipped)["head.head.weight"].equal(dit_weights(tmp_path / "dmd/export")["head.head.weight"])
+
+
+def test_rerun_repairs_an_incomplete_export(pipeline, tmp_path, capsys):
+    """A finished run whose export was cut short (truncated weights, no text encoder) is re-exported by the
+    next run of the same command instead of reporting nothing to do (reliability review, issue #14 item 3)."""
+    from rfrt.model_dir import ModelDirError, verify_model_dir
+
+    run_stage(tmp_path / "t", stage={"kind": "teacher"})
+    export = tmp_path / "t/export"
+    good = {k: v.clone() for k, v in dit_weights(export).items()}  # loaded tensors may map the file
+    weights = export / "dit/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    for f in (export / "text_encoder").iterdir():
+        f.unlink()
+    (export / "text_encoder").rmdir()
+    with pytest.raises(ModelDirError):
+        verify_model_dir(export)
+    _, metrics = run_stage(tmp_path / "t", stage={"kind": "teacher"})
+    assert metrics == {}  # nothing left to train: the run only exported
+    assert "not a complete export" in capsys.readouterr().err
+    verify_model_dir(export)
+    assert all(torch.equal(good[k], v) for k, v in dit_weights(export).items())
+
+
+def test_training_policy_static_sink_by_default():
+    """Default: the public trainer's static sink (alpha 1: nothing is ever folded into it) with the inference
+    attention set; the option: the inference EMA sink. A 21-frame rollout evicts from chunk 3 in both."""
+    cfg = make_cfg("unused", rollout={"num_frames": 21, "cache": {"window_frames": 9}})
+    p = training_policy(cfg.rollout)
+    assert p.window_frames == 9 and p.sink_ema_alpha == 1.0 and p.evicted_chunk(3) == 1
+    ema = training_policy(make_cfg("u", rollout={"num_frames": 21, "cache": {"window_frames": 9, "sink_ema_alpha": 0.9},
+                                                 "sink_ema_during_training": True}).rollout)
+    assert ema.window_frames == 9 and ema.sink_ema_alpha == 0.9 and ema.evicted_chunk(3) == 1
+
+
+def test_static_training_sink_is_chunk_zero_throughout():
+    """Closed form: after 5 chunks with the static policy the sink still holds chunk 0's context-pass K/V (what
+    a 3-chunk rollout leaves there), while the EMA policy has moved it."""
+    from rfrt.cache import ReferenceCache
+    torch.manual_seed(0)
+    cfg = make_cfg("unused", rollout={"num_frames": 15, "cache": {"window_frames": 9}})
+    model = init_dit(dit_config(cfg.arch), 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    text, noise = torch.randn(1, 5, cfg.arch.text_dim), torch.randn(1, 15, 3, 8, 8)
+    sinks = {}
+    for ema in (False, True):
+        policy = training_policy(make_cfg("u", rollout={"num_frames": 15, "cache": {"window_frames": 9, "sink_ema_alpha": 0.5},
+                                                        "sink_ema_during_training": ema}).rollout)
+        caches = []
+        orig = ReferenceCache.__init__
+
+        def spy(self, *a, **k):
+            orig(self, *a, **k)
+            caches.append(self)
+        ReferenceCache.__init__ = spy
+        try:
+            with torch.no_grad():
+                torch.manual_seed(1)
+                rollout(model, text, noise[:, :3], policy, cfg.sampler)
+                first = [st.sink_k.clone() for st in caches[-1]._layers] + [st.sink_v.clone() for st in caches[-1]._layers]
+                torch.manual_seed(1)
+                rollout(model, text, noise, policy, cfg.sampler)
+                last = [st.sink_k for st in caches[-1]._layers] + [st.sink_v for st in caches[-1]._layers]
+        finally:
+            ReferenceCache.__init__ = orig
+        sinks[ema] = max((a - b).abs().max().item() for a, b in zip(first, last))
+    assert sinks[False] == 0.0 and sinks[True] > 1e-3, sinks
 
 
 def test_redmd_weight_reaches_gradient_in_closed_form():
@@ -250,7 +331,7 @@ def test_bad_configs_and_missing_weights_are_clear(tmp_path):
         make_cfg(tmp_path, arch={"dim": 30, "num_heads": 4})
     with pytest.raises(ValueError, match="model.teacher is not set"):
         build_stage(make_cfg(tmp_path / "a", stage={"kind": "ode"}), progress=False)
-    with pytest.raises(FileNotFoundError, match=r"model.student_init=.*nowhere: missing .*config.json"):
+    with pytest.raises(FileNotFoundError, match=r"model.student_init=.*nowhere: model directory .* does not exist"):
         build_stage(make_cfg(tmp_path / "b", stage={"kind": "dmd"},
                              model={"student_init": str(tmp_path / "nowhere"), "teacher": str(tmp_path)}),
                     progress=False)
@@ -276,3 +357,64 @@ def test_grad_checkpointing_is_exact_and_bf16_runs(tmp_path):
         assert torch.equal(a, b), k
     _, metrics = run_stage(tmp_path / "bf16", stage={"kind": "teacher"}, run={"bf16": True, "steps": 1})
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_dmd_scores_a_window_of_a_longer_rollout(pipeline, tmp_path):
+    """rollout.score_frames: the rollout spans up to num_frames (here 4 chunks of 3 with a 9-frame window, so
+    chunk 3 evicts), teacher/critic/reward see a 3-frame window whose start chunk is drawn per rollout, and only
+    that window's exit forward carries gradient."""
+    root = pipeline[0]
+    sections = dmd_sections(root)
+    sections["rollout"] = {"num_frames": 12, "score_frames": 3, "sink_ema_during_training": True,
+                           "cache": {"window_frames": 9, "sink_ema_alpha": 0.9}}
+    trainer, metrics = run_stage(tmp_path / "win", **sections)
+    assert torch.isfinite(torch.tensor(metrics["critic_loss"]))
+    assert len(trainer.window_starts) == len(trainer.exit_steps) and set(trainer.window_starts) <= {0, 1, 2, 3}
+    assert len(set(trainer.window_starts)) > 1
+    calls = []
+    hook = trainer.student.register_forward_hook(lambda m, a, o: calls.append(torch.is_grad_enabled()))
+    torch.manual_seed(11)
+    x = trainer._rollout(["a small red circle moves left on a blue background"], grad=True)
+    hook.remove()
+    w, k = trainer.window_starts[-1], trainer.exit_steps[-1]
+    assert x.shape[1] == 3 and x.requires_grad
+    per_chunk = k + 2  # k + 1 denoising forwards + the context pass
+    assert len(calls) == (w + 1) * per_chunk  # the rollout stops at the window's end
+    assert sum(calls) == 1 and calls[w * per_chunk + k]  # the window's exit forward only
+
+
+def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
+    """The rollout-regression stage: loss finite, weights move, resume exact; a world with chance is refused."""
+    root = pipeline[0]
+    sections = {"stage": {"kind": "regress"}, "model": {"student_init": str(root / "ode/export")},
+                "data": {"phase": "fixed", "speed_min": 1.0, "speed_max": 1.0, "layout": "canonical"}}
+    trainer, metrics = run_stage(tmp_path / "reg", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    ode, student = dit_weights(root / "ode/export"), dit_weights(tmp_path / "reg/export")
+    assert max((ode[k] - student[k]).abs().max().item() for k in ode) > 1e-5
+    with pytest.raises(ValueError, match="prompt-determined"):
+        run_stage(tmp_path / "bad", **{**sections, "data": {"phase": "random"}})
+
+
+def test_rollout_teacher_forced_context():
+    """context=video: the context passes write that video. Fed the rollout's own output it reproduces the plain
+    rollout exactly (same noise); a different chunk 0 in the context changes the chunks after it."""
+    torch.manual_seed(0)
+    cfg = make_cfg("unused")
+    model = init_dit(dit_config(cfg.arch), 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    text, noise = torch.randn(1, 5, cfg.arch.text_dim), torch.randn(1, 12, 3, 8, 8)
+    policy = CachePolicy(sink_frames=3, window_frames=6, chunk_frames=3)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain = rollout(model, text, noise, policy, cfg.sampler)
+        torch.manual_seed(1)
+        forced = rollout(model, text, noise, policy, cfg.sampler, context=plain)
+        other = plain.clone()
+        other[:, :3] = torch.randn_like(other[:, :3])
+        torch.manual_seed(1)
+        changed = rollout(model, text, noise, policy, cfg.sampler, context=other)
+    assert torch.equal(forced, plain)
+    assert torch.equal(changed[:, :3], plain[:, :3]) and (changed[:, 3:] - plain[:, 3:]).abs().max() > 1e-3

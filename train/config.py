@@ -4,10 +4,15 @@ Every section is a frozen dataclass validated on construction. `load_config` tur
 those dataclasses field by field: an unknown key is an error naming the key and its section, a value of the
 wrong type is an error naming the field, and ranges are checked in each `__post_init__`.
 
+The runtime's own config types are composed, not mirrored: `rollout.cache` loads as an
+`rfrt.cache.CachePolicy` and `sampler` as an `rfrt.sampling.SamplerConfig`, the same frozen values the
+exported model's manifest (rfrt.json) carries, so what a model was trained with is what it ships with.
+
 Two EMA coefficients exist in this project and must never be mixed up:
   * `ema.weight_ema_decay` (0.99): the EMA of the *generator's weights* during training (SPEC 3).
-  * `rollout.sink_ema_alpha` (0.999): the *KV-cache EMA-Sink* coefficient (SPEC 2), mirrored from
-    `rfrt.cache.CachePolicy`. It only matters in training when `rollout.sink_ema_during_training` is on.
+  * `rollout.cache.sink_ema_alpha` (0.999): the *KV-cache EMA-Sink* coefficient (SPEC 2) of
+    `rfrt.cache.CachePolicy`. It matters in training only when `rollout.sink_ema_during_training` is on,
+    and at inference always.
 Putting either key in the other's section is rejected with a message that says where it belongs.
 """
 
@@ -21,7 +26,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, TypeVar, Union
 
-import yaml
+from rfrt.cache.policy import CachePolicy
+from rfrt.sampling import SamplerConfig
 
 T = TypeVar("T")
 
@@ -37,21 +43,20 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Which weights the stages start from (paths are user-provided; nothing is downloaded).
+    """Which weights the stages start from (model directories an earlier stage exported; nothing is
+    downloaded).
 
-    preset:       name of a `rfrt.models` model config preset (e.g. "default", "wan2.1-t2v-1.3b").
-    student_init: checkpoint the causal student starts from (the ODE-regression checkpoint in Re-DMD).
-    teacher:      checkpoint of the bidirectional teacher ("real score").
-    critic_init:  checkpoint the critic ("fake score") starts from.
+    student_init: model directory the causal student starts from (the ODE stage's export in Re-DMD).
+    teacher:      model directory of the bidirectional teacher ("real score").
+    critic_init:  model directory the critic ("fake score") starts from.
+    teacher_init: model directory (dit/ + text_encoder/) the teacher stage fine-tunes instead of starting from
+                  scratch; its architecture replaces the arch section's DiT and text encoder.
     """
 
-    preset: str = "default"
     student_init: str | None = None
     teacher: str | None = None
     critic_init: str | None = None
-
-    def __post_init__(self) -> None:
-        _require(bool(self.preset), "model.preset", "must be a non-empty string")
+    teacher_init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,25 +91,30 @@ class ArchSection:
 
 @dataclass(frozen=True)
 class StageSection:
-    """Which stage `train/launch.py` runs, and the stage-specific knobs.
+    """Which stage `python -m train.launch` runs, and the stage-specific knobs.
 
     kind:            teacher (flow matching, bidirectional) | ode (ODE-pair generation + regression of the
-                     causal student) | dmd (Self-Forcing rollout + DMD, Re-DMD when reward.kind != none).
+                     causal student) | dmd (Self-Forcing rollout + DMD, Re-DMD when reward.kind != none) |
+                     regress (Self-Forcing rollout regressed on the world's own video: a prompt-determined
+                     world only, train/stages/regress.py).
     teacher_shift:   timestep shift of the teacher's flow-matching t draw (1.0 = uniform sigma).
     text_dropout:    probability of training the teacher on the empty prompt (what CFG's uncond needs).
     ode_pairs:       number of teacher ODE trajectories to generate (ode stage).
     ode_substeps:    Euler steps of the teacher ODE (a fine grid through the warped timesteps).
     ode_guidance_scale: CFG scale used to generate the ODE pairs.
     ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
+    regress_context: regress stage: the context passes write the world's video ("video") or the student's
+                     own x0 ("own").
     """
 
-    kind: Literal["teacher", "ode", "dmd"] = "dmd"
+    kind: Literal["teacher", "ode", "dmd", "regress"] = "dmd"
     teacher_shift: float = 1.0
     text_dropout: float = 0.1
     ode_pairs: int = 256
     ode_substeps: int = 24
     ode_guidance_scale: float = 3.0
     ode_pairs_path: str | None = None
+    regress_context: Literal["video", "own"] = "video"
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
@@ -126,11 +136,18 @@ class DataSection:
     seed: int = 0
     num_workers: int = 0
     layout: Literal["random", "canonical"] = "random"  # canonical: the prompt fixes the layout (synthetic_world)
+    speed_min: float = 0.5  # px/frame: each object's speed is drawn from U[speed_min, speed_max]
+    speed_max: float = 1.5
+    max_start_frame: int = 0  # a clip is stream frames [s, s + num_frames), s ~ U{0..max_start_frame}
+    phase: Literal["random", "fixed"] = "random"  # fixed: movers start at a wall (synthetic_world docstring)
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "num_frames", "max_objects"):
             _require(getattr(self, name) >= 1, f"data.{name}", f"must be >= 1, got {getattr(self, name)}")
         _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(0 < self.speed_min <= self.speed_max, "data.speed_min/speed_max",
+                 f"need 0 < speed_min <= speed_max, got {self.speed_min}, {self.speed_max}")
+        _require(self.max_start_frame >= 0, "data.max_start_frame", f"must be >= 0, got {self.max_start_frame}")
 
 
 @dataclass(frozen=True)
@@ -160,44 +177,46 @@ class DMDSection:
     guidance_scale: float = 3.0
     min_t: float = 20.0
     max_t: float = 980.0
-    shift: float = 5.0
-    num_train_timesteps: int = 1000
     critic_updates_per_generator: int = 5
 
     def __post_init__(self) -> None:
         _require(self.guidance_scale >= 0, "dmd.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
-        _require(self.num_train_timesteps >= 1, "dmd.num_train_timesteps", "must be >= 1")
-        _require(0 <= self.min_t < self.max_t <= self.num_train_timesteps, "dmd.min_t/max_t",
-                 f"need 0 <= min_t < max_t <= {self.num_train_timesteps}, got {self.min_t}, {self.max_t}")
-        _require(self.shift > 0, "dmd.shift", f"must be > 0, got {self.shift}")
+        # The upper bound is sampler.num_train_timesteps, checked by TrainConfig (it sees both sections).
+        _require(0 <= self.min_t < self.max_t, "dmd.min_t/max_t",
+                 f"need 0 <= min_t < max_t, got {self.min_t}, {self.max_t}")
         _require(self.critic_updates_per_generator >= 1, "dmd.critic_updates_per_generator",
                  f"must be >= 1, got {self.critic_updates_per_generator}")
 
 
 @dataclass(frozen=True)
 class RolloutSection:
-    """Self-Forcing rollout of the student (SPEC 3) and the cache's EMA-Sink option during training."""
+    """Self-Forcing rollout of the student (SPEC 3) and the cache's sink during training.
+
+    num_frames:   the longest rollout (21 in the release: 7 chunks against a 9-frame window, so chunks 3..6
+                  evict in training); a multiple of cache.chunk_frames.
+    cache:        the streaming cache, an `rfrt.cache.CachePolicy` (sink / window / chunk frames, sink_ema_alpha,
+                  rope_rule, sink_precision): what the exported model streams with at inference.
+    score_frames: 0: the teacher, critic and reward see the whole rollout. Otherwise a window of this many frames
+                  (a multiple of cache.chunk_frames): each iteration draws its start chunk uniformly (shared by
+                  ranks), rolls out only up to the window's end and scores that window (train.stages.dmd).
+    sink_ema_during_training: False (the public trainer, SPEC 3): a static sink, chunk 0's clean K/V for the
+                  whole rollout (the cache's sink_ema_alpha replaced by 1); True: the inference EMA sink.
+                  Either way a query attends to the sink + the last window_frames - sink_frames frames.
+    """
 
     num_frames: int = 21
-    chunk_frames: int = 3
-    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    cache: CachePolicy = field(default_factory=CachePolicy)
     sink_ema_during_training: bool = False
-    sink_ema_alpha: float = 0.999
-    sink_frames: int = 3
-    window_frames: int = 9
+    score_frames: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.chunk_frames >= 1, "rollout.chunk_frames", f"must be >= 1, got {self.chunk_frames}")
-        _require(self.num_frames >= self.chunk_frames and self.num_frames % self.chunk_frames == 0,
-                 "rollout.num_frames", f"must be a positive multiple of chunk_frames={self.chunk_frames}, "
-                 f"got {self.num_frames}")
-        _require(len(self.denoising_steps) >= 1, "rollout.denoising_steps", "must not be empty")
-        _require(all(a > b for a, b in zip(self.denoising_steps, self.denoising_steps[1:])),
-                 "rollout.denoising_steps", f"must be strictly decreasing, got {self.denoising_steps}")
-        _require(0.0 <= self.sink_ema_alpha <= 1.0, "rollout.sink_ema_alpha",
-                 f"must lie in [0, 1], got {self.sink_ema_alpha}")
-        _require(self.sink_frames >= 1 and self.window_frames > self.sink_frames, "rollout.window_frames",
-                 f"need window_frames > sink_frames >= 1, got {self.window_frames}, {self.sink_frames}")
+        chunk = self.cache.chunk_frames
+        _require(self.num_frames >= chunk and self.num_frames % chunk == 0, "rollout.num_frames",
+                 f"must be a positive multiple of rollout.cache.chunk_frames={chunk}, got {self.num_frames}")
+        _require(self.score_frames == 0 or (self.score_frames % chunk == 0 and chunk <= self.score_frames
+                                            <= self.num_frames),
+                 "rollout.score_frames", f"must be 0 or a multiple of rollout.cache.chunk_frames={chunk} in "
+                 f"[{chunk}, num_frames={self.num_frames}], got {self.score_frames}")
 
 
 @dataclass(frozen=True)
@@ -274,20 +293,33 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     dmd: DMDSection = field(default_factory=DMDSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     reward: RewardSection = field(default_factory=RewardSection)
     ema: EMASection = field(default_factory=EMASection)
     run: RunSection = field(default_factory=RunSection)
 
+    def __post_init__(self) -> None:
+        n = self.sampler.num_train_timesteps
+        _require(self.dmd.max_t <= n, "dmd.min_t/max_t",
+                 f"need max_t <= sampler.num_train_timesteps={n}, got {self.dmd.max_t}")
+
 
 # Keys that belong to another section and are easy to misplace; the error says where they go.
 _MISPLACED = {
-    ("ema", "sink_ema_alpha"): "sink_ema_alpha is the KV-cache EMA-Sink coefficient: set it in 'rollout', "
+    ("ema", "sink_ema_alpha"): "sink_ema_alpha is the KV-cache EMA-Sink coefficient: set it in 'rollout.cache', "
                                "not in 'ema' (which holds the generator's weight_ema_decay)",
     ("ema", "alpha"): "'ema' takes weight_ema_decay (generator weight EMA); the cache's EMA-Sink "
-                      "coefficient is rollout.sink_ema_alpha",
+                      "coefficient is rollout.cache.sink_ema_alpha",
     ("ema", "decay"): "did you mean weight_ema_decay?",
     ("rollout", "weight_ema_decay"): "weight_ema_decay is the generator weight EMA: set it in 'ema'",
+    ("rollout.cache", "weight_ema_decay"): "weight_ema_decay is the generator weight EMA: set it in 'ema'",
     ("run", "lr"): "the learning rate lives in 'optim'",
+    ("rollout", "denoising_steps"): "the sampler is its own section: set sampler.denoising_steps",
+    ("dmd", "shift"): "the schedule's shift is the sampler's: set sampler.shift",
+    ("dmd", "num_train_timesteps"): "the schedule is the sampler's: set sampler.num_train_timesteps",
+    **{("rollout", key): f"the streaming cache is an rfrt.cache.CachePolicy: set rollout.cache.{key}"
+       for key in ("sink_ema_alpha", "sink_frames", "window_frames", "chunk_frames", "rope_rule",
+                   "sink_precision")},
 }
 
 

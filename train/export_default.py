@@ -1,70 +1,40 @@
-"""Export a trained student as an `rfrt-model/1` model directory (the embedded default model's layout).
+"""Export a trained student as an `rfrt-model/1` model directory (e.g. the embedded default model):
 
-    python train/export_default.py --student runs/default/redmd/export --out python/rfrt/default_model \
-        --height 16 --width 16
+    python -m train.export_default --student runs/default/redmd/export --out python/rfrt/default_model
 
-Copies the student's DiT (dit/config.json, dit/model.safetensors: the generator EMA weights the DMD stage
-exported) and its VocabTextEncoder, and writes rfrt.json with the streaming cache (chunk 3, sink 3, window 9,
-EMA alpha 0.999 as released), the sampler (warped steps 1000/750/500/250, shift 5) and the video size.
+The student's export is already an `rfrt-model/1` directory whose manifest the training stage wrote from the
+config it trained with (cache: `rollout.cache`, sampler: `sampler`, video: the data size). This reads it back
+through `rfrt.model_dir` (loading every component as StreamGenerator will), then writes it to --out with the
+one atomic model-directory writer. Nothing here restates a release default, so a student trained with another
+EMA alpha, window or step list ships with exactly those.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import shutil
 import sys
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
-# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
-# wins over the source tree, also in the subprocesses of whoever imports this module.
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
-
-from rfrt.cache import CachePolicy  # noqa: E402
-from rfrt.sampling import SamplerConfig  # noqa: E402
+from rfrt.model_dir import ModelDirError, load_model_dir, read_manifest, write_model_dir
 
 
-def write_model_dir(student: Path, out: Path, height: int, width: int, cache: CachePolicy,
-                    sampler: SamplerConfig, fps: int = 16) -> Path:
-    """Copy the student's dit/ and text_encoder/ into `out` and write its rfrt.json manifest."""
-    for part in ("dit/config.json", "dit/model.safetensors", "text_encoder/config.json",
-                 "text_encoder/vocab.json", "text_encoder/model.safetensors"):
-        if not (student / part).is_file():
-            raise FileNotFoundError(f"student model directory {student} lacks {part}")
-    out.mkdir(parents=True, exist_ok=True)
-    for part in ("dit", "text_encoder"):
-        shutil.copytree(student / part, out / part, dirs_exist_ok=True)
-    cache_fields = {k: v for k, v in dataclasses.asdict(cache).items() if k != "tokens_per_frame"}
-    sampler_fields = dataclasses.asdict(sampler)
-    sampler_fields["denoising_steps"] = list(sampler_fields["denoising_steps"])
-    manifest = {"format": "rfrt-model/1",
-                "dit": {"config": "dit/config.json", "weights": "dit/model.safetensors"},
-                "text_encoder": {"kind": "vocab", "path": "text_encoder"},
-                "decoder": {"kind": "pixel"},
-                "cache": cache_fields,
-                "sampler": sampler_fields,
-                "video": {"height": height, "width": width, "fps": fps}}
-    (out / "rfrt.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return out
+def export_model(student: str | Path, out: str | Path) -> Path:
+    """Copy the model directory `student` (a training stage's export) to `out`, manifest included."""
+    manifest = read_manifest(student)
+    if (manifest.text_encoder.kind, manifest.decoder.kind) != ("vocab", "pixel"):
+        raise ModelDirError(f"{student}: a training export has a vocab text encoder and the pixel decoder, this "
+                            f"one {manifest.text_encoder.kind!r} / {manifest.decoder.kind!r}")
+    model = load_model_dir(student)
+    return write_model_dir(out, dit_config=model.dit.config, dit_weights=model.dit.state_dict(),
+                           text_encoder=model.text_encoder, cache=model.cache, sampler=model.sampler,
+                           video=model.video)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--student", required=True, type=Path, help="model directory exported by the DMD stage")
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--height", type=int, default=16)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--sink-frames", type=int, default=3)
-    ap.add_argument("--window-frames", type=int, default=9)
-    ap.add_argument("--chunk-frames", type=int, default=3)
-    args = ap.parse_args()
-    # tokens_per_frame is not stored (the generator derives it from the resolution); 1 only validates here.
-    cache = CachePolicy(sink_frames=args.sink_frames, window_frames=args.window_frames,
-                        chunk_frames=args.chunk_frames, tokens_per_frame=1)
-    print(write_model_dir(args.student, args.out, args.height, args.width, cache, SamplerConfig()))
+    ap.add_argument("--student", required=True, type=Path, help="model directory exported by a training stage")
+    ap.add_argument("--out", required=True, type=Path, help="model directory to write (replaced atomically)")
+    args = ap.parse_args(argv)
+    print(export_model(args.student, args.out))
     return 0
 
 

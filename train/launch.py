@@ -1,41 +1,36 @@
-"""Launch one training stage: `python train/launch.py --config train/configs/X.yaml [--set section.key=value]`.
+"""Launch one training stage: `python -m train.launch --config train/configs/X.yaml [--set section.key=value]`.
 
-Under `torchrun --nproc_per_node N train/launch.py ...` every process joins one process group (gloo on CPU,
+Run from the repository root (`train` is a repo-level package next to the installed `rfrt`). Under
+`torchrun --nproc_per_node N -m train.launch ...` every process joins one process group (gloo on CPU,
 nccl on CUDA) and gradients are averaged over ranks; a plain `python` run is one CPU/GPU process. Runs resume
 from the latest checkpoint in run.out_dir, so re-running the same command continues an interrupted run.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parent.parent
-# Runnable from a source checkout: appended, never prepended, so an installed rfrt (with its compiled core)
-# wins over the source tree, also in the subprocesses of whoever imports this module.
-for _p in (_ROOT, _ROOT / "python"):
-    if str(_p) not in sys.path:
-        sys.path.append(str(_p))
+import torch
+import yaml
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-
-from train.config import ConfigError, TrainConfig, load_config  # noqa: E402
-from train.yaml_load import YamlError, read_yaml  # noqa: E402
-from train.stages import build_stage  # noqa: E402
-from train.stages.common import setup_distributed  # noqa: E402
+from train.config import ConfigError, TrainConfig, load_config
+from train.stages import build_stage
+from train.stages.common import setup_distributed
+from train.yaml_load import YamlError, read_yaml
 
 
 def _override(data: dict, assignment: str) -> None:
+    """Apply `section.key=value` (or a deeper path, e.g. rollout.cache.window_frames=12); value is YAML."""
     key, sep, value = assignment.partition("=")
-    if not sep or "." not in key:
-        raise SystemExit(f"--set expects section.key=value, got {assignment!r}")
-    section, name = key.split(".", 1)
-    node = data.setdefault(section, {})
-    if not isinstance(node, dict):
-        raise ConfigError(f"--set {assignment!r}: {section} is not a section")
-    node[name] = yaml.safe_load(value)
+    path = key.split(".")
+    if not sep or len(path) < 2 or not all(path):
+        raise ConfigError(f"--set expects section.key=value, got {assignment!r}")
+    node = data
+    for name in path[:-1]:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {name} is not a section")
+    node[path[-1]] = yaml.safe_load(value)
 
 
 def _config(args) -> TrainConfig:

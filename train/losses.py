@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from rfrt.sampling import shift_sigma  # the sampler's own time shift (one formula)
+
 
 def _sample_dims(x: torch.Tensor) -> list[int]:
     if x.dim() < 1:
@@ -23,11 +25,6 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if v.dim() != 1 or v.shape[0] != like.shape[0]:
         raise ValueError(f"expected a per-sample tensor of shape [{like.shape[0]}], got {tuple(v.shape)}")
     return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
-    """Time shift of flow-matching schedules: sigma' = shift*sigma / (1 + (shift-1)*sigma). Any shape."""
-    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
 
 def sample_dmd_timesteps(batch_size: int, *, min_t: float = 20.0, max_t: float = 980.0, shift: float = 5.0,

@@ -3,9 +3,7 @@
 One rule each, so the three entry points accept and refuse the same values with the same message:
 - seed: an integer (Python or numpy) in 0..2**63-1. torch.manual_seed would also take negative seeds, but it
   maps -1 onto 2**64-1 (the same stream, bit for bit), so a negative seed is refused rather than aliased;
-- dtype: a floating torch.dtype or its name ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16");
-- device: anything torch.device takes; CUDA must exist when it is asked for (a clear error, not torch's
-  AssertionError from deep inside the first allocation).
+(dtype and device have theirs in `rfrt.devices`: one dtype table, and CUDA must exist when it is asked for.)
 
 Non-finite values: weights are checked tensor by tensor as they load (`check_finite`), and the first chunk
 of a stream is watched (`FiniteWatch`) so a NaN is reported with the step and the module that produced it.
@@ -16,12 +14,9 @@ import numbers
 
 import torch
 
-__all__ = ["MAX_SEED", "check_seed", "check_dtype", "resolve_device", "check_finite", "NonFiniteError",
-           "FiniteWatch", "DTYPE_NAMES"]
+__all__ = ["MAX_SEED", "check_seed", "check_finite", "NonFiniteError", "FiniteWatch"]
 
 MAX_SEED = 2**63 - 1
-DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-               "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 class NonFiniteError(ValueError):
@@ -36,42 +31,6 @@ def check_seed(seed: object) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer in 0..2**63-1 ({MAX_SEED}), got {seed}")
     return seed
-
-
-def check_dtype(dtype: object) -> torch.dtype | None:
-    """None (the default), a floating torch.dtype, or one of DTYPE_NAMES -> torch.dtype / None."""
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        if dtype.lower() not in DTYPE_NAMES:
-            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPE_NAMES)} (or a torch.dtype)")
-        return DTYPE_NAMES[dtype.lower()]
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype or one of {sorted(DTYPE_NAMES)}, got {dtype!r}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be floating point (float32, bfloat16, float16), got {dtype}")
-    return dtype
-
-
-def resolve_device(device: object) -> torch.device:
-    """None -> CUDA when available, else the CPU. A CUDA device that does not exist is a ValueError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a device (cpu, cuda, cuda:1, ...): {err}") from None
-    if dev.type == "cuda":
-        if torch.version.cuda is None:
-            raise ValueError(f"device {str(dev)!r} was asked for, but this torch build has no CUDA support "
-                             f"(torch {torch.__version__}); use the CPU (--device cpu) or install a CUDA build")
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError(f"device {str(dev)!r} was asked for, but no CUDA device is visible (driver, "
-                             "CUDA_VISIBLE_DEVICES?); use the CPU (--device cpu)")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {str(dev)!r} does not exist: {count} CUDA device(s) are visible")
-    return dev
 
 
 def check_finite(name: str, tensor: torch.Tensor, source: object) -> None:

@@ -19,10 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+from rfrt.devices import DTYPE_NAMES
+
 __all__ = ["main", "parse_prompts_file"]
 
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
 
 
 class CLIError(Exception):
@@ -113,10 +113,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="output video, .mp4 (default video.mp4), .mov or .mkv; replaced only when complete")
     gen.add_argument("--prompts", help="file of 'CHUNK<tab>prompt' lines switching prompts at given chunks")
     gen.add_argument("--recache", action="store_true", help="re-cache the window under each new prompt")
+    gen.add_argument("--init", metavar="FILE", help="continue this video or start from this image (MP4, PNG, ...): "
+                                                  "its frames prime the stream's cache; --seconds / --chunks and "
+                                                  "--prompts chunk numbers count what is generated after it")
+    gen.add_argument("--init-frames", type=int, metavar="N", help="use the last N frames of --init (default: all)")
+    gen.add_argument("--drop-init", action="store_true",
+                     help="leave the --init frames out of the output (default: the output starts with them)")
     gen.add_argument("--height", type=int)
     gen.add_argument("--width", type=int)
     gen.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    gen.add_argument("--dtype", choices=sorted(_DTYPES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
+    gen.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
     gen.add_argument("--backend", choices=("torch", "tensorrt"), default="torch",
                      help="torch (default) or tensorrt: every DiT forward on --engine (CUDA only)")
     gen.add_argument("--engine", help="TensorRT engine for --backend tensorrt (export/export_onnx.py of this model, "
@@ -132,15 +138,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _chunks_for(args, generator) -> int:
+def _chunks_for(args, generator, start: int = 0) -> int:
     """Chunks to generate for --chunks or --seconds (rounded up to whole chunks), in closed form: the decoder
-    yields `first` frames for the first chunk and `rest` for every later one."""
+    yields `first` frames for the first generated chunk (chunk `start`: after a primed context it is not chunk
+    0) and `rest` for every later one."""
     from rfrt.video import MAX_FRAMES
 
     fps = generator.fps
     per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]
-    first = generator.decoder.frames_for(per_chunk)
-    rest = generator.decoder.frames_for(per_chunk, start=per_chunk)
+    first = generator.decoder.frames_for(per_chunk, start=start * per_chunk)
+    rest = generator.decoder.frames_for(per_chunk, start=(start + 1) * per_chunk)
     too_long = (f"at most {MAX_FRAMES} frames ({MAX_FRAMES / fps:.0f} s at {fps} fps) fit in one video file; for "
                 "an endless stream use `rfrt serve` or the Python API (StreamGenerator)")
     if args.chunks is not None:
@@ -162,7 +169,7 @@ def _chunks_for(args, generator) -> int:
 
 def _inputs(args) -> list[str]:
     """Files the run reads; --out must be none of them (a typo there would destroy a checkpoint)."""
-    files = [getattr(args, name, None) for name in ("checkpoint", "prompts", "engine")]
+    files = [getattr(args, name, None) for name in ("checkpoint", "prompts", "engine", "init")]
     model = getattr(args, "model", None)
     if model is not None and Path(model).is_file():
         files.append(model)
@@ -180,10 +187,12 @@ def _check_output(path: str, inputs=()) -> None:
 
 
 def _check_run_args(args) -> None:
-    """Seed and device rules shared with the API and serve (rfrt.checks), as usage errors before the load."""
-    from rfrt.checks import check_seed, resolve_device
+    """Seed and device rules shared with the API and serve (rfrt.checks, rfrt.devices), as usage errors before
+    the load."""
+    from rfrt.checks import check_seed
+    from rfrt.devices import default_device
 
-    for option, check, value in (("--seed", check_seed, args.seed), ("--device", resolve_device, args.device)):
+    for option, check, value in (("--seed", check_seed, args.seed), ("--device", default_device, args.device)):
         try:
             check(value)
         except ValueError as err:
@@ -211,9 +220,37 @@ def _check_engine(args) -> None:
         raise CLIError(f"engine {args.engine!r} does not exist (build it with export/build_engine.py)")
 
 
-def _generate(args) -> int:
-    import torch
+def _probe_init(args) -> tuple[int, int] | None:
+    """Check --init before the model loads -> (H, W) of its first frame; None without --init."""
+    if args.init is None:
+        if args.init_frames is not None or args.drop_init:
+            raise CLIError("--init-frames and --drop-init go with --init FILE")
+        return None
+    from rfrt.context import ContextError, probe
 
+    if args.init_frames is not None and args.init_frames <= 0:
+        raise CLIError(f"--init-frames must be positive, got {args.init_frames}")
+    try:
+        return probe(args.init)
+    except ContextError as err:
+        raise CLIError(f"--init: {err}") from None
+
+
+def _read_init(args, generator):
+    """The --init frames, brought to the stream's size as they are decoded: uint8 [T, H, W, 3] (or None)."""
+    if args.init is None:
+        return None
+    from rfrt.context import MAX_CONTEXT_LATENT_FRAMES, ContextError, read_frames
+
+    try:
+        encoder = generator.decoder.encoder()
+        most = encoder.frames_for(MAX_CONTEXT_LATENT_FRAMES)
+        return read_frames(args.init, last=args.init_frames, max_frames=most, size=(generator.height, generator.width))
+    except (ContextError, NotImplementedError) as err:
+        raise CLIError(f"--init: {err}") from None
+
+
+def _generate(args) -> int:
     from rfrt.inspect import rfrt_chunk_metadata
     from rfrt.runtime.generator import StreamGenerator
     from rfrt.text import validate_prompt
@@ -237,28 +274,43 @@ def _generate(args) -> int:
     _check_run_args(args)
     if args.inspect:
         _check_inspect(args.out)
-    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    source_hw = _probe_init(args)
     existed, writer = os.path.exists(args.out), None
     try:
         generator = StreamGenerator(args.model, checkpoint=args.checkpoint, use_ema=args.use_ema,
-                                    device=args.device, dtype=dtype, height=args.height, width=args.width,
+                                    device=args.device, dtype=args.dtype, height=args.height, width=args.width,
                                     backend=args.backend, engine=args.engine)
-        chunks = _chunks_for(args, generator)
+        from rfrt.context import ContextError, context_note
+
+        init = _read_init(args, generator)
+        try:  # before the writer opens the output: a context that cannot be used leaves the file as it was
+            generator.reset(schedule[0], seed=args.seed, context=init)
+        except ContextError as err:
+            raise CLIError(f"--init: {err}") from None
+        primed = generator.primed
+        chunks = _chunks_for(args, generator, start=generator.chunk_index)
         late = sorted(c for c in schedule if c >= chunks)
         if late:
             raise CLIError(f"--prompts {args.prompts}: chunk {late[0]} is past the end of the run ({chunks} "
                            f"chunks, 0 .. {chunks - 1}); lengthen the run or drop the line")
-        generator.reset(schedule[0], seed=args.seed)
+        skip = primed.held_output_frames if primed is not None and args.drop_init else 0
+        if primed is not None:
+            note = context_note(source_hw, generator.height, generator.width)
+            print(f"rfrt: primed from {args.init}: {primed.latents.shape[0]} latent frames ({primed.chunks} "
+                  f"chunks as context, {primed.held_frames} held)" + (f"; {note}" if note else ""), file=sys.stderr)
         for chunk, prompt in schedule.items():  # encode every prompt now: a bad one fails before generation
             generator.text.encode(prompt)
         per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]  # latent frames
-        chunk_meta = rfrt_chunk_metadata(generator.decoder.frames_for(per_chunk, start=per_chunk),
-                                         generator.decoder.frames_for(per_chunk))
+        # The output's first chunk: chunk 0 (generated, or the context shown), else with --drop-init the first
+        # generated chunk less its held context frames.
+        first_out = (generator.decoder.frames_for(per_chunk, start=generator.chunk_index * per_chunk) - skip
+                     if args.drop_init else generator.decoder.frames_for(per_chunk))
+        chunk_meta = rfrt_chunk_metadata(generator.decoder.frames_for(per_chunk, start=per_chunk), first_out)
         writer = Mp4Writer(args.out, fps=generator.fps, metadata=chunk_meta, inputs=inputs)
         if writer.replaced_partial:
             print(f"rfrt: replacing {writer.partial_path}, the partial video of an earlier interrupted run",
                   file=sys.stderr)
-        written = _stream(args, generator, writer, schedule, chunks)
+        written = _stream(args, generator, writer, schedule, chunks, primed, skip)
     except BaseException as err:
         if not isinstance(err, CLIError):
             err.rfrt_output = _output_note(writer, args.out, existed)
@@ -269,22 +321,28 @@ def _generate(args) -> int:
     return 0
 
 
-def _stream(args, generator, writer, schedule: dict[int, str], chunks: int) -> int:
-    """Generate `chunks` chunks into the writer (closed when complete, aborted otherwise) -> frames written."""
+def _stream(args, generator, writer, schedule: dict[int, str], chunks: int, primed, skip: int) -> int:
+    """Generate `chunks` chunks into the writer (closed when complete, aborted otherwise) -> frames written.
+    primed: the stream's context (its frames go first unless --drop-init); skip: held context frames left out
+    of the first generated chunk."""
     from tqdm import tqdm
 
+    per_chunk = generator.policy.chunk_frames * generator.dit.config.patch_size[0]  # latent frames
     with writer:  # __exit__: close() (rename over --out) when complete, abort() on an error or a signal
         try:
-            latent_frames = chunks * generator.policy.chunk_frames * generator.dit.config.patch_size[0]
-            total = generator.decoder.frames_for(latent_frames)
+            first = generator.chunk_index * per_chunk
+            total = generator.decoder.frames_for(chunks * per_chunk, start=first) - skip
+            if primed is not None and not args.drop_init and primed.frames.shape[0]:
+                writer.write(primed.frames)  # the context as the stream's decoder shows it
             with tqdm(total=total, unit="frame", desc="rfrt", dynamic_ncols=True) as bar:
                 start = time.perf_counter()
                 for index in range(chunks):
                     if index > 0 and index in schedule:
                         generator.set_prompt(schedule[index], recache=args.recache)
                     chunk = generator.step()
-                    writer.write(chunk.frames)
-                    bar.update(chunk.frames.shape[0])
+                    frames = chunk.frames[skip:] if index == 0 else chunk.frames
+                    writer.write(frames)
+                    bar.update(frames.shape[0])
                     bar.set_postfix(chunk=f"{index + 1}/{chunks}",
                                     fps=f"{writer.frames_written / (time.perf_counter() - start):.1f}")
                 tail = generator.flush()

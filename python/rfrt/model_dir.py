@@ -6,12 +6,17 @@ rfrt format (`rfrt-model/1`), paths relative to the manifest's directory:
      "dit": {"config": "dit/config.json", "weights": "dit/model.safetensors"},
      "text_encoder": {"kind": "vocab" | "umt5", "path": "text"},
      "decoder": {"kind": "pixel" | "wan_vae" | "taehv", "path": "vae"},      (path optional for "pixel")
-     "cache": {CachePolicy fields except tokens_per_frame, which follows from the resolution},
+     "cache": {CachePolicy fields (frames, EMA alpha, RoPE rule, sink precision: no resolution)},
      "sampler": {SamplerConfig fields},
      "video": {"height": 480, "width": 832, "fps": 16}}
 
 "cache" and "sampler" may be partial (missing fields take the release defaults). Unknown keys, a wrong format
 tag and missing files are errors naming them (`ModelDirError`).
+
+`write_model_dir` is the one writer (every training stage exports through it): it writes into a temporary
+directory next to the target, verifies what it wrote by reading it back, and only then renames it into place,
+so a kill at any moment leaves either the previous directory or the new one, never a partial one; it refuses
+non-finite weights. `verify_model_dir` is the check a rerun uses to find an incomplete export.
 
 diffusers layout (`model_index.json`, `transformer/`, `vae/`, `text_encoder/`, `tokenizer/`): umT5 text
 encoder, Wan VAE decoder, the released cache and sampler configuration, 832x480 at 16 fps. A distilled
@@ -22,17 +27,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rfrt._checks import positive_int
 from rfrt.cache.policy import CachePolicy
 from rfrt.sampling import SamplerConfig
 
+if TYPE_CHECKING:  # the runtime types of LoadedModel's fields; imported lazily at run time (no import cost)
+    from rfrt.decoders.base import StreamingDecoder
+    from rfrt.models import CausalWanDiT, ModelConfig
+    from rfrt.text import TextEncoder
+
 __all__ = ["ModelDirError", "ModelManifest", "ComponentSpec", "VideoSpec", "LoadedModel", "read_manifest",
-           "load_model_dir", "DEFAULT_MODEL_DIR", "default_model_path", "FORMAT"]
+           "load_model_dir", "write_model_dir", "verify_model_dir", "DEFAULT_MODEL_DIR", "default_model_path",
+           "FORMAT"]
 
 FORMAT = "rfrt-model/1"
 MANIFEST = "rfrt.json"
@@ -68,16 +83,13 @@ class VideoSpec:
 
     def __post_init__(self) -> None:
         for name in ("height", "width", "fps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ModelDirError(f"video.{name} must be a positive int, got {value!r}")
+            positive_int(f"video.{name}", getattr(self, name), ModelDirError)
 
 
 @dataclass(frozen=True)
 class ModelManifest:
     """A parsed model directory. dit_weights is a file or a directory `load_model` reads; dit_config may be
-    None when the weights carry their own config (diffusers). cache.tokens_per_frame is a placeholder: the
-    generator derives it from the resolution."""
+    None when the weights carry their own config (diffusers)."""
 
     root: Path
     layout: str  # "rfrt" or "diffusers"
@@ -111,13 +123,13 @@ class ModelManifest:
 class LoadedModel:
     """Everything a StreamGenerator needs, in memory (tests and embedders can build one directly).
 
-    dit: CausalWanDiT; text_encoder: TextEncoder; decoder: StreamingDecoder; cache: CachePolicy (its
-    tokens_per_frame is replaced from the resolution); sampler: SamplerConfig; video: VideoSpec.
+    dit: CausalWanDiT; text_encoder: TextEncoder; decoder: StreamingDecoder; cache: CachePolicy; sampler:
+    SamplerConfig; video: VideoSpec.
     """
 
-    dit: Any
-    text_encoder: Any
-    decoder: Any
+    dit: CausalWanDiT
+    text_encoder: TextEncoder
+    decoder: StreamingDecoder
     cache: CachePolicy = CachePolicy()
     sampler: SamplerConfig = SamplerConfig()
     video: VideoSpec = VideoSpec()
@@ -176,7 +188,7 @@ def _rfrt_manifest(path: Path) -> ModelManifest:
     return ModelManifest(
         root=root, layout="rfrt", dit_config=root / dit["config"], dit_weights=root / dit["weights"],
         text_encoder=comps["text_encoder"], tokenizer=None, decoder=comps["decoder"],
-        cache=_config(CachePolicy, raw.get("cache", {}), f"{path}: cache", {"tokens_per_frame"}),
+        cache=_config(CachePolicy, raw.get("cache", {}), f"{path}: cache"),
         sampler=_config(SamplerConfig, raw.get("sampler", {}), f"{path}: sampler"),
         video=_config(VideoSpec, raw.get("video", {}), f"{path}: video"))
 
@@ -257,3 +269,122 @@ def load_model_dir(path: str | os.PathLike, *, checkpoint: str | os.PathLike | N
                             f"produces out_dim={dit.config.out_dim}")
     return LoadedModel(dit=dit, text_encoder=text_encoder, decoder=decoder, cache=m.cache, sampler=m.sampler,
                        video=m.video)
+
+
+# ---- the writer ----
+def write_model_dir(directory: str | os.PathLike, *, dit_config: ModelConfig, dit_weights: Mapping[str, torch.Tensor],
+                    text_encoder, cache: CachePolicy, sampler: SamplerConfig, video: VideoSpec) -> Path:
+    """Write an `rfrt-model/1` directory (the default model's layout: vocab text encoder, pixel decoder).
+
+    dit_config / dit_weights: the DiT's ModelConfig and state dict (stored as fp32 safetensors).
+    text_encoder: a `rfrt.text_vocab.VocabTextEncoder` (its own save() layout). cache, sampler, video: the
+    manifest's sections, i.e. what the model streams with (training passes the config it trained with).
+    Atomic: everything goes into a temporary directory beside `directory`, is read back and checked, then
+    renamed into place (an existing directory is replaced only then). Non-finite weights raise ModelDirError
+    before anything is written. Returns the directory.
+    """
+    for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig),
+                             ("video", video, VideoSpec)):
+        if not isinstance(value, cls):
+            raise TypeError(f"write_model_dir: {name} must be a {cls.__name__}, got {type(value).__name__}")
+    target = Path(directory)
+    _refuse_non_finite(dit_weights, "DiT", target)
+    _refuse_non_finite(text_encoder.state_dict(), "text encoder", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{target.name}.partial-*", f".{target.name}.old-*"):  # left by a writer that was killed
+        for stale in target.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        _write_contents(tmp, dit_config, dit_weights, text_encoder, cache, sampler, video)
+        verify_model_dir(tmp)
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def verify_model_dir(path: str | os.PathLike) -> None:
+    """Raise ModelDirError unless `path` is a complete rfrt-model/1 directory: a valid manifest whose files all
+    exist, DiT weights that load, match their config and are finite, a text encoder that loads."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from rfrt.models import CausalWanDiT, ModelConfig
+
+    m = read_manifest(path)
+    if m.layout != "rfrt" or m.dit_config is None:
+        raise ModelDirError(f"{path}: not an {FORMAT} directory")
+    try:
+        weights = load_file(str(m.dit_weights))
+    except (OSError, SafetensorError) as err:
+        raise ModelDirError(f"{m.dit_weights}: unreadable ({err})") from None
+    try:
+        config = ModelConfig.from_json(m.dit_config)
+    except ValueError as err:
+        raise ModelDirError(str(err)) from None
+    with torch.device("meta"):
+        names = set(CausalWanDiT(config).state_dict())
+    if set(weights) != names:
+        raise ModelDirError(f"{m.dit_weights}: tensors do not match {m.dit_config} (missing "
+                            f"{sorted(names - set(weights))[:3]}, unexpected {sorted(set(weights) - names)[:3]})")
+    _refuse_non_finite(weights, "DiT", m.root)
+    if m.text_encoder.kind == "vocab":
+        from rfrt.text_vocab import VocabTextEncoder
+
+        try:
+            VocabTextEncoder.load(m.text_encoder.path)
+        except (OSError, ValueError, SafetensorError) as err:
+            raise ModelDirError(f"{m.text_encoder.path}: {err}") from None
+
+
+def _refuse_non_finite(weights: Mapping[str, torch.Tensor], what: str, where: Path) -> None:
+    bad = [n for n, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ModelDirError(f"{where}: {len(bad)} of {len(weights)} {what} tensors hold NaN or inf (first: "
+                            f"{bad[:3]}); the weights are unusable (did training diverge?), nothing was written")
+
+
+def _write_contents(d: Path, dit_config, dit_weights, text_encoder, cache, sampler, video) -> None:
+    from safetensors.torch import save_file
+
+    (d / "dit").mkdir()
+    _write_json(d / "dit" / "config.json", _plain(dataclasses.asdict(dit_config)))
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in dit_weights.items()},
+              str(d / "dit" / "model.safetensors"))
+    text_encoder.save(d / "text_encoder")
+    _write_json(d / MANIFEST, {
+        "format": FORMAT, "dit": {"config": "dit/config.json", "weights": "dit/model.safetensors"},
+        "text_encoder": {"kind": "vocab", "path": "text_encoder"}, "decoder": {"kind": "pixel"},
+        "cache": _plain(dataclasses.asdict(cache)), "sampler": _plain(dataclasses.asdict(sampler)),
+        "video": dataclasses.asdict(video)})
+    for f in d.rglob("*"):  # on disk before the rename makes them visible under the target's name
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move `tmp` to `target`. A directory cannot be renamed over a non-empty one, so an existing target is
+    first renamed aside; a kill between the two renames leaves no target, which a rerun re-exports."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rename(target, old / target.name)
+    os.rename(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy: tuples become lists."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import torch
 
+# Wan2.1's RoPE base. rfrt.models.ModelConfig.rope_theta carries it to every cache (rfrt.cache.CacheLayout);
+# the functions below default to it only for the tests and tools that rotate without a model.
+ROPE_THETA = 10000.0
+
 
 def axis_pairs(head_dim: int) -> tuple[int, int, int]:
     """Number of complex pairs given to the (time, h, w) axes, e.g. (22, 21, 21) for head_dim 128."""
@@ -20,7 +24,7 @@ def axis_pairs(head_dim: int) -> tuple[int, int, int]:
     return c - 2 * (c // 3), c // 3, c // 3
 
 
-def axis_frequencies(head_dim: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def axis_frequencies(head_dim: int, theta: float = ROPE_THETA) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-axis frequency ladders (float64): w_j = theta^(-2j/d_axis), d_axis = 2 * pairs_axis."""
     out = []
     for pairs in axis_pairs(head_dim):
@@ -31,7 +35,7 @@ def axis_frequencies(head_dim: int, theta: float = 10000.0) -> tuple[torch.Tenso
 
 
 def rope_angles(head_dim: int, frame_pos: torch.Tensor, grid_h: int, grid_w: int,
-                theta: float = 10000.0) -> torch.Tensor:
+                theta: float = ROPE_THETA) -> torch.Tensor:
     """Rotation angles for tokens ordered (frame, h, w).
 
     frame_pos: [F] time positions (any numeric dtype). Returns float64 [F * grid_h * grid_w, head_dim // 2].

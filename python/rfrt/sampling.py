@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from rfrt._checks import positive_int
+
 __all__ = [
     "SamplerConfig",
+    "shift_sigma",
     "sigma_table",
     "warped_timesteps",
     "warped_sigmas",
@@ -39,9 +42,7 @@ class SamplerConfig:
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
 
     def __post_init__(self) -> None:
-        n = self.num_train_timesteps
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-            raise ValueError(f"SamplerConfig.num_train_timesteps must be a positive int, got {n!r}")
+        n = positive_int("SamplerConfig.num_train_timesteps", self.num_train_timesteps)
         if isinstance(self.shift, bool) or not isinstance(self.shift, (int, float)) \
                 or not math.isfinite(self.shift) or self.shift <= 0:
             raise ValueError(f"SamplerConfig.shift must be a finite float > 0, got {self.shift!r}")
@@ -64,12 +65,17 @@ class SamplerConfig:
         return len(self.denoising_steps)
 
 
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-matching time shift sigma' = shift * sigma / (1 + (shift - 1) * sigma), elementwise (any shape)."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
 def sigma_table(config: SamplerConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The full schedule: (timesteps, sigmas), both fp32 of shape [num_train_timesteps], decreasing from
     (num_train_timesteps, 1.0). timesteps = num_train_timesteps * sigma, computed in fp32 as the reference does."""
     n = config.num_train_timesteps
     u = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float32)[:-1]
-    sigmas = config.shift * u / (1 + (config.shift - 1) * u)
+    sigmas = shift_sigma(u, config.shift)
     return sigmas * n, sigmas
 
 

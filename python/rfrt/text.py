@@ -16,10 +16,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from rfrt._checks import MAX_PROMPT_CHARS, positive_int
+
 __all__ = ["TextEncoder", "UMT5TextEncoder", "PromptCache", "validate_prompt", "MAX_PROMPT_CHARS"]
 
-# A guard against pasting a file by mistake; the token limit of each encoder is the real bound.
-MAX_PROMPT_CHARS = 20_000
 
 
 @runtime_checkable
@@ -60,8 +60,7 @@ class UMT5TextEncoder:
             from transformers import AutoTokenizer, UMT5EncoderModel
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError("UMT5TextEncoder needs transformers (pip install 'rfrt[hf]')") from err
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise ValueError(f"UMT5TextEncoder.max_length must be a positive int, got {max_length!r}")
+        positive_int("UMT5TextEncoder.max_length", max_length)
         model_path = Path(model_path)
         tokenizer_path = Path(tokenizer_path) if tokenizer_path is not None else model_path
         for what, path in (("text encoder", model_path), ("tokenizer", tokenizer_path)):

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from rfrt._checks import positive_int
 from rfrt.checks import check_finite
 
 FORMAT = "rfrt-vocab-text/1"
@@ -40,9 +41,7 @@ class VocabTextConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "max_words", "heads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"VocabTextConfig.{name} must be a positive int, got {v!r}")
+            positive_int(f"VocabTextConfig.{name}", getattr(self, name))
         if self.layers not in (0, 1):
             raise ValueError(f"VocabTextConfig.layers must be 0 or 1, got {self.layers!r}")
         if self.dim % self.heads:

@@ -1,21 +1,42 @@
 """A synthetic video world the project generates itself: coloured shapes that move, bounce, turn and appear.
 
-Every sample is a function of (seed, index) only, so a dataset is deterministic per seed and identical however
-it is sharded over ranks and workers. A scene is sampled first (`sample_scene`), then rendered
-(`render_scene` -> [T, 3, H, W] float in [-1, 1]) and described (`describe_scene` -> "a small red circle
-moves right on a blue background"). Image coordinates: x grows to the right, y grows downwards ("up" = -y).
+Every prompt is defined for any number of frames and is stationary in time, so a stream of any length has a
+ground truth (SPEC 7). Every sample is a function of (seed, index) only, so a dataset is deterministic per seed
+and identical however it is sharded over ranks and workers. A scene is sampled first (`sample_scene`), then
+rendered (`render_scene` -> [T, 3, H, W] float in [-1, 1]) and described (`describe_scene` -> "a small red
+circle moves right on a blue background"). Image coordinates: x grows to the right, y grows downwards.
 
-The prompt only says what the pixels show: "moves <dir>" objects never touch a wall, "turns" objects change
-direction once by 90 degrees, "bounces" objects hit a wall at least once, and "appears" objects are invisible
-for their first frames.
+Motion, for any stream frame t >= 0 (closed form in `path`):
+  * "moves <dir>": constant velocity; the frame is a torus, so the object leaves through one edge and enters
+    through the opposite one (drawn on both sides while it crosses). Period: W / speed frames (H / speed
+    vertically).
+  * "bounces left and right" / "up and down": elastic bounces between the walls (the shape's centre stays in
+    [r, W - 1 - r]); period 2 (W - 1 - 2r) / speed.
+  * "moves <d1> then turns <d2>": d1 until `turn_frame`, then d2 forever (the turn happens once), wrapping.
+  * "appears and moves <dir>": invisible before `appear_frame`, then a mover.
+  * "stays still": never moves.
+Events (a turn, an appearance) happen within the first `event_frames` frames of the stream (9: the training
+clip), so a clip that starts at frame 0 shows them; after them every motion is stationary.
 
-Two layouts. "random" draws radius, start, speed and timing freely, so a prompt leaves much to chance.
-"canonical" fixes them from the prompt's words (a fixed radius per size; a mover starts at the wall it moves
-away from, centred on the other axis; still and bouncing objects start in the centre; a turn comes mid-clip),
-so the prompt determines the video. The embedded default model is trained on "canonical": a 0.25M-parameter
-model trained for CPU-minutes could not learn where to put a randomly placed object (objects drawn in 20 % of
-frames after 3000 steps, train/results/default_model.md), and a prompt-determined world is the one a newcomer
-can check by eye.
+What the prompt fixes and what it leaves to chance: the prompt fixes colour, shape, size, background and
+direction (the axis, for bouncers). The speed is drawn per object from U[speed_min, speed_max] px/frame and the
+phase (the position along the axis of motion, or the point of the bounce cycle) uniformly over its period, so
+any window of a long stream is a sample of the same distribution (stationarity) and a motion reward has slow
+and fast samples to choose between. A clip may start at a random stream frame in [0, max_start_frame] (a window
+of a longer stream; this only changes anything for turns and appearances).
+
+Two layouts differ in what else is chance. "canonical" fixes the radius per size word and puts the object in the
+middle of the frame across its axis of motion (still objects in the centre). "random" draws the radius within
+the size word's range and the cross-axis (or still) position between the walls. The embedded default model is
+trained on "canonical": a 0.25M-parameter model trained for CPU-minutes could not learn where to put a freely
+placed object (objects drawn in 20 % of frames after 3000 steps, train/results/default_model.md).
+
+phase "fixed" (not the default) removes the phase from chance: at stream frame 0 a mover starts at the wall it
+moves away from and a bouncer in the middle (the previous finite world's canonical start), and events come at
+fixed frames. With speed_min == speed_max the prompt then determines the whole endless stream, which a
+regression loss can learn (train/stages/regress.py): the 0.25M-parameter teacher and students trained for
+CPU-minutes on the random phase drew smeared stripes along the axis of motion instead of an object
+(train/results/default_model.md).
 """
 
 from __future__ import annotations
@@ -38,16 +59,18 @@ DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up"
 Motion = Literal["moves", "turns", "bounces", "still", "appears"]
 MOTIONS: tuple[str, ...] = ("moves", "turns", "bounces", "still", "appears")
 LAYOUTS = ("random", "canonical")
+PHASES = ("random", "fixed")
 CANONICAL_RADIUS = {"small": 0.12, "large": 0.2}  # fraction of min(H, W), inside SIZES' ranges
-CANONICAL_TRAVEL = 0.8  # fraction of the free room a mover crosses over the clip
+SPEED_RANGE = (0.5, 1.5)  # default speed_min, speed_max of SyntheticWorld, pixels per frame
+EVENT_FRAMES = 9  # default SyntheticWorld.event_frames: turns and appearances happen before this stream frame
 
 
 @dataclass(frozen=True)
 class ObjectSpec:
-    """One object. Positions/radius in pixels; velocity in pixels per frame.
+    """One object. Positions/radius in pixels; velocity in pixels per frame; frames are stream frames.
 
-    motion "turns": velocity `velocity` until `turn_frame`, then `velocity2` (perpendicular).
-    motion "appears": invisible before `appear_frame`.
+    start: the (unwrapped) centre at stream frame 0; motion "turns": velocity `velocity` until `turn_frame`,
+    then `velocity2` (perpendicular); motion "appears": invisible before `appear_frame`.
     """
 
     shape: str
@@ -71,6 +94,7 @@ class Scene:
     height: int
     width: int
     num_frames: int
+    start_frame: int = 0  # the clip shows stream frames start_frame .. start_frame + num_frames - 1
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -104,107 +128,107 @@ def _fold(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + np.where(u > span, 2 * span - u, u)
 
 
-def _sample_object(rng: np.random.Generator, colour: str, H: int, W: int, T: int) -> ObjectSpec:
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    size = ("small", "large")[rng.integers(2)]
-    r = float(rng.uniform(*SIZES[size]) * min(H, W))
-    motion = MOTIONS[rng.integers(len(MOTIONS))]
-    lo_x, hi_x, lo_y, hi_y = r, W - 1 - r, r, H - 1 - r
-    room = min(hi_x - lo_x, hi_y - lo_y)
-    steps = max(T - 1, 1)
-    names = list(DIRECTIONS)
-    d1 = names[rng.integers(4)]
-    dx, dy = DIRECTIONS[d1]
-
-    def start_for(travel_x: float, travel_y: float) -> tuple[float, float]:
-        # Start so that the whole straight-line travel (signed, per axis) stays inside the walls.
-        x = rng.uniform(lo_x + max(0.0, -travel_x), hi_x - max(0.0, travel_x))
-        y = rng.uniform(lo_y + max(0.0, -travel_y), hi_y - max(0.0, travel_y))
-        return float(x), float(y)
-
-    common = dict(shape=shape, colour=colour, size=size, radius=r)
-    if motion == "still":
-        return ObjectSpec(**common, start=start_for(0, 0), velocity=(0.0, 0.0), motion=motion)
-    if motion == "bounces":
-        # Fast enough to cover more than the free room, so at least one wall is hit within the clip.
-        speed = float(rng.uniform(1.3, 2.0) * room / steps)
-        start = start_for(0, 0)
-        return ObjectSpec(**common, start=start, velocity=(dx * speed, dy * speed), motion=motion, direction=d1)
-    if motion == "turns":
-        turn = int(rng.integers(max(1, steps // 3), max(2, steps - steps // 3 + 1)))
-        d2 = [n for n in names if DIRECTIONS[n][0] * dx + DIRECTIONS[n][1] * dy == 0][rng.integers(2)]
-        ex, ey = DIRECTIONS[d2]
-        speed = float(rng.uniform(0.5, 0.9) * room / steps)
-        tx, ty = speed * (dx * turn + ex * (steps - turn)), speed * (dy * turn + ey * (steps - turn))
-        return ObjectSpec(**common, start=start_for(tx, ty), velocity=(dx * speed, dy * speed), motion=motion,
-                          direction=d1, direction2=d2, velocity2=(ex * speed, ey * speed), turn_frame=turn)
-    speed = float(rng.uniform(0.5, 0.9) * room / steps)
-    appear = int(rng.integers(1, max(2, T // 2 + 1))) if motion == "appears" else 0
-    return ObjectSpec(**common, start=start_for(dx * speed * steps, dy * speed * steps),
-                      velocity=(dx * speed, dy * speed), motion=motion, direction=d1, appear_frame=appear)
-
-
-def _canonical_object(rng: np.random.Generator, colour: str, H: int, W: int, T: int) -> ObjectSpec:
-    """An object whose radius, start, speed and timing follow from its words alone (module docstring)."""
+def _sample_object(rng: np.random.Generator, colour: str, H: int, W: int, world: "SyntheticWorld") -> ObjectSpec:
+    """One object of either layout; only the radius and the cross-axis / still position differ between them."""
+    canonical = world.layout == "canonical"
     shape = SHAPES[rng.integers(len(SHAPES))]
     size = ("small", "large")[rng.integers(2)]
     motion = MOTIONS[rng.integers(len(MOTIONS))]
     names = list(DIRECTIONS)
     d1 = names[rng.integers(4)]
-    r = CANONICAL_RADIUS[size] * min(H, W)
-    lo_x, hi_x, lo_y, hi_y = r, W - 1 - r, r, H - 1 - r
-    centre = ((lo_x + hi_x) / 2, (lo_y + hi_y) / 2)
-    steps = max(T - 1, 1)
-    room = min(hi_x - lo_x, hi_y - lo_y)
+    r = CANONICAL_RADIUS[size] * min(H, W) if canonical else float(rng.uniform(*SIZES[size]) * min(H, W))
+    lo = np.array([r, r])
+    hi = np.array([W - 1 - r, H - 1 - r])
+    if canonical:  # the prompt fixes the place off the motion's axis: the middle of the frame
+        inside = (lo + hi) / 2
+    else:
+        inside = rng.uniform(lo, hi)
+    period = np.array([W, H], dtype=np.float64)
+    speed = float(rng.uniform(world.speed_min, world.speed_max))
     dx, dy = DIRECTIONS[d1]
-
-    def away_from(dx: int, dy: int, x: float, y: float) -> tuple[float, float]:
-        # On each axis of motion, start at the wall the object moves away from.
-        return (x if dx == 0 else (lo_x if dx > 0 else hi_x), y if dy == 0 else (lo_y if dy > 0 else hi_y))
-
+    axis = 0 if dx else 1
     common = dict(shape=shape, colour=colour, size=size, radius=r)
     if motion == "still":
-        return ObjectSpec(**common, start=centre, velocity=(0.0, 0.0), motion=motion)
+        return ObjectSpec(**common, start=tuple(map(float, inside)), velocity=(0.0, 0.0), motion=motion)
+    start = inside.copy()
+    if world.phase == "fixed":
+        return _fixed_phase_object(common, motion, d1, speed, lo, hi, inside, names, rng, world)
     if motion == "bounces":
-        # Always sets off right / down; 1.5 x the free room per clip, so it meets a wall.
-        d1 = "right" if d1 in ("left", "right") else "down"
+        # The phase is uniform over one back-and-forth period 2 * span of the unfolded coordinate, so the object
+        # is anywhere between the walls, going either way; the prompt names only the axis.
+        d1 = "right" if axis == 0 else "down"
         dx, dy = DIRECTIONS[d1]
-        speed = 1.5 * room / steps
-        return ObjectSpec(**common, start=centre, velocity=(dx * speed, dy * speed), motion=motion, direction=d1)
+        span = hi[axis] - lo[axis]
+        start[axis] = lo[axis] + rng.uniform(0, 2 * span)
+        return ObjectSpec(**common, start=tuple(map(float, start)), velocity=(dx * speed, dy * speed),
+                          motion=motion, direction=d1)
+    # Movers live on the torus [0, W) x [0, H): uniform phase along the axis of motion.
+    start[axis] = rng.uniform(0, period[axis])
     if motion == "turns":
-        turn = steps // 2
+        turn = int(rng.integers(2, max(3, world.event_frames - 2)))
         d2 = [n for n in names if DIRECTIONS[n][0] * dx + DIRECTIONS[n][1] * dy == 0][rng.integers(2)]
         ex, ey = DIRECTIONS[d2]
-        speed = CANONICAL_TRAVEL * room / max(turn, steps - turn)
-        return ObjectSpec(**common, start=away_from(dx + ex, dy + ey, *centre), velocity=(dx * speed, dy * speed),
+        return ObjectSpec(**common, start=tuple(map(float, start)), velocity=(dx * speed, dy * speed),
                           motion=motion, direction=d1, direction2=d2, velocity2=(ex * speed, ey * speed),
                           turn_frame=turn)
-    speed = CANONICAL_TRAVEL * room / steps
-    appear = T // 3 if motion == "appears" else 0
-    return ObjectSpec(**common, start=away_from(dx, dy, *centre), velocity=(dx * speed, dy * speed), motion=motion,
+    appear = int(rng.integers(1, max(2, world.event_frames // 2 + 1))) if motion == "appears" else 0
+    return ObjectSpec(**common, start=tuple(map(float, start)), velocity=(dx * speed, dy * speed), motion=motion,
                       direction=d1, appear_frame=appear)
 
 
-def sample_scene(rng: np.random.Generator, height: int, width: int, num_frames: int, max_objects: int = 2,
-                 layout: str = "random") -> Scene:
+def _fixed_phase_object(common: dict, motion: str, d1: str, speed: float, lo: np.ndarray, hi: np.ndarray,
+                        inside: np.ndarray, names: list, rng: np.random.Generator,
+                        world: "SyntheticWorld") -> ObjectSpec:
+    """phase "fixed": at stream frame 0 a mover sits at the wall it moves away from (as the previous, finite
+    world's canonical layout) and a bouncer in the middle going right / down; a turn comes at frame 4, an
+    appearance at frame 3. With speed_min == speed_max the prompt then determines the whole stream."""
+    dx, dy = DIRECTIONS[d1]
+
+    def away_from(dx: int, dy: int) -> tuple[float, float]:
+        return (float(inside[0]) if dx == 0 else float(lo[0] if dx > 0 else hi[0]),
+                float(inside[1]) if dy == 0 else float(lo[1] if dy > 0 else hi[1]))
+
+    if motion == "bounces":
+        d1 = "right" if dx else "down"
+        dx, dy = DIRECTIONS[d1]
+        return ObjectSpec(**common, start=tuple(map(float, inside)), velocity=(dx * speed, dy * speed),
+                          motion=motion, direction=d1)
+    if motion == "turns":
+        d2 = [n for n in names if DIRECTIONS[n][0] * dx + DIRECTIONS[n][1] * dy == 0][rng.integers(2)]
+        ex, ey = DIRECTIONS[d2]
+        return ObjectSpec(**common, start=away_from(dx + ex, dy + ey), velocity=(dx * speed, dy * speed),
+                          motion=motion, direction=d1, direction2=d2, velocity2=(ex * speed, ey * speed),
+                          turn_frame=min(4, world.event_frames - 2))
+    appear = min(3, world.event_frames // 2) if motion == "appears" else 0
+    return ObjectSpec(**common, start=away_from(dx, dy), velocity=(dx * speed, dy * speed), motion=motion,
+                      direction=d1, appear_frame=appear)
+
+
+def sample_scene(rng: np.random.Generator, world: "SyntheticWorld") -> Scene:
     """Draw a background and 1..max_objects objects with distinct colours, all different from the background."""
-    if min(height, width) < 8 or num_frames < 2:
-        raise ValueError(f"need height, width >= 8 and num_frames >= 2, got {height}x{width}x{num_frames}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
     names = list(COLOURS)
     background = names[rng.integers(len(names))]
     free = [c for c in names if c != background]
-    n = int(rng.integers(1, max_objects + 1))
+    n = int(rng.integers(1, world.max_objects + 1))
     colours = [free[i] for i in rng.permutation(len(free))[:n]]
-    draw = _canonical_object if layout == "canonical" else _sample_object
-    objects = tuple(draw(rng, c, height, width, num_frames) for c in colours)
-    return Scene(background, objects, height, width, num_frames)
+    objects = tuple(_sample_object(rng, c, world.height, world.width, world) for c in colours)
+    start = int(rng.integers(0, world.max_start_frame + 1))
+    return Scene(background, objects, world.height, world.width, world.num_frames, start)
 
 
-def trajectory(obj: ObjectSpec, scene: Scene) -> np.ndarray:
-    """Centre positions [T, 2] (x, y) of `obj` over the clip."""
-    t = np.arange(scene.num_frames, dtype=np.float64)
+def scene_frames(scene: Scene) -> np.ndarray:
+    """Stream frame indices [T] the scene's clip shows: start_frame, ..., start_frame + num_frames - 1."""
+    return scene.start_frame + np.arange(scene.num_frames, dtype=np.float64)
+
+
+def path(obj: ObjectSpec, scene: Scene, frames: np.ndarray | None = None) -> np.ndarray:
+    """Unwrapped centre positions [N, 2] (x, y) at stream frames `frames` (default: the clip's).
+
+    Straight motion is start + t * velocity (a turn switches to velocity2 after turn_frame); a bouncer's
+    coordinate is folded between the walls. Movers are not wrapped here (see `trajectory`): the difference of
+    two rows is the true displacement, which evaluation compares against.
+    """
+    t = scene_frames(scene) if frames is None else np.asarray(frames, dtype=np.float64)
     start, v = np.array(obj.start), np.array(obj.velocity)
     pos = start[None] + t[:, None] * v[None]
     if obj.motion == "turns":
@@ -215,6 +239,12 @@ def trajectory(obj: ObjectSpec, scene: Scene) -> np.ndarray:
         pos[:, 0] = _fold(pos[:, 0], r, scene.width - 1 - r)
         pos[:, 1] = _fold(pos[:, 1], r, scene.height - 1 - r)
     return pos
+
+
+def trajectory(obj: ObjectSpec, scene: Scene, frames: np.ndarray | None = None) -> np.ndarray:
+    """Drawn centre positions [N, 2]: `path` wrapped onto the torus [0, W) x [0, H) (bouncers and still objects
+    never leave it, so wrapping changes nothing for them)."""
+    return np.mod(path(obj, scene, frames), np.array([scene.width, scene.height], dtype=np.float64))
 
 
 def _mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -229,19 +259,27 @@ def _mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: np.nda
 
 
 def render_scene(scene: Scene) -> torch.Tensor:
-    """Render a scene to a float32 video [T, 3, H, W] in [-1, 1] (objects drawn in order, later on top).
+    """Render a scene's clip to a float32 video [T, 3, H, W] in [-1, 1] (objects drawn in order, later on top).
 
+    Wrapping: an object is drawn at its wrapped centre and at the copies one frame-width / -height away, so
+    one leaving through an edge enters through the opposite edge in the same frame.
     Drawn with numpy: these tensors are small and torch's intra-op threading only adds overhead here.
     """
     T, H, W = scene.num_frames, scene.height, scene.width
     ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
     video = np.empty((T, H, W, 3), dtype=np.float32)
     video[:] = np.asarray(COLOURS[scene.background], dtype=np.float32)
+    frames = scene_frames(scene)
     for obj in scene.objects:
         colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
-        for t, (cx, cy) in enumerate(trajectory(obj, scene)):
-            if t >= obj.appear_frame:
-                video[t][_mask(obj.shape, float(cx), float(cy), obj.radius, xs, ys)] = colour
+        for i, (cx, cy) in enumerate(trajectory(obj, scene)):
+            if frames[i] < obj.appear_frame:
+                continue
+            m = np.zeros((H, W), dtype=bool)
+            for ox in (-W, 0, W):
+                for oy in (-H, 0, H):
+                    m |= _mask(obj.shape, float(cx + ox), float(cy + oy), obj.radius, xs, ys)
+            video[i][m] = colour
     return torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2) * 2.0 - 1.0))
 
 
@@ -265,6 +303,52 @@ def describe_scene(scene: Scene) -> str:
     return " and ".join(describe_object(o) for o in scene.objects) + f" on {article} {scene.background} background"
 
 
+def parse_single_object(prompt: str, height: int, width: int, num_frames: int, speed: float = 1.0) -> Scene:
+    """The canonical single-object Scene a prompt of this world describes (the inverse of `describe_scene`).
+
+    What the prompt leaves to chance is fixed here: `speed` px/frame, phase 0 (a mover starts at x or y = 0),
+    a turn at frame 4, an appearance at frame 2. Evaluation uses it for what the prompt fixes: colour, shape,
+    size (area), background, motion and direction.
+    """
+    words = prompt.split()
+    try:
+        if words[0] != "a" or words[-1] != "background" or words[-4] != "on":
+            raise ValueError
+        size, colour, shape, background = words[1], words[2], words[3], words[-2]
+        body = words[4:-4]
+        if size not in SIZES or colour not in COLOURS or shape not in SHAPES or background not in COLOURS:
+            raise ValueError
+    except (IndexError, ValueError):
+        raise ValueError(f"not a single-object prompt of the synthetic world: {prompt!r}") from None
+    r = CANONICAL_RADIUS[size] * min(height, width)
+    mid = ((width - 1) / 2, (height - 1) / 2)
+    common = dict(shape=shape, colour=colour, size=size, radius=r)
+
+    def mover(d: str) -> tuple[tuple[float, float], tuple[float, float]]:
+        dx, dy = DIRECTIONS[d]
+        return (0.0 if dx else mid[0], 0.0 if dy else mid[1]), (dx * speed, dy * speed)
+
+    if body == ["stays", "still"]:
+        obj = ObjectSpec(**common, start=mid, velocity=(0.0, 0.0), motion="still")
+    elif len(body) == 4 and body[0] == "bounces" and body[2] == "and":
+        d = "right" if body[1] in ("left", "right") else "down"
+        obj = ObjectSpec(**common, start=mid, velocity=mover(d)[1], motion="bounces", direction=d)
+    elif len(body) == 2 and body[0] == "moves" and body[1] in DIRECTIONS:
+        start, v = mover(body[1])
+        obj = ObjectSpec(**common, start=start, velocity=v, motion="moves", direction=body[1])
+    elif len(body) == 4 and body[:2] == ["appears", "and"] and body[2] == "moves" and body[3] in DIRECTIONS:
+        start, v = mover(body[3])
+        obj = ObjectSpec(**common, start=start, velocity=v, motion="appears", direction=body[3], appear_frame=2)
+    elif len(body) == 5 and body[0] == "moves" and body[2:4] == ["then", "turns"] and body[1] in DIRECTIONS \
+            and body[4] in DIRECTIONS:
+        start, v = mover(body[1])
+        obj = ObjectSpec(**common, start=start, velocity=v, motion="turns", direction=body[1], direction2=body[4],
+                         velocity2=mover(body[4])[1], turn_frame=4)
+    else:
+        raise ValueError(f"not a single-object prompt of the synthetic world: {prompt!r}")
+    return Scene(background, (obj,), height, width, num_frames)
+
+
 # ---------------------------------------------------------------------------------------------- datasets
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -282,16 +366,28 @@ class SyntheticWorld:
     max_objects: int = 2
     seed: int = 0
     layout: str = "random"
+    speed_min: float = SPEED_RANGE[0]
+    speed_max: float = SPEED_RANGE[1]
+    max_start_frame: int = 0
+    event_frames: int = EVENT_FRAMES
+    phase: str = "random"
 
     def __post_init__(self) -> None:
         if min(self.height, self.width) < 8 or self.num_frames < 2 or self.max_objects < 1:
             raise ValueError(f"invalid SyntheticWorld {self}: need H, W >= 8, num_frames >= 2, max_objects >= 1")
         if self.layout not in LAYOUTS:
             raise ValueError(f"invalid SyntheticWorld layout {self.layout!r}; expected one of {LAYOUTS}")
+        if not 0 < self.speed_min <= self.speed_max < min(self.height, self.width) / 2:
+            raise ValueError(f"invalid SyntheticWorld speed range [{self.speed_min}, {self.speed_max}] px/frame: "
+                             f"need 0 < speed_min <= speed_max < min(H, W) / 2 (faster aliases on the torus)")
+        if self.phase not in PHASES:
+            raise ValueError(f"invalid SyntheticWorld phase {self.phase!r}; expected one of {PHASES}")
+        if self.max_start_frame < 0 or self.event_frames < 2:
+            raise ValueError(f"invalid SyntheticWorld: need max_start_frame >= 0 and event_frames >= 2, got "
+                             f"{self.max_start_frame}, {self.event_frames}")
 
     def scene(self, index: int) -> Scene:
-        return sample_scene(sample_rng(self.seed, index), self.height, self.width, self.num_frames,
-                            self.max_objects, self.layout)
+        return sample_scene(sample_rng(self.seed, index), self)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         if index < 0:
@@ -320,8 +416,7 @@ class SyntheticWorldDataset(torch.utils.data.IterableDataset):
     @classmethod
     def from_config(cls, data_cfg, rank: int = 0, world_size: int = 1, num_samples: int | None = None):
         """Build from a `train.config.DataSection`."""
-        world = SyntheticWorld(data_cfg.height, data_cfg.width, data_cfg.num_frames, data_cfg.max_objects,
-                               data_cfg.seed, data_cfg.layout)
+        world = world_of(data_cfg)
         return cls(world, rank, world_size, num_samples)
 
     def _local_indices(self) -> Iterator[int]:
@@ -352,3 +447,13 @@ class SyntheticWorldDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"data state is for rank {state['rank']}/{state['world_size']}, "
                              f"this dataset is rank {self.rank}/{self.world_size}")
         self.position = int(state["position"])
+
+
+def world_of(data_cfg, **overrides) -> SyntheticWorld:
+    """The SyntheticWorld of a `train.config.DataSection` (fields overridden by keyword, e.g. num_frames)."""
+    fields = dict(height=data_cfg.height, width=data_cfg.width, num_frames=data_cfg.num_frames,
+                  max_objects=data_cfg.max_objects, seed=data_cfg.seed, layout=data_cfg.layout,
+                  speed_min=data_cfg.speed_min, speed_max=data_cfg.speed_max,
+                  max_start_frame=data_cfg.max_start_frame, phase=data_cfg.phase)
+    fields.update(overrides)
+    return SyntheticWorld(**fields)

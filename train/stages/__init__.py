@@ -18,6 +18,9 @@ def build_stage(cfg: TrainConfig, info: DistInfo | None = None, progress: bool =
     if kind == "dmd":
         from train.stages.dmd import DMDTrainer
         return DMDTrainer(cfg, info, progress)
+    if kind == "regress":
+        from train.stages.regress import RegressTrainer
+        return RegressTrainer(cfg, info, progress)
     raise ValueError(f"unknown stage.kind {kind!r}")
 
 

@@ -21,11 +21,13 @@ from typing import Any
 import torch
 
 from rfrt.checks import NonFiniteError
+from rfrt.model_dir import ModelDirError, verify_model_dir
 from train.checkpoint import (checkpoint_path, latest_checkpoint, load_rank_rng, prune_checkpoints,
                               remove_orphans, resume, save_rank_rng, save_states)
 from train.config import TrainConfig, config_to_dict
 from train.metrics import MetricsLogger
-from train.stages.common import DistInfo, barrier, broadcast_int, check_parallel
+from train.stages.common import DistInfo, barrier, broadcast_int
+from train.stages.parallel import check_fsdp_backend
 
 
 class StageTrainer(abc.ABC):
@@ -39,7 +41,7 @@ class StageTrainer(abc.ABC):
         self.info = info or DistInfo()
         self.out_dir = Path(cfg.run.out_dir)
         self.progress = progress
-        check_parallel(cfg, self.info)
+        check_fsdp_backend(cfg, self.info.world_size)  # fsdp over ranks needs a process group it runs on
         # Model init and data order depend on the seed only, so every rank builds identical weights.
         torch.manual_seed(cfg.run.seed + 1000 * self.info.rank)
         self.build()
@@ -58,8 +60,9 @@ class StageTrainer(abc.ABC):
 
     @abc.abstractmethod
     def export(self, directory: Path) -> None:
-        """Write the stage's product as a model directory (see train.stages.common). Called on every rank:
-        gather the weights there, write them on rank 0 only."""
+        """Write the stage's product as a model directory (train.stages.common.save_model_dir: atomic, with
+        this run's config as its manifest). Called on every rank: gather the weights there, write them on
+        rank 0 only."""
 
     def _resume(self) -> int:
         if self.info.is_main:
@@ -132,11 +135,18 @@ class StageTrainer(abc.ABC):
                 log.advance()
                 if (step + 1) % run.checkpoint_every == 0 or step + 1 == run.steps:
                     self._save(step + 1)
-        # Also export when a finished run's export is missing (e.g. after stopping a run early with a lower
-        # run.steps: re-running resumes at the last checkpoint and only exports).
-        # Rank 0 decides for all: the others must join its export's gathers even if they see the directory.
-        export = start < run.steps or not (self.out_dir / "export").is_dir()
+        # Also export when a finished run's export is missing or incomplete (a run stopped early with a lower
+        # run.steps, or one killed while exporting by an older writer): re-running resumes at the last
+        # checkpoint and only exports. Rank 0 decides for all: the others must join its export's gathers.
+        export_dir = self.out_dir / "export"
+        export = start < run.steps
+        if not export and self.info.is_main:
+            try:
+                verify_model_dir(export_dir)
+            except ModelDirError as err:
+                print(f"{export_dir} is not a complete export ({err}): exporting it again", file=sys.stderr)
+                export = True
         if broadcast_int(int(export), self.info):
-            self.export(self.out_dir / "export")
+            self.export(export_dir)
         barrier(self.info)
         return last

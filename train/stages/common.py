@@ -1,9 +1,9 @@
 """What every stage shares: distributed setup, model building / loading / export, and the loop helpers.
 
-Weights move between stages as *model directories* (the layout the runtime's manifest points into):
-    <dir>/dit/config.json        Wan-style config of the DiT (ModelConfig keys)
-    <dir>/dit/model.safetensors  its weights (Wan parameter names)
-    <dir>/text_encoder/          the VocabTextEncoder (config.json, vocab.json, model.safetensors)
+Weights move between stages as *model directories*, the runtime's own `rfrt-model/1` format written and read
+by `rfrt.model_dir` (rfrt.json, dit/, text_encoder/): every stage's export is a model StreamGenerator can
+load, its manifest carrying the cache policy, sampler and video size the run was configured with. The writer
+is atomic and refuses non-finite weights (see rfrt.model_dir.write_model_dir).
 
 Gradients of data-parallel ranks are averaged by `allreduce_grads` once per optimiser step instead of through
 DistributedDataParallel: a Self-Forcing rollout calls the generator many times (chunks x steps, with a
@@ -14,18 +14,19 @@ gradients itself in each backward; `allreduce_grads` then has nothing left to do
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from rfrt.models import CausalWanDiT, ModelConfig
+from rfrt.model_dir import ModelDirError, VideoSpec, read_manifest, write_model_dir
+from rfrt.models import CausalWanDiT, ModelConfig, load_model
 from rfrt.text_vocab import VocabTextEncoder
 from train.config import ArchSection, TrainConfig
-from train.stages.parallel import as_float, check_fsdp_backend, local_grad_params
+from train.data.synthetic_world import SyntheticWorldDataset
+from train.stages.parallel import as_float, local_grad_params
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,6 @@ def setup_distributed() -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return DistInfo(rank, world, device)
-
-
-def check_parallel(cfg: TrainConfig, info: DistInfo) -> None:
-    """run.parallel=fsdp over several ranks needs a process group FSDP runs on (nccl or gloo)."""
-    check_fsdp_backend(cfg, info.world_size)
 
 
 def allreduce_grads(params: list[torch.nn.Parameter], info: DistInfo) -> None:
@@ -137,25 +133,17 @@ def init_dit(cfg: ModelConfig, seed: int) -> CausalWanDiT:
         return CausalWanDiT(cfg)
 
 
-def save_model_dir(directory: str | Path, dit: CausalWanDiT, text: VocabTextEncoder | None = None,
+def save_model_dir(directory: str | Path, cfg: TrainConfig, dit: CausalWanDiT, text: VocabTextEncoder,
                    state: dict[str, torch.Tensor] | None = None,
                    text_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write dit/config.json + dit/model.safetensors (+ text_encoder/). `state` overrides the DiT's weights
-    (e.g. the generator's EMA shadow, or the gathered weights of a sharded DiT); `text_state` the text
-    encoder's (the gathered weights of a sharded encoder)."""
-    from safetensors.torch import save_file
-
-    d = Path(directory)
-    (d / "dit").mkdir(parents=True, exist_ok=True)
-    cfg = asdict(dit.config)
-    cfg["patch_size"] = list(cfg["patch_size"])
-    (d / "dit" / "config.json").write_text(json.dumps(cfg, indent=1))
-    weights = state if state is not None else dit.state_dict()
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
-              str(d / "dit" / "model.safetensors"))
-    if text is not None:
-        (text if text_state is None else unsharded_text(text, text_state)).save(d / "text_encoder")
-    return d
+    """Export a stage's DiT and text encoder as an rfrt-model/1 directory whose manifest is this run's config:
+    rollout.cache (the inference cache policy), sampler, and the data's height x width. `state` overrides the
+    DiT's weights (e.g. the generator's EMA shadow, or the gathered weights of a sharded DiT); `text_state` the
+    text encoder's (the gathered weights of a sharded encoder)."""
+    return write_model_dir(directory, dit_config=dit.config, dit_weights=dit.state_dict() if state is None else state,
+                           text_encoder=text if text_state is None else unsharded_text(text, text_state),
+                           cache=cfg.rollout.cache, sampler=cfg.sampler,
+                           video=VideoSpec(height=cfg.data.height, width=cfg.data.width))
 
 
 def unsharded_text(text: VocabTextEncoder, state: dict[str, torch.Tensor]) -> VocabTextEncoder:
@@ -168,33 +156,52 @@ def unsharded_text(text: VocabTextEncoder, state: dict[str, torch.Tensor]) -> Vo
     return plain
 
 
-def load_dit(directory: str | Path, role: str) -> CausalWanDiT:
-    """Load the DiT of a model directory; `role` (e.g. "model.teacher") names the config key in errors."""
-    from safetensors.torch import load_file
-
+def _manifest(directory: str | Path | None, role: str, what: str):
     if directory is None:
-        raise ValueError(f"{role} is not set: this stage needs the weights of a trained model directory")
-    d = Path(directory) / "dit"
-    for name in ("config.json", "model.safetensors"):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"{role}={directory!s}: missing {d / name} (train the earlier stage first)")
-    model = CausalWanDiT(ModelConfig.from_json(d / "config.json"))
-    state = load_file(str(d / "model.safetensors"))
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise ValueError(f"{role}: {d / 'model.safetensors'} missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    model.load_state_dict(state)
-    return model
+        raise ValueError(f"{role} is not set: this stage needs the {what} of a trained model directory")
+    try:
+        return read_manifest(directory)
+    except ModelDirError as err:
+        raise FileNotFoundError(f"{role}={directory!s}: {err} (train the earlier stage first; rerunning it "
+                                "re-exports an incomplete export)") from None
 
 
-def load_text(directory: str | Path, role: str) -> VocabTextEncoder:
-    if directory is None:
-        raise ValueError(f"{role} is not set: this stage needs the text encoder of a trained model directory")
-    d = Path(directory) / "text_encoder"
-    if not d.is_dir():
-        raise FileNotFoundError(f"{role}={directory!s}: missing text encoder directory {d}")
-    return VocabTextEncoder.load(d)
+def load_dit(directory: str | Path | None, role: str) -> CausalWanDiT:
+    """The DiT of a model directory in fp32 on the CPU (trainable); `role` (e.g. "model.teacher") names the
+    config key in errors."""
+    m = _manifest(directory, role, "weights")
+    config = ModelConfig.from_json(m.dit_config) if m.dit_config is not None else None
+    return load_model(m.dit_weights, config=config, dtype=torch.float32)
+
+
+def load_text(directory: str | Path | None, role: str) -> VocabTextEncoder:
+    """The vocab text encoder of a model directory."""
+    m = _manifest(directory, role, "text encoder")
+    if m.text_encoder.kind != "vocab":
+        raise ValueError(f"{role}={directory!s}: training uses a vocab text encoder, this directory has "
+                         f"{m.text_encoder.kind!r}")
+    return VocabTextEncoder.load(m.text_encoder.path)
+
+
+class Batches:
+    """Batches of (video [B, T, 3, H, W], prompts) from a SyntheticWorldDataset, resumable exactly."""
+
+    def __init__(self, dataset: SyntheticWorldDataset, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self._it = None
+
+    def next(self, device: str) -> tuple[torch.Tensor, list[str]]:
+        if self._it is None:
+            self._it = iter(self.dataset)
+        items = [next(self._it) for _ in range(self.batch_size)]
+        return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
+
+    def state_dict(self) -> dict[str, int]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.dataset.load_state_dict(state)
+        self._it = None  # restart the stream at the restored position
 
 
 def frozen(m: torch.nn.Module) -> torch.nn.Module:

@@ -8,6 +8,13 @@ dmd.critic_updates_per_generator-th step (step % N == 0, as the public trainer) 
   g = (x0_fake - x0_real) / mean|x - x0_real|;   L_i = 0.5 mean((x_i - sg(x_i - g_i))^2)
   Re-DMD: loss = mean_i exp(beta r_i) L_i with r the z-scored reward of the generated video (no gradient)
 Re-DMD is exactly `train.losses.redmd_loss` on top of the per-sample DMD loss; reward.kind "none" is DMD.
+
+Rollouts longer than the teacher's clip (rollout.score_frames): the rollout spans up to rollout.num_frames (21:
+chunks 3.. evict into the sink), but teacher, critic and reward score one window of score_frames (9, the
+teacher's training clip) whose start chunk is drawn uniformly per iteration; the rollout stops at the window's
+end and only the window's exit forwards carry gradient. This is sound because the world is stationary: every
+9-frame window of a long stream is a sample of the distribution the teacher learned (its training clips start
+at random stream frames, data.max_start_frame).
 """
 from __future__ import annotations
 
@@ -24,12 +31,10 @@ from train.losses import (add_noise, cfg_combine, dmd_gradient, dmd_loss, flow_m
                           sample_dmd_timesteps)
 from train.rewards import build_reward, to_unit_range
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
+from train.stages.common import (Batches, autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-from train.stages.ode import sampler_of
-from train.stages.rollout import draw_exit_step, rollout, training_policy
-from train.stages.teacher import Batches
+from train.stages.rollout import draw_exit_step, draw_window_start, rollout, training_policy
 
 
 def generator_loss(x: torch.Tensor, x0_fake: torch.Tensor, x0_real: torch.Tensor,
@@ -51,11 +56,10 @@ class DMDTrainer(StageTrainer):
         mc = self.student.config
         if cfg.data.height % mc.patch_size[1] or cfg.data.width % mc.patch_size[2]:
             raise ValueError(f"data {cfg.data.height}x{cfg.data.width} not divisible by patch {mc.patch_size}")
-        tpf = (cfg.data.height // mc.patch_size[1]) * (cfg.data.width // mc.patch_size[2])
         for m in (self.student, self.critic):
             shard_trained(m, cfg, self.info.world_size, dev)
-        self.policy = training_policy(cfg.rollout, tpf)
-        self.sampler = sampler_of(cfg)
+        self.policy = training_policy(cfg.rollout)
+        self.sampler = cfg.sampler
         self.gen_params = list(self.student.parameters())
         self.critic_params = list(self.critic.parameters())
         self.gen_opt = make_optimizer(self.gen_params, cfg.optim.lr, cfg)
@@ -66,6 +70,7 @@ class DMDTrainer(StageTrainer):
                                cfg.run.batch_size)
         self.backend = FullAttention()
         self.exit_steps: list[int] = []  # per step, for inspection (tests check ranks agree)
+        self.window_starts: list[int] = []  # start chunk of each scored window (rollout.score_frames)
 
     def state(self) -> dict[str, Any]:
         return {"student": model_state(self.student), "critic": model_state(self.critic),
@@ -73,34 +78,41 @@ class DMDTrainer(StageTrainer):
                 "critic_optim": optimizer_state(self.critic, self.critic_opt), "ema": self.ema, "data": self.prompts}
 
     def _rollout(self, prompts: list[str], grad: bool) -> torch.Tensor:
-        cfg, dev = self.cfg, self.info.device
+        """The student's rollout, or its scored window (rollout.score_frames): [B, F_scored, C, H, W]."""
+        cfg, dev, r = self.cfg, self.info.device, self.cfg.rollout
         k = draw_exit_step(self.sampler.num_steps, self.info)
         self.exit_steps.append(k)
-        noise = torch.randn(len(prompts), cfg.rollout.num_frames, self.student.config.in_dim, cfg.data.height,
+        cf = r.cache.chunk_frames
+        n_chunks, win = r.num_frames // cf, (r.score_frames or r.num_frames) // cf
+        w = draw_window_start(n_chunks - win + 1, self.info)
+        self.window_starts.append(w)
+        noise = torch.randn(len(prompts), (w + win) * cf, self.student.config.in_dim, cfg.data.height,
                             cfg.data.width, device=dev)
         with autocast(cfg, self.info):
-            return rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad).float()
+            x = rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad,
+                        grad_from_chunk=w)
+        return x[:, w * cf:].float()
 
     def _x0(self, model: CausalWanDiT, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         tt = t[:, None].expand(-1, x_t.shape[1] // model.config.patch_size[0]).contiguous()
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda a, b, c: model(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
                              x_t, tt, text)
-        return flow_to_x0(x_t, v.float(), t / self.cfg.dmd.num_train_timesteps)
+        return flow_to_x0(x_t, v.float(), t / self.sampler.num_train_timesteps)
 
     def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        d = self.cfg.dmd
-        t = sample_dmd_timesteps(x.shape[0], min_t=d.min_t, max_t=d.max_t, shift=d.shift,
-                                 num_train_timesteps=d.num_train_timesteps, device=x.device)
+        d, s = self.cfg.dmd, self.sampler
+        t = sample_dmd_timesteps(x.shape[0], min_t=d.min_t, max_t=d.max_t, shift=s.shift,
+                                 num_train_timesteps=s.num_train_timesteps, device=x.device)
         eps = torch.randn_like(x)
-        return add_noise(x, eps, t / d.num_train_timesteps), t, eps
+        return add_noise(x, eps, t / s.num_train_timesteps), t, eps
 
     def critic_micro(self, prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():
             x = self._rollout(prompts, grad=False)
         x_t, t, eps = self._noised(x)
         text = self.text.encode(prompts)
-        tt = t[:, None].expand(-1, x.shape[1]).contiguous()
+        tt = t[:, None].expand(-1, x.shape[1] // self.critic.config.patch_size[0]).contiguous()
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda a, b, c: self.critic(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
                              x_t, tt, text)
@@ -150,4 +162,4 @@ class DMDTrainer(StageTrainer):
     def export(self, directory: Path) -> None:
         weights = {**full_state_dict(self.student), **self.ema.full_shadow()}  # the EMA replaces the parameters
         if self.info.is_main:
-            save_model_dir(directory, self.student, self.text, state=weights)
+            save_model_dir(directory, self.cfg, self.student, self.text, state=weights)

@@ -20,17 +20,12 @@ import torch
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 from train.checkpoint import atomic_torch_save
-from train.data.synthetic_world import SyntheticWorld
+from train.data.synthetic_world import world_of
 from train.losses import cfg_combine
 from train.stages.base import StageTrainer
 from train.stages.common import (autocast, barrier, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-
-
-def sampler_of(cfg) -> SamplerConfig:
-    return SamplerConfig(num_train_timesteps=cfg.dmd.num_train_timesteps, shift=cfg.dmd.shift,
-                         denoising_steps=tuple(cfg.rollout.denoising_steps))
 
 
 def ode_grid(sampler: SamplerConfig, substeps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,22 +68,21 @@ class ODETrainer(StageTrainer):
         self.teacher_dir = cfg.model.teacher
         teacher = frozen(load_dit(self.teacher_dir, "model.teacher")).to(dev)
         self.text = frozen(load_text(self.teacher_dir, "model.teacher"))
-        self.sampler = sampler_of(cfg)
+        self.sampler = cfg.sampler
         self.pairs = self._pairs(teacher)
         init = cfg.model.student_init or self.teacher_dir
         self.student = load_dit(init, "model.student_init").to(dev).train()
         shard_trained(self.student, cfg, self.info.world_size, dev)
         self.params = list(self.student.parameters())
         self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
-        self.backend = BlockCausalAttention(cfg.rollout.chunk_frames)
+        self.backend = BlockCausalAttention(cfg.rollout.cache.chunk_frames)
 
     def _pairs(self, teacher: CausalWanDiT) -> dict[str, Any]:
         st = self.cfg.stage
         path = Path(st.ode_pairs_path or self.out_dir / "ode_pairs.pt")
         if self.info.is_main and not path.is_file():
             d = self.cfg.data
-            world = SyntheticWorld(d.height, d.width, self.cfg.rollout.num_frames, d.max_objects, d.seed + 7919,
-                                   d.layout)
+            world = world_of(d, num_frames=self.cfg.rollout.num_frames, seed=d.seed + 7919)
             prompts = [world[i][1] for i in range(st.ode_pairs)]
             gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
             states, x0s = [], []
@@ -110,7 +104,7 @@ class ODETrainer(StageTrainer):
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
         """Regression loss of the pairs `idx` [B]."""
-        dev, chunk = self.info.device, self.cfg.rollout.chunk_frames
+        dev, chunk = self.info.device, self.cfg.rollout.cache.chunk_frames
         states, x0 = self.pairs["states"][idx].to(dev), self.pairs["x0"][idx].to(dev)
         B, K, n_f = states.shape[:3]
         k = torch.randint(0, K, (B, n_f // chunk)).repeat_interleave(chunk, dim=1)  # one step per chunk
@@ -137,4 +131,4 @@ class ODETrainer(StageTrainer):
     def export(self, directory: Path) -> None:
         student = full_state_dict(self.student)
         if self.info.is_main:
-            save_model_dir(directory, self.student, self.text, state=student)
+            save_model_dir(directory, self.cfg, self.student, self.text, state=student)

@@ -9,32 +9,32 @@ differs from inference in two options of that loop only:
   * gradient flows only through that exit forward of each chunk; every other forward, and every context
     pass, runs under no_grad, so the cache never holds a graph (the context pass overwrites the chunk's
     grad-step K/V).
-Cache policy: by default the window covers the whole rollout (the public trainer's 21-frame cache: no
-eviction, no EMA during training, SPEC 3); rollout.sink_ema_during_training uses the inference window and
-EMA sink instead.
+Cache policy: the inference window (sink + the last window_frames - sink_frames frames, window-relative RoPE)
+with either a static sink (default; the public trainer, whose 21-frame cache never folds anything into the
+sink: chunk 0's clean K/V throughout, SPEC 3) or, with rollout.sink_ema_during_training, the inference EMA
+sink. A static sink is exactly the EMA with alpha = 1 (sink <- 1 * sink + 0 * evicted), so both run through the
+same cache code as inference.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
-from rfrt.cache import CachePolicy, ReferenceCache
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
 from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
+from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig
 from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
 
 
-def training_policy(r: RolloutSection, tokens_per_frame: int) -> CachePolicy:
-    """CachePolicy of the training rollout (see module docstring)."""
-    if r.sink_ema_during_training:
-        window = r.window_frames
-    else:  # the sink plus every later frame of the rollout: nothing is ever evicted
-        window = max(r.num_frames, r.sink_frames + r.chunk_frames)
-    return CachePolicy(sink_frames=r.sink_frames, window_frames=window, chunk_frames=r.chunk_frames,
-                       tokens_per_frame=tokens_per_frame, sink_ema_alpha=r.sink_ema_alpha)
+def training_policy(r: RolloutSection) -> CachePolicy:
+    """CachePolicy of the training rollout (see module docstring): rollout.cache with sink_ema_during_training,
+    else the same window with a static sink (alpha 1: a fold leaves the sink as chunk 0's clean K/V)."""
+    return r.cache if r.sink_ema_during_training else dataclasses.replace(r.cache, sink_ema_alpha=1.0)
 
 
 def draw_exit_step(num_steps: int, info: DistInfo) -> int:
@@ -43,17 +43,26 @@ def draw_exit_step(num_steps: int, info: DistInfo) -> int:
     return broadcast_int(k, info)
 
 
+def draw_window_start(num_starts: int, info: DistInfo) -> int:
+    """Start chunk of the scored window in [0, num_starts), shared by ranks; no RNG draw when there is one."""
+    return 0 if num_starts == 1 else draw_exit_step(num_starts, info)
+
+
 def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tensor, policy: CachePolicy,
             sampler: SamplerConfig, exit_step: int | None = None, grad: bool = False,
-            fresh_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like) -> torch.Tensor:
+            fresh_noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
+            grad_from_chunk: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:
     """Generate a video autoregressively with the student and a fresh ReferenceCache.
 
     model:     the causal student (its attention backend is the cache).
     text:      CrossKV (or raw text [B, Ltext, text_dim]) of the prompts.
     noise:     [B, F, C, H, W] initial noise; F a multiple of policy.chunk_frames.
     exit_step: index of the denoising step whose x0 each chunk outputs (None: the last one, as at inference).
-    grad:      record the graph of the exit forwards (the only forwards with gradient).
+    grad:      record the graph of the exit forwards (the only forwards with gradient) of chunks
+               >= grad_from_chunk (earlier chunks are only context for a scored window: no graph).
     fresh_noise: draws the re-noising noise like its argument (default: the global torch RNG, in chunk order).
+    context:   None (inference): each chunk's context pass writes its own x0. A video [B, F, C, H, W]: the
+               context pass writes that video's chunk instead (teacher forcing on ground truth).
     Returns x0 [B, F, C, H, W].
     """
     cfg = model.config
@@ -66,8 +75,7 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     if not 0 <= k_exit < sampler.num_steps:
         raise ValueError(f"exit_step {exit_step} outside [0, {sampler.num_steps})")
     plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
-    cache = ReferenceCache(policy, layers=cfg.num_layers, head_dim=cfg.head_dim, grid_h=H // ph, grid_w=W // pw,
-                           compute_dtype=torch.float32)
+    cache = ReferenceCache(CacheLayout.for_model(cfg, policy, H // ph, W // pw, batch=B), compute_dtype=torch.float32)
     if not isinstance(text, CrossKV):
         with torch.set_grad_enabled(grad):
             text = model.cross_kv(text)
@@ -79,5 +87,9 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
         # The renoise draws come before the chunk's forwards, as at inference; the forwards draw nothing, so
         # the order of the RNG calls is that of a loop drawing each one just before it is used.
         draws = [x] + [fresh_noise(x) for _ in range(k_exit)]
-        out.append(sample_chunk(forward, draws, plan, exit_step=k_exit, grad=grad))
+        x0 = sample_chunk(forward, draws, plan, exit_step=k_exit, grad=grad and c >= grad_from_chunk,
+                          context=context is None)
+        if context is not None:  # teacher forcing: the cache gets the given video's chunk, not the output
+            context_pass(forward, context[:, c * chunk:(c + 1) * chunk].to(x0.dtype), plan)
+        out.append(x0)
     return torch.cat(out, dim=1)

@@ -14,32 +14,12 @@ import torch
 from rfrt.models import FullAttention
 from rfrt.text_vocab import VocabTextEncoder
 from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
-from train.losses import add_noise, flow_matching_loss, shift_sigma
+from rfrt.sampling import shift_sigma
+from train.losses import add_noise, flow_matching_loss
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, checkpointed, dit_config, init_dit, make_optimizer, optimizer_step,
-                                 save_model_dir)
+from train.stages.common import (Batches, autocast, checkpointed, dit_config, init_dit, load_dit, load_text,
+                                 make_optimizer, optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, is_sharded, model_state, optimizer_state, shard_trained
-
-
-class Batches:
-    """Batches of (video [B, T, 3, H, W], prompts) from a SyntheticWorldDataset, resumable exactly."""
-
-    def __init__(self, dataset: SyntheticWorldDataset, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
-        self._it = None
-
-    def next(self, device: str) -> tuple[torch.Tensor, list[str]]:
-        if self._it is None:
-            self._it = iter(self.dataset)
-        items = [next(self._it) for _ in range(self.batch_size)]
-        return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
-
-    def state_dict(self) -> dict[str, int]:
-        return self.dataset.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.dataset.load_state_dict(state)
-        self._it = None  # restart the stream at the restored position
 
 
 def drop_prompts(prompts: list[str], p: float) -> list[str]:
@@ -53,11 +33,19 @@ class TeacherTrainer(StageTrainer):
 
     def build(self) -> None:
         cfg, a = self.cfg, self.cfg.arch
-        dit_cfg = dit_config(a, frame_size=(cfg.data.height, cfg.data.width))
-        self.dit = init_dit(dit_cfg, cfg.run.seed).to(self.info.device).train()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.run.seed + 1)
-            self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(self.info.device)
+        if cfg.model.teacher_init is not None:  # fine-tune: weights (and architecture) from a model directory
+            self.dit = load_dit(cfg.model.teacher_init, "model.teacher_init").to(self.info.device).train()
+            self.text = load_text(cfg.model.teacher_init, "model.teacher_init").to(self.info.device).train()
+            if tuple(self.text.vocab) != vocabulary():
+                raise ValueError(f"model.teacher_init={cfg.model.teacher_init}: its text encoder's vocabulary "
+                                 "is not the synthetic world's")
+        else:
+            dit_cfg = dit_config(a, frame_size=(cfg.data.height, cfg.data.width))
+            self.dit = init_dit(dit_cfg, cfg.run.seed).to(self.info.device).train()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.run.seed + 1)
+                self.text = VocabTextEncoder(vocabulary(), a.text_dim, a.max_words, a.text_layers).to(
+                    self.info.device)
         for m in (self.dit, self.text):
             shard_trained(m, cfg, self.info.world_size, self.info.device)
         self.params = list(self.dit.parameters()) + list(self.text.parameters())
@@ -77,7 +65,7 @@ class TeacherTrainer(StageTrainer):
         sigma = shift_sigma(torch.rand(B, device=video.device), self.cfg.stage.teacher_shift)
         eps = torch.randn_like(video)
         x_t = add_noise(video, eps, sigma)
-        t = (sigma * self.cfg.dmd.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
+        t = (sigma * self.cfg.sampler.num_train_timesteps)[:, None].expand(B, T // self.dit.config.patch_size[0])
         text = self.text.encode(drop_prompts(prompts, self.cfg.stage.text_dropout))
         with autocast(self.cfg, self.info):
             v = checkpointed(lambda x, tt, c: self.dit(x, tt, c, self.backend), self.cfg.run.grad_checkpointing,
@@ -99,4 +87,4 @@ class TeacherTrainer(StageTrainer):
         dit = full_state_dict(self.dit)
         text = full_state_dict(self.text) if is_sharded(self.text) else None  # else: the encoder saves itself
         if self.info.is_main:
-            save_model_dir(directory, self.dit, self.text, state=dit, text_state=text)
+            save_model_dir(directory, self.cfg, self.dit, self.text, state=dit, text_state=text)

@@ -1,6 +1,7 @@
-"""The sink + window KV cache: its policy, the runtime ring cache and the plain-PyTorch reference oracle."""
+"""The sink + window KV cache: its policy and geometry, the runtime ring cache and the plain-PyTorch oracle."""
+from rfrt.cache.layout import CacheLayout
 from rfrt.cache.oracle import ReferenceCache
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import RingCache
 
-__all__ = ["CachePolicy", "ReferenceCache", "RingCache"]
+__all__ = ["CacheLayout", "CachePolicy", "ReferenceCache", "RingCache"]

@@ -29,54 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rfrt.cache.policy import CachePolicy
-from rfrt.rope import axis_frequencies, axis_pairs
+from rfrt.cache.layout import CacheLayout
+from rfrt.rope import ROPE_THETA, axis_frequencies
 
 # Rows of the rope_cos / rope_sin inputs.
 ROPE_CHUNK, ROPE_EVICTED, ROPE_SINK = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class CacheLayout:
-    """Static geometry of one exported cache: everything the graph's shapes depend on.
-
-    policy: the sink / window / chunk layout; grid_h x grid_w must equal policy.tokens_per_frame.
-    layers, batch, heads, head_dim: cache dimensions (head_dim even and >= 6 for the 3-axis RoPE).
-    rope_theta: RoPE base (10000 for Wan).
-    """
-
-    policy: CachePolicy
-    layers: int
-    batch: int
-    heads: int
-    head_dim: int
-    grid_h: int
-    grid_w: int
-    rope_theta: float = 10000.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.policy, CachePolicy):
-            raise TypeError(f"CacheLayout.policy must be a CachePolicy, got {type(self.policy).__name__}")
-        for name in ("layers", "batch", "heads", "head_dim", "grid_h", "grid_w"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"CacheLayout.{name} must be a positive int, got {value!r}")
-        axis_pairs(self.head_dim)  # raises a clear error for an odd or too small head_dim
-        if self.grid_h * self.grid_w != self.policy.tokens_per_frame:
-            raise ValueError(f"CacheLayout: grid {self.grid_h}x{self.grid_w} has {self.grid_h * self.grid_w} "
-                             f"tokens but the policy says tokens_per_frame={self.policy.tokens_per_frame}")
-        if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
-            raise ValueError(f"CacheLayout.rope_theta must be a positive number, got {self.rope_theta!r}")
-
-    @property
-    def time_pairs(self) -> int:
-        return axis_pairs(self.head_dim)[0]
-
-    def kv_shape(self) -> tuple[int, ...]:
-        return (2, self.layers, self.batch, self.policy.window_tokens, self.heads, self.head_dim)
-
-    def sink_acc_shape(self) -> tuple[int, ...]:
-        return (2, self.layers, self.batch, self.policy.sink_tokens, self.heads, self.head_dim)
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,14 +54,14 @@ class StepControls:
     valid_tokens: Tensor
 
 
-def time_rope_tables(positions: Tensor, head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+def time_rope_tables(positions: Tensor, head_dim: int, theta: float = ROPE_THETA) -> tuple[Tensor, Tensor]:
     """cos, sin (fp32, computed in fp64) of the time pairs for frame positions [...] -> [..., time_pairs]."""
     wt = axis_frequencies(head_dim, theta)[0]
     ang = positions.to(torch.float64)[..., None] * wt
     return torch.cos(ang).float(), torch.sin(ang).float()
 
 
-def hw_rope_tables(head_dim: int, grid_h: int, grid_w: int, theta: float = 10000.0) -> tuple[Tensor, Tensor]:
+def hw_rope_tables(head_dim: int, grid_h: int, grid_w: int, theta: float = ROPE_THETA) -> tuple[Tensor, Tensor]:
     """cos, sin (fp32, computed in fp64) of the h/w pairs of one frame's tokens (row-major) -> [h*w, pairs]."""
     _, wh, ww = axis_frequencies(head_dim, theta)
     rows = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)
@@ -119,7 +76,7 @@ def step_controls(layout: CacheLayout, chunk: int, first_forward: bool, device: 
 
     first_forward: True for the chunk's first denoising forward (the only one that folds the sink).
     """
-    p, tpf = layout.policy, layout.policy.tokens_per_frame
+    p, tpf = layout.policy, layout.tokens_per_frame
     if not isinstance(chunk, int) or chunk < 0:
         raise ValueError(f"chunk must be a non-negative int, got {chunk!r}")
     victim = p.evicted_chunk(chunk)
@@ -177,10 +134,9 @@ def fold_sink(layout: CacheLayout, kv: Tensor, sink_acc: Tensor, controls: StepC
     kv [2, layers, B, window_tokens, H, D], sink_acc [2, layers, B, sink_tokens, H, D] -> new (kv, sink_acc).
     With fold = (1, 0) the accumulator is unchanged and the sink slots are rewritten with the K they hold.
     """
-    p = layout.policy
     hw_cos, hw_sin = hw_rope_tables(layout.head_dim, layout.grid_h, layout.grid_w, layout.rope_theta)
     hw_cos, hw_sin = hw_cos.to(kv.device), hw_sin.to(kv.device)
-    idx = controls.slots[1] + torch.arange(p.sink_tokens, dtype=torch.int64, device=kv.device)
+    idx = controls.slots[1] + torch.arange(layout.sink_tokens, dtype=torch.int64, device=kv.device)
     evicted = kv.index_select(3, idx)  # [2, layers, B, sink_tokens, H, D]
     ev_cos, ev_sin = token_rope(controls.rope_cos[ROPE_EVICTED], controls.rope_sin[ROPE_EVICTED], hw_cos, hw_sin)
     sk_cos, sk_sin = token_rope(controls.rope_cos[ROPE_SINK], controls.rope_sin[ROPE_SINK], hw_cos, hw_sin)
@@ -197,7 +153,7 @@ def fold_sink(layout: CacheLayout, kv: Tensor, sink_acc: Tensor, controls: StepC
     new_acc = new_acc.unflatten(1, (n_l, b)).to(sink_acc.dtype)
     sink_k = rotate(new_acc[0].flatten(0, 1).float(), sk_cos, sk_sin)
     sink = torch.stack([sink_k, new_acc[1].flatten(0, 1).float()]).unflatten(1, (n_l, b)).to(kv.dtype)
-    return torch.cat([sink, kv[:, :, :, p.sink_tokens:]], dim=3), new_acc
+    return torch.cat([sink, kv[:, :, :, layout.sink_tokens:]], dim=3), new_acc
 
 
 class FunctionalCacheAttention:
@@ -218,16 +174,15 @@ class FunctionalCacheAttention:
         if tuple(sink_acc.shape) != layout.sink_acc_shape():
             raise ValueError(f"sink_acc {tuple(sink_acc.shape)} must be {layout.sink_acc_shape()}")
         self.layout, self.kv, self.sink_acc, self.controls, self.masked = layout, kv, sink_acc, controls, masked
-        p = layout.policy
         hw_cos, hw_sin = hw_rope_tables(layout.head_dim, layout.grid_h, layout.grid_w, layout.rope_theta)
         self._cos, self._sin = token_rope(controls.rope_cos[ROPE_CHUNK], controls.rope_sin[ROPE_CHUNK],
                                           hw_cos.to(kv.device), hw_sin.to(kv.device))
         start = controls.slots[0]
-        self._in_window, self._window_src = _slot_range(start, p.chunk_tokens, p.window_tokens)
-        self._in_sink, self._sink_src = _slot_range(start, p.chunk_tokens, p.sink_tokens)
+        self._in_window, self._window_src = _slot_range(start, layout.chunk_tokens, layout.window_tokens)
+        self._in_sink, self._sink_src = _slot_range(start, layout.chunk_tokens, layout.sink_tokens)
         self._bias = None
         if masked:
-            keys = torch.arange(p.window_tokens, dtype=torch.int64, device=kv.device)
+            keys = torch.arange(layout.window_tokens, dtype=torch.int64, device=kv.device)
             # [1, keys]: one additive row broadcast over every query; -inf removes the empty slots exactly.
             self._bias = torch.where(keys < controls.valid_tokens, 0.0, float("-inf")).to(kv.dtype)[None, :]
         self._k: dict[int, Tensor] = {}
@@ -239,9 +194,9 @@ class FunctionalCacheAttention:
         return torch.where(mask[None, :, None, None], new.index_select(1, src).to(old.dtype), old)
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor, grid=None) -> Tensor:
-        p = self.layout.policy
-        if k.shape[1] != p.chunk_tokens:
-            raise ValueError(f"functional cache expects a chunk of {p.chunk_tokens} tokens, got {k.shape[1]}")
+        layout = self.layout
+        if k.shape[1] != layout.chunk_tokens:
+            raise ValueError(f"functional cache expects a chunk of {layout.chunk_tokens} tokens, got {k.shape[1]}")
         if layer in self._k:
             raise ValueError(f"functional cache: layer {layer} called twice in one forward")
         keys = self._write(self.kv[0, layer], rotate(k, self._cos, self._sin), self._in_window, self._window_src)

@@ -4,7 +4,9 @@ Per layer it keeps the sink and each window chunk as separate unrotated tensors;
 [sink | window chunks | current], re-rotates everything at window-relative positions 0..n-1 in float64, and
 computes softmax(QK^T/sqrt(d))V in float64 (by default). At the first forward of a chunk that overflows the window it folds
 the oldest window chunk into the sink with the EMA, per layer, before that layer's attention. This is slow on
-purpose: it shares no code with the ring cache except the reference RoPE.
+purpose: it shares no code with the ring cache except the reference RoPE. It is also the differentiable cache
+of the training rollout; keep it literal all the same (an optimisation made for training would silently change
+the judge).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from rfrt.cache.policy import CachePolicy
+from rfrt.cache.layout import CacheLayout
 from rfrt.rope import apply_rope, rope_angles
 
 
@@ -28,14 +30,16 @@ class _LayerState:
 class ReferenceCache:
     """Same call protocol as RingCache: begin_chunk(), then cache(layer, q, k, v, grid) -> [B, L, H, D]."""
 
-    def __init__(self, policy: CachePolicy, *, layers: int, head_dim: int, grid_h: int, grid_w: int,
-                 rope_theta: float = 10000.0, compute_dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, layout: CacheLayout, *, compute_dtype: torch.dtype = torch.float64) -> None:
         """compute_dtype: float64 makes the judge; the cache dtype instead gives PyTorch's own error in that
         dtype (rotated keys rounded to it, attention computed in it), the yardstick for the fast paths."""
-        self.policy, self.head_dim, self.grid_h, self.grid_w = policy, head_dim, grid_h, grid_w
+        if not isinstance(layout, CacheLayout):
+            raise TypeError(f"ReferenceCache takes a CacheLayout, got {type(layout).__name__}")
+        self.layout, self.policy = layout, layout.policy
+        self.head_dim, self.grid_h, self.grid_w = layout.head_dim, layout.grid_h, layout.grid_w
         self.compute_dtype = compute_dtype
-        self.rope_theta = rope_theta
-        self._layers = [_LayerState() for _ in range(layers)]
+        self.rope_theta = layout.rope_theta
+        self._layers = [_LayerState() for _ in range(layout.layers)]
         self.chunk = -1
 
     def reset(self) -> None:

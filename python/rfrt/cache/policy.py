@@ -1,11 +1,14 @@
-"""CachePolicy: the sink + window KV-cache layout of SPEC §2.2, as one frozen, validated value.
+"""CachePolicy: the sink + window KV-cache layout of SPEC §2.2 in frames, as one frozen, validated value.
 
-The same arithmetic is mirrored in csrc/include/rfrt/slots.h; tests/test_cache_policy.py pins the two
-together.
+It holds no resolution: token counts follow from the token grid in `rfrt.cache.CacheLayout`, the geometry
+that joins this policy with the model. The slot arithmetic is mirrored in csrc/include/rfrt/slots.h;
+tests/test_cache_inputs.py pins the two together.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rfrt._checks import positive_int
 
 ROPE_RULES = ("window_relative", "absolute")
 SINK_PRECISIONS = ("fp32", "cache")
@@ -18,7 +21,6 @@ class CachePolicy:
     sink_frames:      frames held by the sink (filled by chunk 0, then the EMA accumulator).
     window_frames:    frames a query may attend to, *including* the sink (9 in the release).
     chunk_frames:     frames generated per chunk (3 in the release).
-    tokens_per_frame: tokens of one latent frame (1560 at 832x480).
     sink_ema_alpha:   EMA-Sink coefficient, sink <- a*sink + (1-a)*evicted (0.999 in the release).
     rope_rule:        "window_relative" (Reward Forcing: positions 0..window_frames-1) or "absolute"
                       (Self-Forcing: keys at their absolute frame, sink at 0..sink_frames-1).
@@ -29,16 +31,13 @@ class CachePolicy:
     sink_frames: int = 3
     window_frames: int = 9
     chunk_frames: int = 3
-    tokens_per_frame: int = 1560
     sink_ema_alpha: float = 0.999
     rope_rule: str = "window_relative"
     sink_precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        for name in ("sink_frames", "window_frames", "chunk_frames", "tokens_per_frame"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"CachePolicy.{name} must be a positive int, got {value!r}")
+        for name in ("sink_frames", "window_frames", "chunk_frames"):
+            positive_int(f"CachePolicy.{name}", getattr(self, name))
         if not (isinstance(self.sink_ema_alpha, (int, float)) and 0.0 <= float(self.sink_ema_alpha) <= 1.0):
             raise ValueError(f"CachePolicy.sink_ema_alpha must lie in [0, 1], got {self.sink_ema_alpha!r}")
         if self.rope_rule not in ROPE_RULES:
@@ -58,24 +57,11 @@ class CachePolicy:
                 f"CachePolicy: window_frames - sink_frames ({ring}) must be a positive multiple of "
                 f"chunk_frames ({self.chunk_frames})")
 
-    # ---- derived sizes (no magic numbers: 4680 / 14040 come from here) ----
+    # ---- derived sizes (token counts: CacheLayout) ----
     @property
     def ring_chunks(self) -> int:
         """Chunk slots in the ring behind the sink (2 in the release)."""
         return (self.window_frames - self.sink_frames) // self.chunk_frames
-
-    @property
-    def chunk_tokens(self) -> int:
-        return self.chunk_frames * self.tokens_per_frame
-
-    @property
-    def sink_tokens(self) -> int:
-        return self.sink_frames * self.tokens_per_frame
-
-    @property
-    def window_tokens(self) -> int:
-        """Tokens of the whole [sink | ring] buffer."""
-        return self.window_frames * self.tokens_per_frame
 
     # ---- per-chunk schedule (pure functions of the chunk index) ----
     def slot_frame(self, frame: int) -> int:

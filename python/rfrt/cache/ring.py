@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rfrt import ops
-from rfrt.cache.policy import CachePolicy
+from rfrt.cache.layout import CacheLayout
 
 ATTENTION_KERNELS = ("sdpa", "core")
 
@@ -38,46 +38,40 @@ class RingCache:
     attention output [B, L, H, D].
     """
 
-    def __init__(self, policy: CachePolicy, *, layers: int, heads: int, head_dim: int, grid_h: int, grid_w: int,
-                 batch: int = 1, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 rope_theta: float = 10000.0, attention: str = "sdpa", debug: bool = False,
+    def __init__(self, layout: CacheLayout, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", attention: str = "sdpa", debug: bool = False,
                  sdpa_backend: str = "auto") -> None:
-        if grid_h * grid_w != policy.tokens_per_frame:
-            raise ValueError(f"grid {grid_h}x{grid_w} has {grid_h * grid_w} tokens but the policy says "
-                             f"tokens_per_frame={policy.tokens_per_frame}")
-        for name, value in (("layers", layers), ("heads", heads), ("batch", batch)):
-            if value <= 0:
-                raise ValueError(f"RingCache.{name} must be positive, got {value}")
-        if head_dim % 2 or head_dim < 6:
-            raise ValueError(f"RingCache.head_dim must be even and >= 6, got {head_dim}")
+        if not isinstance(layout, CacheLayout):
+            raise TypeError(f"RingCache takes a CacheLayout (rfrt.cache.CacheLayout.for_model(...)), got "
+                            f"{type(layout).__name__}")
         if attention not in ATTENTION_KERNELS:
             raise ValueError(f"RingCache.attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
-        self.policy, self.grid_h, self.grid_w = policy, grid_h, grid_w
-        self.rope_theta, self.attention, self.scale = rope_theta, attention, 1.0 / math.sqrt(head_dim)
-        self.debug = bool(debug)
         from rfrt.fast.config import SDPA_BACKENDS
 
         if sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"RingCache.sdpa_backend must be one of {SDPA_BACKENDS}, got {sdpa_backend!r}")
-        self.sdpa_backend = sdpa_backend
+        self.layout, self.policy = layout, layout.policy
+        self.grid_h, self.grid_w, self.rope_theta = layout.grid_h, layout.grid_w, layout.rope_theta
+        self.attention, self.scale = attention, 1.0 / math.sqrt(layout.head_dim)
+        self.debug, self.sdpa_backend = bool(debug), sdpa_backend
+        head_dim, grid_w, rope_theta = layout.head_dim, layout.grid_w, layout.rope_theta
         device = torch.device(device)
-        self.kv = torch.zeros(2, layers, batch, policy.window_tokens, heads, head_dim, dtype=dtype, device=device)
-        acc_dtype = torch.float32 if policy.sink_precision == "fp32" else dtype
-        self.sink_acc = torch.zeros(2, layers, batch, policy.sink_tokens, heads, head_dim, dtype=acc_dtype,
-                                    device=device)
+        self.kv = torch.zeros(layout.kv_shape(), dtype=dtype, device=device)
+        acc_dtype = torch.float32 if layout.policy.sink_precision == "fp32" else dtype
+        self.sink_acc = torch.zeros(layout.sink_acc_shape(), dtype=acc_dtype, device=device)
         # [slot_token, time_pos], [time_pos], [evicted_slot_token, evicted_time_pos, new_sink_time_pos]
         self._write_cursor = torch.zeros(2, dtype=torch.int64, device=device)
         self._query_cursor = torch.zeros(1, dtype=torch.int64, device=device)
         self._fold_cursor = torch.zeros(3, dtype=torch.int64, device=device)
-        tpf = policy.tokens_per_frame
+        policy, tpf = layout.policy, layout.tokens_per_frame
         self.rope_space = ops.rope_space_table(head_dim, tpf, grid_w, rope_theta, device)
-        sink_frames = policy.sink_tokens // tpf
+        sink_frames = policy.sink_frames
         self.rope_time = torch.zeros(policy.chunk_frames + 2 * sink_frames, ops._time_pairs(head_dim), 2,
                                      dtype=torch.float32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         self._write_params = [ops.write_params(self.kv, self.sink_acc, self._write_cursor, self.rope_space,
-                                               self.rope_time, layer, policy.chunk_tokens, tpf, self.error)
-                              for layer in range(layers)]
+                                               self.rope_time, layer, layout.chunk_tokens, tpf, self.error)
+                              for layer in range(layout.layers)]
         self._fold_params = ops.fold_params(self.kv, self.sink_acc, self._fold_cursor, self.rope_space,
                                             self.rope_time, float(policy.sink_ema_alpha), tpf, self.error)
         self._time_params = ops.time_rows_params(self.rope_time, self._write_cursor, self._fold_cursor, sink_frames,
@@ -123,7 +117,7 @@ class RingCache:
         before that layer's first attention (SPEC §2.2).
         """
         self.enter_chunk(self.chunk + 1 if chunk is None else chunk)
-        p, tpf, nxt = self.policy, self.policy.tokens_per_frame, self.chunk
+        p, tpf, nxt = self.policy, self.layout.tokens_per_frame, self.chunk
         pos = nxt * p.chunk_frames
         _upload(self._write_cursor, [p.chunk_slot_frame(nxt) * tpf, pos])
         _upload(self._query_cursor, [pos])
@@ -146,7 +140,7 @@ class RingCache:
         nxt = self.chunk + 1
         if chunk != nxt:
             raise ValueError(f"chunks must be generated in order: expected chunk {nxt}, got {chunk}")
-        self.chunk, self.keys = nxt, self.policy.valid_frames(nxt) * self.policy.tokens_per_frame
+        self.chunk, self.keys = nxt, self.layout.valid_tokens(nxt)
 
     def load_cursors(self, counter: Tensor) -> None:
         """The device half of begin_chunk for the chunk `enter_chunk` entered: the cursors computed from
@@ -168,7 +162,7 @@ class RingCache:
         new_sink_time_pos]); the fold cursor is meaningful only for chunks that evict.
         """
         p = self.policy
-        tpf, cf, sink = p.tokens_per_frame, p.chunk_frames, p.sink_frames
+        tpf, cf, sink = self.layout.tokens_per_frame, p.chunk_frames, p.sink_frames
         ring = p.window_frames - p.sink_frames
         pos = chunk * cf
         write = torch.cat([_slot_frame(pos, sink, ring) * tpf, pos])
@@ -186,7 +180,7 @@ class RingCache:
         a CUDA graph body calls it after its own cursor update)."""
         if torch.compiler.is_compiling():
             ops.rope_time_rows(self.rope_time, self._write_cursor, self._fold_cursor,
-                               self.policy.sink_tokens // self.policy.tokens_per_frame, self.kv.shape[5],
+                               self.policy.sink_frames, self.kv.shape[5],
                                self.rope_theta)
         else:
             ops.launch(ops._core().rope_time_rows, self._time_params, self.rope_time)
@@ -195,19 +189,19 @@ class RingCache:
         """The EMA-Sink fold of all layers at the fold cursor (needs time_rows() of the same cursors first)."""
         if torch.compiler.is_compiling():
             ops.sink_fold(self.kv, self.sink_acc, self._fold_cursor, self.rope_space, self.rope_time,
-                          float(self.policy.sink_ema_alpha), self.policy.tokens_per_frame, self.error)
+                          float(self.policy.sink_ema_alpha), self.layout.tokens_per_frame, self.error)
         else:
             ops.launch(ops._core().sink_fold, self._fold_params, self.kv)
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor, grid=None) -> Tensor:
         if self.chunk < 0:
             raise RuntimeError("RingCache: call begin_chunk() before the first forward of a chunk")
-        if k.shape[1] != self.policy.chunk_tokens:
-            raise ValueError(f"RingCache expects a chunk of {self.policy.chunk_tokens} tokens, got {k.shape[1]}")
+        if k.shape[1] != self.layout.chunk_tokens:
+            raise ValueError(f"RingCache expects a chunk of {self.layout.chunk_tokens} tokens, got {k.shape[1]}")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if torch.compiler.is_compiling():  # traced: the custom op (same kernel, same params)
             q = ops.cache_write(self.kv, self.sink_acc, q, k, v, self._write_cursor, self.rope_space, self.rope_time,
-                                layer, self.policy.tokens_per_frame, self.error)
+                                layer, self.layout.tokens_per_frame, self.error)
         else:
             if not 0 <= layer < self.layers:
                 raise ValueError(f"layer {layer} is outside the cache's {self.layers} layers")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import StreamingDecoder
+from .base import StreamingDecoder, StreamingEncoder
 
-__all__ = ["PixelDecoder"]
+__all__ = ["PixelDecoder", "PixelEncoder"]
 
 
 class PixelDecoder(StreamingDecoder):
@@ -29,8 +29,33 @@ class PixelDecoder(StreamingDecoder):
     def latent_channels(self) -> int:
         return 3
 
+    def encoder(self) -> "PixelEncoder":
+        return PixelEncoder()
+
     def _reset_state(self) -> None:
         pass  # stateless: every latent frame is decoded on its own
 
     def _decode_chunk(self, latents: torch.Tensor) -> torch.Tensor:
         return latents.clamp(-1.0, 1.0)
+
+
+class PixelEncoder(StreamingEncoder):
+    """The pixel model's encode path, the identity: frames [B, T, 3, h, w] in [-1, 1] are the latents."""
+
+    @property
+    def temporal_downsample(self) -> int:
+        return 1
+
+    @property
+    def spatial_downsample(self) -> int:
+        return 1
+
+    @property
+    def latent_channels(self) -> int:
+        return 3
+
+    def _reset_state(self) -> None:
+        pass
+
+    def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.clone()

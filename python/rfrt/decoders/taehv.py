@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rfrt._checks import positive_int
 from .base import StreamingDecoder
 
 __all__ = ["TAEHVConfig", "TAEHVNet", "TAEHVDecoder"]
@@ -37,9 +38,7 @@ class TAEHVConfig:
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "image_channels"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"TAEHVConfig.{name} must be a positive int, got {v!r}")
+            positive_int(f"TAEHVConfig.{name}", getattr(self, name))
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "time_upscale", tuple(self.time_upscale))
         object.__setattr__(self, "space_upscale", tuple(self.space_upscale))
@@ -98,6 +97,48 @@ class _TGrow(nn.Module):
         return self.conv(x).reshape(-1, c, h, w)
 
 
+class _TPool(nn.Module):
+    """[N*T, C, H, W] -> [N*T/stride, C, H, W]: `stride` consecutive frames stacked on channels, a 1x1 conv back
+    to C (the encoder's temporal downsampling; the inverse layout of _TGrow)."""
+
+    def __init__(self, n_f: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv2d(n_f * stride, n_f, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = x.shape
+        return self.conv(x.reshape(-1, self.stride * c, h, w))
+
+
+def _run_stream(seq: nn.Sequential, x: torch.Tensor, memory: list[torch.Tensor | None]) -> torch.Tensor:
+    """Run a TAEHV encoder or decoder `seq` over x [B, T, C, h, w] -> [B, T', C', H', W'], batched over frames.
+
+    memory: per memory block in order, the last input frame [B, C, H, W] it saw (None at stream start: zeros);
+    updated in place. Each block's past is its own input shifted by one frame, which is what frame-by-frame
+    processing would feed it. A _TPool needs T (at that depth) to be a multiple of its stride; a _TGrow
+    multiplies T.
+    """
+    b, t = x.shape[:2]
+    h = x.reshape(b * t, *x.shape[2:])
+    k = 0
+    for layer in seq:
+        if isinstance(layer, _MemBlock):
+            frames = h.reshape(b, t, *h.shape[1:])
+            first = memory[k] if memory[k] is not None else torch.zeros_like(frames[:, 0])
+            past = torch.cat([first.unsqueeze(1), frames[:, :-1]], dim=1).reshape_as(h)
+            memory[k] = frames[:, -1].clone()
+            h = layer(h, past)
+            k += 1
+        else:
+            h = layer(h)
+            if isinstance(layer, _TGrow):
+                t *= layer.stride
+            elif isinstance(layer, _TPool):
+                t //= layer.stride
+    return h.reshape(b, t, *h.shape[1:])
+
+
 class TAEHVNet(nn.Module):
     """The decoder network; `decoder` is one nn.Sequential whose indices are the checkpoint's key names."""
 
@@ -119,26 +160,9 @@ class TAEHVNet(nn.Module):
         """x [B, T, C, h, w] -> [B, T*t_up, image_channels, H, W] (untrimmed, pre-clamp).
 
         memory holds, per memory block in order, the last frame [B, C, H, W] it saw (None at stream start, where
-        the past is zeros); it is updated in place so the next chunk continues the stream. Frames of a chunk run
-        batched: each block's past is its own input shifted by one frame, which is what frame-by-frame decoding
-        would feed it.
+        the past is zeros); it is updated in place so the next chunk continues the stream.
         """
-        b, t = x.shape[:2]
-        h = x.reshape(b * t, *x.shape[2:])
-        k = 0
-        for layer in self.decoder:
-            if isinstance(layer, _MemBlock):
-                frames = h.reshape(b, t, *h.shape[1:])
-                first = memory[k] if memory[k] is not None else torch.zeros_like(frames[:, 0])
-                past = torch.cat([first.unsqueeze(1), frames[:, :-1]], dim=1).reshape_as(h)
-                memory[k] = frames[:, -1].clone()
-                h = layer(h, past)
-                k += 1
-            else:
-                h = layer(h)
-                if isinstance(layer, _TGrow):
-                    t *= layer.stride
-        return h.reshape(b, t, *h.shape[1:])
+        return _run_stream(self.decoder, x, memory)
 
     @property
     def num_memory_blocks(self) -> int:
@@ -158,6 +182,23 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _load_checked(net: nn.Module, sd: dict[str, torch.Tensor], path, config) -> None:
+    """Load sd into net; any missing, unexpected or mis-shaped key is a ValueError naming it."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"TAEHV weights {os.fspath(path)!r} do not match {config}: "
+                         f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                         f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
+           if sd[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"TAEHV weights {os.fspath(path)!r} have mis-shaped tensors for {config} "
+                         f"(wrong channels?): {bad[:8]}")
+    net.load_state_dict(sd)
+
+
 class TAEHVDecoder(StreamingDecoder):
     """Streaming TAEHV-family decoder: per-memory-block last frames carried across chunks.
 
@@ -172,6 +213,7 @@ class TAEHVDecoder(StreamingDecoder):
         self.net = net.eval()
         self._memory: list[torch.Tensor | None] = [None] * net.num_memory_blocks
         self._frames_out = 0  # untrimmed frames produced, to drop the stream's first t_up - 1 frames
+        self.weights_path: str | None = None  # set by from_file: where encoder() finds the encoder's weights
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, config: TAEHVConfig = TAEHVConfig(), *,
@@ -183,21 +225,20 @@ class TAEHVDecoder(StreamingDecoder):
         """
         net = TAEHVNet(config)
         sd = _read_state_dict(path)
-        sd = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
-        own = net.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"TAEHV weights {os.fspath(path)!r} do not match {config}: "
-                             f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                             f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
-        bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-               if sd[k].shape != v.shape]
-        if bad:
-            raise ValueError(f"TAEHV weights {os.fspath(path)!r} have mis-shaped tensors for {config} "
-                             f"(wrong channels?): {bad[:8]}")
-        net.load_state_dict(sd)
-        return cls(net.to(device=device, dtype=dtype))
+        _load_checked(net, {k: v for k, v in sd.items() if not k.startswith("encoder.")}, path, config)
+        dec = cls(net.to(device=device, dtype=dtype))
+        dec.weights_path = os.fspath(path)
+        return dec
+
+    def encoder(self):
+        """The encoder of the same weights file (`encoder.*` keys), on the decoder's device and dtype."""
+        from .taehv_encoder import TAEHVEncoder
+
+        if self.weights_path is None:
+            raise NotImplementedError("TAEHVDecoder built from a network, not a weights file: load its encoder "
+                                      "with rfrt.decoders.TAEHVEncoder.from_file(path)")
+        p = next(self.net.parameters())
+        return TAEHVEncoder.from_file(self.weights_path, self.net.config, device=p.device, dtype=p.dtype)
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """Write the decoder's weights (`decoder.*` keys) as .safetensors, or with torch.save otherwise."""

@@ -1,10 +1,12 @@
-"""Streaming Wan2.1 VAE decoder over diffusers' `AutoencoderKLWan` (SPEC §1.2).
+"""Streaming Wan2.1 VAE decoder and encoder over diffusers' `AutoencoderKLWan` (SPEC §1.2).
 
 diffusers decodes a whole video by running `vae.decoder` one latent frame at a time with a list of causal-conv
 feature caches (`_feat_map`, two cached time steps per conv) that it clears before and after every `decode`
 call. Streaming needs that list to outlive a call, so this class owns its own list and drives `vae.decoder`
 the same way `AutoencoderKLWan._decode` does, carrying the list across chunks. The VAE object itself is never
-modified, so one VAE can serve several streams.
+modified, so one VAE can serve several streams. The encoder does the same with `vae.encoder`: diffusers encodes
+frame 0 alone, then groups of 4 frames, with its own feature-cache list; `WanVAEEncoder` keeps that list across
+calls, so a clip encoded in pieces equals one `AutoencoderKLWan.encode`.
 """
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import os
 
 import torch
 
-from .base import StreamingDecoder
+from .base import StreamingDecoder, StreamingEncoder
 
-__all__ = ["WanVAEDecoder"]
+__all__ = ["WanVAEDecoder", "WanVAEEncoder"]
 
 
 def _diffusers_wan():
@@ -62,6 +64,10 @@ class WanVAEDecoder(StreamingDecoder):
         self._unpatchify = wan.unpatchify
         self._feat_cache: list = [None] * self._num_causal_convs
 
+    def encoder(self) -> "WanVAEEncoder":
+        """The encode path of the same VAE (a new encoder stream sharing the weights)."""
+        return WanVAEEncoder(self.vae)
+
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, subfolder: str | None = None, device=None,
                         dtype=None) -> "WanVAEDecoder":
@@ -106,3 +112,64 @@ class WanVAEDecoder(StreamingDecoder):
         if self._patch_size is not None:
             out = self._unpatchify(out, patch_size=self._patch_size)
         return out.clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4)
+
+
+class WanVAEEncoder(StreamingEncoder):
+    """Wan2.1 VAE encoder: frames [B, T, 3, H, W] in [-1, 1] -> normalised latents [B, F, C, H/8, W/8].
+
+    Causal: frame 0 alone gives latent frame 0, each next 4 frames one more latent frame (1 + 4k frames -> 1 + k
+    latent frames). The posterior's mean is taken (no sampling: priming is deterministic) and normalised with the
+    config's latents_mean / latents_std ((mu - mean) / std), the inverse of `WanVAEDecoder.denormalize`.
+    Encoding runs frame group by frame group, so memory does not grow with the clip; diffusers' spatial tiling is
+    not used.
+    """
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        wan = _diffusers_wan()
+        if not isinstance(vae, wan.AutoencoderKLWan):
+            raise TypeError(f"WanVAEEncoder: expected an AutoencoderKLWan, got {type(vae).__name__}")
+        self.vae = vae.eval()
+        cfg = vae.config
+        vae_device = next(vae.parameters()).device
+        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
+        self._num_causal_convs = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.encoder.modules())
+        self._patch_size = cfg.patch_size
+        self._patchify = wan.patchify
+        self._feat_cache: list = [None] * self._num_causal_convs
+
+    @property
+    def temporal_downsample(self) -> int:
+        return 2 ** sum(bool(d) for d in self.vae.config.temperal_downsample)
+
+    @property
+    def spatial_downsample(self) -> int:
+        return 2 ** (len(self.vae.config.dim_mult) - 1) * (self._patch_size or 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
+
+    def _reset_state(self) -> None:
+        self._feat_cache = [None] * self._num_causal_convs
+
+    def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        if self._mean.device != p.device:
+            self._mean, self._std = self._mean.to(p.device), self._std.to(p.device)
+        x = frames.to(device=p.device, dtype=p.dtype).permute(0, 2, 1, 3, 4)  # [B, 3, T, H, W]
+        if self._patch_size is not None:
+            x = self._patchify(x, patch_size=self._patch_size)
+        # The groups diffusers' _encode feeds: frame 0 alone at stream start, then 4 frames at a time (the
+        # encoder's strided time convs expect exactly that split).
+        bounds, start, step = [], 0, self.temporal_downsample
+        if self._frames_seen == 0:
+            bounds.append((0, self.first_latent_frames))
+            start = self.first_latent_frames
+        bounds += [(a, a + step) for a in range(start, x.shape[2], step)]
+        outs = [self.vae.encoder(x[:, :, a:b], feat_cache=self._feat_cache, feat_idx=[0]) for a, b in bounds]
+        # quant_conv is a 1x1x1 causal conv: time-local, so it runs on the whole piece at once.
+        moments = self.vae.quant_conv(torch.cat(outs, dim=2))
+        mu = moments[:, : self.latent_channels].float()
+        return ((mu - self._mean) / self._std).to(p.dtype).permute(0, 2, 1, 3, 4)

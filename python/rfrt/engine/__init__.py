@@ -4,6 +4,7 @@
     stream.py       EngineForward (a rfrt.runtime chunk forward over a runner), TorchChunkStep
     tensorrt.py     TensorRTChunkStep (TensorRT imported on construction only)
     onnxruntime.py  OnnxRuntimeChunkStep, ort_session (ONNX Runtime imported on construction only)
+    select.py       BACKENDS, check_backend / load_runner: the generator's backend argument -> a runner
 
 Names load on first use, so ``import rfrt.engine`` imports neither TensorRT nor ONNX Runtime.
 """
@@ -17,6 +18,7 @@ _HOMES = {
     "stream": ("EngineForward", "TorchChunkStep", "chunk_step_forward"),
     "tensorrt": ("TENSORRT_INSTALL_HINT", "TensorRTChunkStep", "TensorRTUnavailable", "import_tensorrt"),
     "onnxruntime": ("OnnxRuntimeChunkStep", "ort_session"),
+    "select": ("BACKENDS", "check_backend", "load_runner"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = sorted(_HOME)

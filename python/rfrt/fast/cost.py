@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rfrt.cache.policy import CachePolicy
+from rfrt.cache.layout import CacheLayout
 from rfrt.models.config import ModelConfig
 
 __all__ = ["ForwardCost", "forward_cost", "chunk_flop"]
@@ -29,13 +29,14 @@ class ForwardCost:
         return self.linear + self.self_attention + self.cross_attention
 
 
-def forward_cost(cfg: ModelConfig, policy: CachePolicy, key_frames: int | None = None) -> ForwardCost:
-    """One forward of a chunk (policy.chunk_tokens queries) attending to key_frames frames (default: the full
+def forward_cost(cfg: ModelConfig, layout: CacheLayout, key_frames: int | None = None) -> ForwardCost:
+    """One forward of a chunk (layout.chunk_tokens queries) attending to key_frames frames (default: the full
     window, the steady state; a filling chunk attends to policy.valid_frames(chunk))."""
+    policy = layout.policy
     frames = policy.window_frames if key_frames is None else key_frames
     if not 0 < frames <= policy.window_frames:
         raise ValueError(f"key_frames must be in [1, {policy.window_frames}], got {key_frames}")
-    queries, keys, d = policy.chunk_tokens, frames * policy.tokens_per_frame, cfg.dim
+    queries, keys, d = layout.chunk_tokens, frames * layout.tokens_per_frame, cfg.dim
     per_token_macs = 6 * d * d + 2 * d * cfg.ffn_dim  # q, k, v, o, cross q, cross o; FFN up and down
     linear = 2.0 * queries * per_token_macs * cfg.num_layers
     self_attention = 4.0 * queries * keys * d * cfg.num_layers
@@ -43,6 +44,6 @@ def forward_cost(cfg: ModelConfig, policy: CachePolicy, key_frames: int | None =
     return ForwardCost(linear, self_attention, cross_attention)
 
 
-def chunk_flop(cfg: ModelConfig, policy: CachePolicy, forwards: int = 5, key_frames: int | None = None) -> float:
+def chunk_flop(cfg: ModelConfig, layout: CacheLayout, forwards: int = 5, key_frames: int | None = None) -> float:
     """FLOP of one chunk: `forwards` forwards (4 denoising steps + the context pass in the release)."""
-    return forwards * forward_cost(cfg, policy, key_frames).total
+    return forwards * forward_cost(cfg, layout, key_frames).total

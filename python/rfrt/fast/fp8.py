@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from rfrt.fast.config import FP8_SCALINGS
+
 __all__ = ["FP8Linear", "quantize_fp8", "fused_quantizer", "swap_dit_linears", "relative_error",
            "fp8_forward_error", "E4M3_MAX", "FP8_TARGETS"]
 
@@ -34,7 +36,6 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = float(torch.finfo(E4M3).max)  # 448
 FP8_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o",
                "ffn.0", "ffn.2")
-SCALINGS = ("row", "tensor")
 
 
 def quantize_fp8(x: Tensor, scaling: str) -> tuple[Tensor, Tensor]:
@@ -42,8 +43,8 @@ def quantize_fp8(x: Tensor, scaling: str) -> tuple[Tensor, Tensor]:
 
     An all-zero row gets scale 1 (any scale represents it) instead of dividing by zero.
     """
-    if scaling not in SCALINGS:
-        raise ValueError(f"FP8 scaling must be one of {SCALINGS}, got {scaling!r}")
+    if scaling not in FP8_SCALINGS:
+        raise ValueError(f"FP8 scaling must be one of {FP8_SCALINGS}, got {scaling!r}")
     if x.ndim != 2:
         raise ValueError(f"quantize_fp8 expects a 2-D [M, K] tensor, got shape {tuple(x.shape)}")
     xf = x.float()
@@ -70,8 +71,8 @@ def _quantize_tensor(x: Tensor) -> tuple[Tensor, Tensor]:
 def fused_quantizer(scaling: str) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """quantize_fp8(·, scaling) compiled by torch.compile into one reduction and one pointwise kernel per shape
     (the same values bit for bit; x must be 2-D). The first call per shape compiles."""
-    if scaling not in SCALINGS:
-        raise ValueError(f"FP8 scaling must be one of {SCALINGS}, got {scaling!r}")
+    if scaling not in FP8_SCALINGS:
+        raise ValueError(f"FP8 scaling must be one of {FP8_SCALINGS}, got {scaling!r}")
     fn = _quantize_rows if scaling == "row" else _quantize_tensor
     return torch.compile(fn, fullgraph=True, dynamic=False)
 
@@ -170,8 +171,8 @@ def swap_dit_linears(dit: nn.Module, scaling: str = "row", emulate: bool | None 
     fuse: quantise activations with `fused_quantizer` (None: when the DiT's weights are on CUDA).
     Returns how many nn.Linear layers were replaced (0 when they already are FP8, so a second call is harmless).
     """
-    if scaling not in SCALINGS:
-        raise ValueError(f"FP8 scaling must be one of {SCALINGS}, got {scaling!r}")
+    if scaling not in FP8_SCALINGS:
+        raise ValueError(f"FP8 scaling must be one of {FP8_SCALINGS}, got {scaling!r}")
     blocks = getattr(dit, "blocks", None)
     if not isinstance(blocks, nn.ModuleList):
         raise TypeError(f"swap_dit_linears expects a CausalWanDiT (with .blocks), got {type(dit).__name__}")

@@ -19,18 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rfrt.decoders.base import StreamingDecoder, to_uint8_frames
+from rfrt.decoders.base import StreamingDecoder, to_uint8_frames, uint8_frames_on_device
 
 __all__ = ["OverlappedDecoder", "PendingFrames", "uint8_frames_on_device"]
-
-
-def uint8_frames_on_device(frames: Tensor) -> Tensor:
-    """`to_uint8_frames` without the final copy to the CPU: [B, T, 3, H, W] in [-1, 1] -> uint8 [B, T, H, W, 3]
-    on the frames' device (same arithmetic, so the same bytes)."""
-    if frames.ndim != 5 or frames.shape[2] != 3:
-        raise ValueError(f"uint8_frames_on_device: expected [B, T, 3, H, W], got {tuple(frames.shape)}")
-    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round()
-    return x.to(torch.uint8).permute(0, 1, 3, 4, 2).contiguous()
 
 
 @dataclass(eq=False)
@@ -104,6 +95,10 @@ class OverlappedDecoder(StreamingDecoder):
     def latent_frames_seen(self) -> int:
         """Latent frames submitted since the last reset (decoded or still queued)."""
         return self._submitted_frames
+
+    def encoder(self):
+        """The wrapped decoder's encode path."""
+        return self.inner.encoder()
 
     # ---- the protocol ----
     def submit(self, latents: Tensor) -> PendingFrames:

@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from .._checks import positive_int
 from ..rope import apply_rope, rope_angles
 
 
@@ -38,9 +39,7 @@ class FrameGrid:
 
     def __post_init__(self) -> None:
         for name in ("frames", "h", "w"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"FrameGrid.{name} must be a positive int, got {value!r}")
+            positive_int(f"FrameGrid.{name}", getattr(self, name))
         off = self.frame_offset
         if not isinstance(off, int) or isinstance(off, bool) or off < 0:
             raise ValueError(f"FrameGrid.frame_offset must be a non-negative int, got {off!r}")
@@ -140,8 +139,7 @@ class BlockCausalAttention:
     """
 
     def __init__(self, chunk_frames: int, incremental: bool = False) -> None:
-        if not isinstance(chunk_frames, int) or isinstance(chunk_frames, bool) or chunk_frames <= 0:
-            raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
+        positive_int("chunk_frames", chunk_frames)
         self.chunk_frames = chunk_frames
         self.incremental = incremental
         self._rope = _RopeTable()

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..rope import axis_pairs
+from .._checks import positive_int
+from ..rope import ROPE_THETA, axis_pairs
 
 # Keys that name the same architecture in both spellings but that rfrt does not need beyond validation.
 _WAN_KEYS = {"dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim",
              "patch_size", "eps", "text_len", "model_type", "window_size", "qk_norm", "cross_attn_norm",
-             "pos_grid"}  # pos_grid: rfrt's extension (ModelConfig), absent from Wan's own configs
+             "pos_grid", "rope_theta"}  # rfrt's extensions (ModelConfig), absent from Wan's own configs
 _DIFFUSERS_KEYS = {"patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
                    "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps",
                    "image_dim", "added_kv_proj_dim", "rope_max_seq_len", "pos_embed_seq_len"}
@@ -33,14 +34,13 @@ class ConfigError(ValueError):
 
 
 def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"ModelConfig.{name} must be a positive int, got {value!r}")
-    return value
+    return positive_int(f"ModelConfig.{name}", value, ConfigError)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the causal Wan2.1 DiT.
+    """Architecture of the causal Wan2.1 DiT; the defaults are the Wan2.1-T2V-1.3B release (1,418,996,800
+    parameters).
 
     dim:        hidden size (1536 for 1.3B); num_heads * head_dim.
     ffn_dim:    feed-forward inner size (8960).
@@ -55,6 +55,8 @@ class ModelConfig:
                 embedding (rfrt's tiny default model). Wan has RoPE only and leaves it None: RoPE attention is
                 relative, so a tiny model sees no absolute position and cannot put an object where a prompt
                 says (docs/design.md). Fixes the resolution to pos_grid * patch.
+    rope_theta: base of the 3-axis RoPE (10000 in Wan, which has no config key for it); every cache takes it
+                from here through rfrt.cache.CacheLayout.
     """
 
     dim: int = 1536
@@ -69,6 +71,7 @@ class ModelConfig:
     eps: float = 1e-6
     text_len: int = 512
     pos_grid: tuple[int, int] | None = None
+    rope_theta: float = ROPE_THETA
 
     def __post_init__(self) -> None:
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim",
@@ -93,6 +96,8 @@ class ModelConfig:
             raise ConfigError(f"ModelConfig.freq_dim must be even (cos | sin halves), got {self.freq_dim}")
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0 < self.eps < 1:
             raise ConfigError(f"ModelConfig.eps must be a float in (0, 1), got {self.eps!r}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 1:
+            raise ConfigError(f"ModelConfig.rope_theta must be a number > 1, got {self.rope_theta!r}")
 
     @property
     def head_dim(self) -> int:
@@ -109,11 +114,6 @@ class ModelConfig:
         if latent_h % ph or latent_w % pw:
             raise ConfigError(f"latent {latent_h}x{latent_w} is not divisible by patch {ph}x{pw}")
         return (latent_h // ph) * (latent_w // pw)
-
-    @classmethod
-    def wan_1_3b(cls) -> "ModelConfig":
-        """The Wan2.1-T2V-1.3B release (1,418,996,800 parameters)."""
-        return cls()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "ModelConfig":
@@ -151,7 +151,7 @@ class ModelConfig:
             if raw.get(flag, True) is not True:
                 raise ConfigError(f"{flag}=False is not supported (the released model uses it)")
         kwargs = {k: raw[k] for k in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim",
-                                      "text_dim", "freq_dim", "eps", "text_len") if k in raw}
+                                      "text_dim", "freq_dim", "eps", "text_len", "rope_theta") if k in raw}
         if "patch_size" in raw:
             kwargs["patch_size"] = _patch(raw["patch_size"])
         if raw.get("pos_grid") is not None:

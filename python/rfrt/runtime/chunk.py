@@ -17,12 +17,12 @@ from rfrt.runtime.forward import ChunkForward
 from rfrt.runtime.plan import ChunkPlan
 from rfrt.sampling import flow_to_x0, renoise
 
-__all__ = ["sample_chunk", "context_pass"]
+__all__ = ["sample_chunk", "context_pass", "context_chunk"]
 
 
 def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan, *, exit_step: int | None = None,
                  grad: bool = False, context: bool = True,
-                 before_context: Callable[[Tensor], None] | None = None) -> Tensor:
+                 before_context: Callable[[Tensor], None] | None = None, hold: Tensor | None = None) -> Tensor:
     """One chunk: begin it, denoise at the plan's warped steps, then the context pass. -> x0 [B, F, C, h, w].
 
     forward:   the DiT forward of the current chunk (`rfrt.runtime.forward.ChunkForward`), its text already set.
@@ -31,6 +31,9 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
     exit_step: the step whose x0 the chunk outputs (default the last, as at inference; training draws one).
     grad:      record the autograd graph of the exit forward only; every other forward and the context pass
                run without gradient, so the cache never holds a graph.
+    hold:      known latents [B, r, C, h, w] (r < F) of the chunk's first r frames (priming from a context
+               shorter than a chunk, rfrt.runtime.prime): after every forward their x0 is replaced by them, so
+               the next input carries them re-noised at that step's sigma and the output holds them exactly.
     After forward i < exit_step the next input is (1 - sigma_{i+1}) x0 + sigma_{i+1} draws[i+1]; the context
     pass runs the (detached) output at t = 0 and rewrites the chunk's K/V in the cache; its flow is discarded.
     context=False stops before the context pass (the caller runs `context_pass` itself, e.g. as a second CUDA
@@ -43,11 +46,16 @@ def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan
         raise ValueError(f"exit_step must be an int in [0, {steps}), got {exit_step!r}")
     if len(draws) < k + 1:
         raise ValueError(f"sample_chunk needs {k + 1} noise draws for exit step {k}, got {len(draws)}")
+    if hold is not None and not 0 < hold.shape[1] < plan.latent_shape[1]:
+        raise ValueError(f"sample_chunk: hold must be [B, r, C, h, w] with 0 < r < {plan.latent_shape[1]} (the "
+                         f"chunk's latent frames), got {tuple(hold.shape)}")
     forward.begin_chunk()
     x = draws[0].to(plan.dtype)
     for i in range(k + 1):
         with torch.set_grad_enabled(grad and i == k):
             x0 = flow_to_x0(x, forward(x, plan.timesteps[i]), plan.sigma64[i])
+        if hold is not None:
+            x0 = torch.cat([hold.to(x0.dtype), x0[:, hold.shape[1]:]], dim=1)
         if i < k:
             x = renoise(x0, draws[i + 1].to(plan.dtype), plan.sigma32[i + 1])
     if before_context is not None:
@@ -61,3 +69,10 @@ def context_pass(forward: ChunkForward, x0: Tensor, plan: ChunkPlan) -> None:
     """The chunk's context pass: x0 [B, F, C, h, w] (detached) at t = 0 rewrites its K/V; the flow is discarded."""
     with torch.no_grad():
         forward(x0.detach(), plan.t_context)
+
+
+def context_chunk(forward: ChunkForward, latents: Tensor, plan: ChunkPlan) -> None:
+    """A chunk whose latents are given, not sampled (priming, rfrt.runtime.prime): begin it (slots, positions,
+    the EMA fold of the chunk it evicts) and run only the loop's context pass. latents: [B, F, C, h, w]."""
+    forward.begin_chunk()
+    context_pass(forward, latents, plan)

@@ -20,33 +20,32 @@ the chunks a re-cache would replay are kept.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from rfrt.cache.functional import CacheLayout
+from rfrt._checks import positive_int
+from rfrt.cache.layout import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
-from rfrt.checks import FiniteWatch, NonFiniteError, check_dtype, check_seed, resolve_device
-from rfrt.engine.interface import check_runner, check_step_shapes
-from rfrt.engine.stream import EngineForward, TorchChunkStep
+from rfrt.checks import FiniteWatch, NonFiniteError, check_seed
 from rfrt.decoders.base import to_uint8_frames
+from rfrt.devices import default_device, resolve_dtype
+from rfrt.engine.interface import check_step_shapes
+from rfrt.engine.select import BACKENDS, check_backend, load_runner
+from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.fast.config import RuntimeConfig
 from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
 from rfrt.runtime.chunk import sample_chunk
 from rfrt.runtime.forward import TorchForward
 from rfrt.runtime.plan import ChunkPlan
+from rfrt.runtime.prime import Primed, context_latents, prime_chunks
 from rfrt.sampling import SamplerConfig
 from rfrt.text import PromptCache
 
 __all__ = ["StreamGenerator", "Chunk", "BACKENDS"]
-
-BACKENDS = ("torch", "tensorrt")
-
 
 @dataclass(frozen=True, eq=False)
 class Chunk:
@@ -65,26 +64,29 @@ class Chunk:
     latents: torch.Tensor
 
 
-def _default_device(device) -> torch.device:
-    if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError):
-            return resolve_device(device)  # the ValueError naming the bad device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class StreamGenerator:
     """Generates video chunk by chunk, forever, from a text prompt.
+
+        >>> gen = StreamGenerator()                      # the embedded default model
+        >>> gen.reset("a large red circle moves right on a blue background", seed=0)
+        >>> for chunk in gen:                            # endless: stop when you like
+        ...     frames = chunk.frames                    # uint8 [T, H, W, 3]
+        ...     if chunk.index == 4:
+        ...         gen.set_prompt("a large red circle stays still on a blue background")
+        ...     if chunk.index == 9:
+        ...         break
+        >>> tail = gen.flush()                           # frames a decoder still holds back
 
     model:      a model directory (rfrt.json or diffusers layout), an `rfrt.model_dir.LoadedModel`, or None for
                 the embedded default model.
     checkpoint: a DiT checkpoint (Reward Forcing / Self-Forcing .pt, ...) replacing the directory's DiT weights;
                 use_ema picks a Self-Forcing checkpoint's EMA generator.
-    device:     default CUDA when available, else CPU. dtype: DiT dtype, default bf16 on CUDA, fp32 on CPU.
+    device:     default CUDA when available, else CPU. dtype: DiT dtype (a torch.dtype or "fp32" / "bf16" /
+                "fp16", rfrt.devices.DTYPE_NAMES), default bf16 on CUDA, fp32 on CPU.
     height, width: output size in pixels, a multiple of decoder stride x patch (16 for Wan); default the model's.
-    cache, sampler: override the model's CachePolicy (tokens_per_frame is always derived from the resolution)
-                and SamplerConfig. attention: "sdpa" or "core" (RingCache's attention kernel).
+    cache, sampler: override the model's CachePolicy (frames, EMA alpha, RoPE rule, sink precision; token
+                counts follow from the resolution) and SamplerConfig.
+    attention:  "sdpa" or "core" (RingCache's attention kernel).
     runtime:    rfrt.fast.RuntimeConfig (default: every fast path off). fp8 swaps the DiT's block linears in
                 place; cuda_graphs replays each chunk as a CUDA graph (eager on a CPU, same results);
                 overlap_decode decodes chunk k while chunk k+1 denoises, so the stream runs one chunk ahead and
@@ -112,13 +114,10 @@ class StreamGenerator:
         if model is not None and not isinstance(model, (str, os.PathLike, LoadedModel)):
             raise TypeError(f"model must be a model directory path, a LoadedModel or None (the default model), "
                             f"got {type(model).__name__} {model!r}")
-        dtype = check_dtype(dtype)
-        self.device = _default_device(device)
+        self.device = default_device(device)  # a CUDA device that does not exist: a clear ValueError
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
-        engine_path = _check_backend(backend, engine, self.device, runtime or RuntimeConfig())
-        resolve_device(self.device)  # a CUDA device that does not exist: a clear ValueError, not an AssertionError
-        if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        engine_path = check_backend(backend, engine, self.device, runtime or RuntimeConfig())
+        dtype = resolve_dtype(dtype, self.device)
         if model is None:
             model = default_model_path()
             if model is None:
@@ -146,17 +145,15 @@ class StreamGenerator:
         s = self.decoder.spatial_upsample
         self._latent_hw = (self._height // s, self._width // s)
         self._grid = (self._latent_hw[0] // ph, self._latent_hw[1] // pw)
-        policy = cache or bundle.cache
-        self.policy = dataclasses.replace(policy, tokens_per_frame=self._grid[0] * self._grid[1])
+        self.policy = cache or bundle.cache
         # Model-facing timesteps and sigmas as device tensors, derived from the schedule once (never .item() on
         # the step path); CachePolicy counts token frames, the latents have patch_t times as many.
         self._plan = ChunkPlan.build(self.sampler, (1, self.policy.chunk_frames * pt, cfg.in_dim, *self._latent_hw),
                                      self.policy.chunk_frames, self.dtype, self.device)
         self.attention = attention
         self.backend = backend if isinstance(backend, str) else type(backend).__name__
-        self._layout = CacheLayout(self.policy, layers=cfg.num_layers, batch=1, heads=cfg.num_heads,
-                                   head_dim=cfg.head_dim, grid_h=self._grid[0], grid_w=self._grid[1])
-        self._runner = _load_runner(backend, engine_path, self.device)
+        self._layout = CacheLayout.for_model(cfg, self.policy, *self._grid)
+        self._runner = load_runner(backend, engine_path, self.device)
         if self._runner is not None:
             what = f"engine {engine_path}" if engine_path is not None else f"backend {self.backend}"
             check_step_shapes(self._runner, cfg, self._layout, what)
@@ -168,6 +165,8 @@ class StreamGenerator:
         self._prompt: str | None = None
         self._cross = None
         self._chunk = 0
+        self._primed: Primed | None = None
+        self._hold: torch.Tensor | None = None  # held context latents [1, r, C, h, w] for the next chunk
         # Latents of the chunks a re-cache replays: the sink chunk plus the ring chunks before the next one.
         replayed = self.policy.window_frames // self.policy.chunk_frames - 1
         self._recent: collections.deque = collections.deque(maxlen=replayed)
@@ -200,6 +199,16 @@ class StreamGenerator:
         return self._plan
 
     @property
+    def layout(self) -> CacheLayout:
+        """The cache geometry: policy, layers, heads, head_dim, token grid, RoPE base."""
+        return self._layout
+
+    @property
+    def primed(self) -> Primed | None:
+        """What the last reset(..., context=...) primed (rfrt.runtime.prime.Primed), or None without a context."""
+        return self._primed
+
+    @property
     def cache(self):
         """The stream's self-attention cache (None before the first reset): a RingCache with the torch backend,
         an rfrt.engine.EngineForward with an engine. Both hold it in .kv and .sink_acc."""
@@ -214,8 +223,7 @@ class StreamGenerator:
         ph, pw = self.dit.config.patch_size[1:]
         s = self.decoder.spatial_upsample
         for name, value, p in (("height", height, ph), ("width", width, pw)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int of pixels, got {value!r}")
+            positive_int(name, value)
             if value % (s * p):
                 raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
                                  f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")
@@ -226,9 +234,21 @@ class StreamGenerator:
         return height, width
 
     # ---- the stream ----
-    def reset(self, prompt: str, seed: int = 0) -> None:
-        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise."""
+    def reset(self, prompt: str, seed: int = 0, *, context=None) -> None:
+        """Start a new stream: encode the prompt, clear the cache and the decoder, seed the noise.
+
+        context: start from given frames (video continuation, image-to-video): an image or video file, uint8
+        frames [T, H, W, C] / [H, W, C] / [H, W], or float latents [F, C, h, w]. They are encoded with the model's
+        encoder and written into the cache as if generated (rfrt.runtime.prime); step() continues at chunk
+        `primed.chunks`. A context that cannot be used raises rfrt.context.ContextError, stream untouched.
+        """
         seed = check_seed(seed)
+        ctx = None
+        if context is not None:
+            ctx = context_latents(context, decoder=self.decoder, height=self._height, width=self._width,
+                                  channels=self.dit.config.in_dim, latent_hw=self._latent_hw,
+                                  chunk_latent_frames=self._plan.latent_shape[1], dtype=self.dtype,
+                                  device=self.device)
         cross = self._encode(prompt)
         if self._forward is None:
             self._build_forward()
@@ -240,6 +260,12 @@ class StreamGenerator:
         self._chunk = 0
         self._recent.clear()
         self._ahead = None
+        self._hold, self._primed = None, None
+        if ctx is not None:
+            self._primed, chunks, self._hold = prime_chunks(ctx, self._forward, self._plan, self._noise,
+                                                            self.decoder)
+            self._recent.extend(chunks)
+            self._chunk = len(chunks)
 
     def set_prompt(self, prompt: str, recache: bool = False) -> None:
         """Switch the prompt mid-stream: re-encode it and rebuild the cross-attention K/V.
@@ -270,10 +296,7 @@ class StreamGenerator:
             filling = None if self._runner.masked else TorchChunkStep(self.dit, self._layout)
             self._forward = self._cache = EngineForward(self._runner, self._layout, self.device, filling=filling)
             return
-        cfg = self.dit.config
-        self._cache = RingCache(self.policy, layers=cfg.num_layers, heads=cfg.num_heads, head_dim=cfg.head_dim,
-                                grid_h=self._grid[0], grid_w=self._grid[1], batch=1, dtype=self.dtype,
-                                device=self.device, attention=self.attention,
+        self._cache = RingCache(self._layout, dtype=self.dtype, device=self.device, attention=self.attention,
                                 sdpa_backend=self.runtime.sdpa_backend)
         self._forward = TorchForward(self.dit, self._cache)
         if self.runtime.cuda_graphs:
@@ -337,10 +360,13 @@ class StreamGenerator:
         return latents, submitted[0]
 
     def _sample_chunk(self, before_context=None) -> torch.Tensor:
-        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk."""
-        if self._graphs is not None:
+        """-> latents [1, F, C, h, w]: 4 denoising forwards + the context pass over this chunk (a chunk that
+        starts with held context frames runs eagerly, holding them)."""
+        hold, self._hold = self._hold, None
+        if self._graphs is not None and hold is None:
             return self._graphs.sample_chunk(self._noise, before_context)
-        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, before_context=before_context)
+        return sample_chunk(self._forward, self._plan.draw(self._noise), self._plan, before_context=before_context,
+                            hold=hold)
 
     @torch.no_grad()
     def warmup(self) -> None:
@@ -352,6 +378,7 @@ class StreamGenerator:
         without a warm-up (tests/test_runtime_warmup.py)."""
         if self._forward is None:
             self._build_forward()
+        self._hold, self._primed = None, None  # a primed stream is gone too
         cfg = self.dit.config
         cross = self.dit.cross_kv(torch.zeros(1, cfg.text_len, cfg.text_dim, device=self.device))
         self._forward.reset()
@@ -410,51 +437,6 @@ class StreamGenerator:
         """Endless: yields step() until the caller stops."""
         while True:
             yield self.step()
-
-
-def _check_backend(backend, engine, device: torch.device, runtime: RuntimeConfig) -> Path | None:
-    """Validate the backend arguments before any weights load; returns the engine path (tensorrt) or None."""
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or a chunk-step runner object, got {backend!r}")
-        if backend == "torch":
-            if engine is not None:
-                raise ValueError("engine= is the TensorRT engine of backend='tensorrt'; the torch backend takes "
-                                 "none (pass backend='tensorrt' to use it)")
-            return None
-    else:
-        check_runner(backend)
-        if engine is not None:
-            raise ValueError("engine= goes with backend='tensorrt'; a chunk-step runner object is its own engine")
-    # An engine replaces the PyTorch DiT's forwards, so the fast paths that rewrite or capture them do not apply.
-    if runtime.cuda_graphs or runtime.fp8:
-        raise ValueError(f"RuntimeConfig cuda_graphs / fp8 speed up the PyTorch DiT, which backend "
-                         f"{backend if isinstance(backend, str) else type(backend).__name__} does not run; "
-                         "turn them off (an FP8 engine is built with export/build_engine.py --fp8)")
-    if not isinstance(backend, str):
-        return None
-    if engine is None:
-        raise ValueError("backend='tensorrt' needs engine=PATH, a serialized engine built by export/build_engine.py "
-                         "from export/export_onnx.py's graph of this model")
-    path = Path(engine)
-    if not path.is_file():
-        raise FileNotFoundError(f"TensorRT engine {path} does not exist (build it with export/build_engine.py)")
-    if device.type != "cuda":
-        raise ValueError(f"backend='tensorrt' runs on an NVIDIA GPU, but the generator's device is {device}; pass "
-                         "device='cuda' (or use backend='torch' on a CPU)")
-    from rfrt.engine.tensorrt import import_tensorrt
-
-    import_tensorrt()  # TensorRTUnavailable, with what to install, before the model loads
-    return path
-
-
-def _load_runner(backend, engine_path: Path | None, device: torch.device):
-    """The chunk-step runner of an engine backend (None for torch)."""
-    if engine_path is not None:
-        from rfrt.engine.tensorrt import TensorRTChunkStep
-
-        return TensorRTChunkStep(engine_path, device)
-    return None if isinstance(backend, str) else backend
 
 
 def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):

@@ -8,6 +8,8 @@ import dataclasses
 import logging
 import sys
 
+from rfrt.devices import DTYPE_NAMES
+
 log = logging.getLogger("rfrt.serve")
 
 __all__ = ["add_arguments", "main"]
@@ -47,22 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="DiT dtype (default bf16 on CUDA)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="DiT dtype (default bf16 on CUDA, fp32 on CPU)")
 
 
 def _generator_factory(args):
     """Load the model once; each stream gets its own StreamGenerator (own cache, own decoder state) sharing the
     read-only DiT and text encoder weights."""
-    import torch
-
-    from rfrt.checks import resolve_device
-    from rfrt.runtime.generator import StreamGenerator
+    from rfrt.devices import default_device, resolve_dtype
     from rfrt.model_dir import ModelDirError, default_model_path, load_model_dir
+    from rfrt.runtime.generator import StreamGenerator
 
-    device = resolve_device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device = default_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     path = args.model or default_model_path()
     if path is None:
         raise ModelDirError("no --model given and the embedded default model is not installed")

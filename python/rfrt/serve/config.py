@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from rfrt._checks import MAX_PROMPT_CHARS
+
 from .access import check_exposure
 
 __all__ = ["ServeConfig"]
@@ -46,7 +48,7 @@ class ServeConfig:
     max_streams: int = 1
     max_viewers: int = 32
     queue_frames: int = 8
-    max_prompt_chars: int = 2000
+    max_prompt_chars: int = MAX_PROMPT_CHARS  # the generator's own limit (rfrt._checks), not a second one
     send_buffer_bytes: int | None = None
     commands_per_second: float = 10.0
     command_burst: int = 20

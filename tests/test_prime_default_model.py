@@ -1,0 +1,135 @@
+"""Priming the embedded default model from synthetic-world frames: continuing the first second of a video, and
+starting from one image. Positions are measured against the world's ground truth (`trajectory`).
+
+Thresholds are measured on the shipped model (re-measure with `python train/prime_eval.py` when it is retrained).
+Measured on the model of commit ec20772 (8 scenes of world seed 0, 1 s = 16 frames of context), first generated
+frame (stream frame 16) against the world's truth: own prompt 0.91 px, the opposite direction's prompt 0.77 px,
+no context 4.22 px (12 scenes each of seeds 0 / 1: 0.59 / 0.62, 1.10 / 0.93, 3.34 / 3.73). The same model on
+branch i12's endless world (random speed and phase; not yet on main when measured): 1.32 / 2.28 / 2.26 px.
+Motion after the seam: 0.09 px over 6 frames along the prompted direction with the context, 2.74 without;
+that model, trained on 9-frame clips whose movers end at a wall, stalls after the seam
+(test_continuation_keeps_moving_the_prompted_way is a strict xfail until a model trained on endless movers).
+One image from stream frame 20 (world seed 1, 8 scenes): the first output frame is the image exactly; the next
+frame puts the object 4.56 px from its true place, like a fresh stream (4.64 px): the held-frame method keeps the
+given frame but the shipped model's first chunk follows its prompt's layout (strict xfail below). Given frames
+ending at frame 20, the next frame's error by context length: 1: 4.56, 2: 3.51, 3: 4.04, 4: 3.03, 6: 2.53,
+9: 2.66, 12: 2.83 px; a context from frame 0 (the test above): 0.6-0.9 px.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # train/ (the synthetic world) from a checkout
+
+from rfrt.generator import StreamGenerator  # noqa: E402
+from rfrt.model_dir import default_model_path  # noqa: E402
+from train.prime_eval import OPPOSITE, centroids, mover_scenes  # noqa: E402
+from train.prime_eval import to_uint8 as _u8  # noqa: E402
+from test_generator_tiny import one_thread  # noqa: E402,F401 - fixture
+
+pytestmark = pytest.mark.skipif(default_model_path() is None, reason="the embedded default model is not installed")
+
+CONTEXT = 16  # frames: 1 s at the default model's 16 fps
+CHUNKS = 3
+SCENES = 8
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return StreamGenerator(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def continuations(gen):
+    """Per scene: generated frames from stream frame 16 on, with the context under its own prompt, with the
+    context under the opposite direction's prompt, and without context; plus the truth and the direction."""
+    from train.data.synthetic_world import DIRECTIONS, describe_scene, render_scene
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    for index, scene, truth in mover_scenes(0, CONTEXT + 3 * CHUNKS, SCENES, range(CONTEXT - 1, CONTEXT + 7)):
+        obj = scene.objects[0]
+        prompt = describe_scene(scene)
+        other = prompt.replace(f"moves {obj.direction}", f"moves {OPPOSITE[obj.direction]}")
+        context = _u8(render_scene(scene)[:CONTEXT])
+        out = {}
+        for name, p, ctx in (("own", prompt, context), ("other", other, context), ("none", prompt, None)):
+            gen.reset(p, seed=index, context=ctx)
+            frames = torch.cat([gen.step().frames for _ in range(CHUNKS)])
+            skip = gen.primed.held_output_frames if ctx is not None else 0  # frame 15 is held in the chunk
+            out[name] = centroids(frames[skip:], obj.colour)
+        rows.append(dict(out, truth=truth[CONTEXT:], direction=np.array(DIRECTIONS[obj.direction], float)))
+    torch.set_num_threads(before)
+    return rows
+
+
+def _seam_errors(rows, name):
+    return np.array([np.linalg.norm(r[name][0] - r["truth"][0]) for r in rows])
+
+
+def test_continuation_keeps_the_object_where_the_context_left_it(continuations):
+    own, other, none = (_seam_errors(continuations, k) for k in ("own", "other", "none"))
+    print(f"seam position error (px, stream frame 16, {len(own)} scenes): own prompt {np.nanmean(own):.2f}, "
+          f"opposite prompt {np.nanmean(other):.2f}, no context {np.nanmean(none):.2f}")
+    assert not np.isnan(own).any()  # the object is there in every continuation
+    assert np.mean(own) <= 1.5  # measured 0.91 (1.32 on the endless world of branch i12, module docstring)
+    # Without context it is elsewhere (measured 4.22; 2.26 on the endless world). The opposite prompt is reported,
+    # not asserted: its seam error was below the own prompt's on one world (0.77) and above it on the other (2.28).
+    assert np.mean(own) <= 0.75 * np.nanmean(none)
+
+
+def _moves(rows, name, frames=6):
+    return np.array([(r[name][frames] - r[name][0]) @ r["direction"] for r in rows])
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped default model stalls after a 1 s context (measured 0.08 px "
+                   "over 6 frames, module docstring); expected to pass with a model trained on endless movers")
+def test_continuation_keeps_moving_the_prompted_way(continuations):
+    own, none = _moves(continuations, "own"), _moves(continuations, "none")
+    print(f"travel along the prompted direction over 6 frames (px): with context {np.nanmean(own):.2f}, "
+          f"fresh stream {np.nanmean(none):.2f}")
+    assert np.nanmean(own > 0.5) >= 0.75
+
+
+@pytest.fixture(scope="module")
+def single_images(gen):
+    """One image from mid-stream (stream frame 20, the object far from where its prompt starts it) per scene:
+    (first output frames, position error of the next frame, the same for a fresh stream without the image)."""
+    from train.data.synthetic_world import describe_scene, render_scene
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    k, rows = 20, []
+    for index, scene, truth in mover_scenes(1, CONTEXT + 3 * CHUNKS, SCENES, range(k, k + 4)):
+        colour, prompt = scene.objects[0].colour, describe_scene(scene)
+        image = _u8(render_scene(scene)[k:k + 1])[0]
+        gen.reset(prompt, seed=index, context=image)
+        frames = gen.step().frames
+        err = np.linalg.norm(centroids(frames[1:2], colour)[0] - truth[k + 1])
+        gen.reset(prompt, seed=index)
+        fresh = np.linalg.norm(centroids(gen.step().frames[1:2], colour)[0] - truth[k + 1])
+        rows.append((image, frames, err, fresh))
+    torch.set_num_threads(before)
+    return rows
+
+
+def test_a_single_image_is_the_first_frame(single_images):
+    for image, frames, _, _ in single_images:
+        assert torch.equal(frames[0], torch.from_numpy(image))  # honoured exactly (pixel model: no codec)
+        assert frames.shape[0] == 3  # the held image and 2 generated frames in the first chunk
+
+
+@pytest.mark.xfail(strict=True, reason="measured on the shipped model: the frame after a held image puts the "
+                   "object 4.56 px from its true place, a fresh stream 4.64 px (the prompt's layout wins)")
+def test_a_single_image_places_the_object_of_the_next_frames(single_images):
+    errs = np.array([r[2] for r in single_images])
+    fresh = np.array([r[3] for r in single_images])
+    print(f"single image: object position error in the next frame {np.nanmean(errs):.2f} px (fresh stream "
+          f"{np.nanmean(fresh):.2f} px), {len(errs)} scenes")
+    assert np.nanmean(errs) <= 1.5 and np.nanmean(errs) < 0.5 * np.nanmean(fresh)
