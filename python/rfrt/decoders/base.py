@@ -13,6 +13,15 @@ import torch
 __all__ = ["StreamingDecoder", "StreamingEncoder", "to_uint8_frames"]
 
 
+
+def stream_frames(num_latent_frames: int, start: int, first_latent_frames: int, per_latent_frame: int) -> int:
+    """Video frames of latent frames [start, start + num_latent_frames) of a causal stream: latent frame 0 stands
+    for `first_latent_frames` frames, every later one for `per_latent_frame` (decoders and encoders alike)."""
+    if num_latent_frames < 0 or start < 0:
+        raise ValueError(f"frames_for: counts must be >= 0, got {num_latent_frames}, {start}")
+    first = 1 if (start == 0 and num_latent_frames > 0) else 0
+    return first * first_latent_frames + (num_latent_frames - first) * per_latent_frame
+
 class StreamingDecoder(abc.ABC):
     """Latents [B, F, C, h, w] in, frames [B, T, 3, H, W] (float, in [-1, 1]) out, state carried across calls.
 
@@ -45,10 +54,7 @@ class StreamingDecoder(abc.ABC):
 
     def frames_for(self, num_latent_frames: int, start: int = 0) -> int:
         """Frames yielded by latent frames [start, start + num_latent_frames) of a stream."""
-        if num_latent_frames < 0 or start < 0:
-            raise ValueError(f"frames_for: counts must be >= 0, got {num_latent_frames}, {start}")
-        first = 1 if (start == 0 and num_latent_frames > 0) else 0
-        return first * self.first_latent_frames + (num_latent_frames - first) * self.temporal_upsample
+        return stream_frames(num_latent_frames, start, self.first_latent_frames, self.temporal_upsample)
 
     @property
     def latent_frames_seen(self) -> int:
@@ -149,10 +155,7 @@ class StreamingEncoder(abc.ABC):
 
     def frames_for(self, num_latent_frames: int, start: int = 0) -> int:
         """Frames that latent frames [start, start + num_latent_frames) of a stream are encoded from."""
-        if num_latent_frames < 0 or start < 0:
-            raise ValueError(f"frames_for: counts must be >= 0, got {num_latent_frames}, {start}")
-        first = 1 if (start == 0 and num_latent_frames > 0) else 0
-        return first * self.first_latent_frames + (num_latent_frames - first) * self.temporal_downsample
+        return stream_frames(num_latent_frames, start, self.first_latent_frames, self.temporal_downsample)
 
     def latent_frames_for(self, num_frames: int) -> int:
         """Whole latent frames a stream of num_frames frames gives (frames beyond them cannot be encoded)."""
