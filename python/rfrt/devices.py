@@ -12,10 +12,10 @@ DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfl
                "fp16": "float16", "float16": "float16"}
 
 
-def default_device(device=None):
-    """`device` as a torch.device; None: CUDA when available, else the CPU. Not a device, or a CUDA device that
-    does not exist here: a ValueError saying so (not torch's AssertionError from deep inside the first
-    allocation)."""
+def default_device(device=None, *, check_cuda: bool = True):
+    """`device` as a torch.device; None: CUDA when available, else the CPU. Not a device, or (check_cuda) a CUDA
+    device that does not exist here: a ValueError saying so (not torch's AssertionError from deep inside the
+    first allocation)."""
     import torch
 
     if device is None:
@@ -24,7 +24,7 @@ def default_device(device=None):
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device {device!r} is not a device (cpu, cuda, cuda:1, ...): {err}") from None
-    if dev.type == "cuda":
+    if dev.type == "cuda" and check_cuda:
         if torch.version.cuda is None:
             raise ValueError(f"device {str(dev)!r} was asked for, but this torch build has no CUDA support "
                              f"(torch {torch.__version__}); use the CPU (--device cpu) or install a CUDA build")

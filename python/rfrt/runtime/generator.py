@@ -114,9 +114,10 @@ class StreamGenerator:
         if model is not None and not isinstance(model, (str, os.PathLike, LoadedModel)):
             raise TypeError(f"model must be a model directory path, a LoadedModel or None (the default model), "
                             f"got {type(model).__name__} {model!r}")
-        self.device = default_device(device)  # a CUDA device that does not exist: a clear ValueError
+        self.device = default_device(device, check_cuda=False)
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
         engine_path = check_backend(backend, engine, self.device, runtime or RuntimeConfig())
+        default_device(self.device)  # a CUDA device that does not exist: a clear ValueError, not an AssertionError
         dtype = resolve_dtype(dtype, self.device)
         if model is None:
             model = default_model_path()

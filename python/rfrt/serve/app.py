@@ -316,6 +316,11 @@ async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     stop = stop or asyncio.Event()
+    # Before the "serving on" line: a signal sent by whoever waits for that line must find the handler.
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+            loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
@@ -325,10 +330,6 @@ async def serve(make_generator: Callable, config: ServeConfig = ServeConfig(), *
         log.info("serving on http://%s:%d/%s", shown, port, query)
         if ready is not None:
             ready(port)
-        if threading.current_thread() is threading.main_thread():
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
-                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
     finally:
