@@ -75,6 +75,20 @@ def test_ode_stage_trains_from_teacher_pairs(pipeline):
     assert max((t[k] - s[k]).abs().max().item() for k in t) > 1e-4
 
 
+def test_ode_stage_through_the_inference_cache_trains_and_resumes(pipeline, tmp_path):
+    root = pipeline[0]
+    sections = {"stage": {"kind": "ode", "ode_attention": "cache", "ode_pairs_path": str(root / "ode/ode_pairs.pt")},
+                "model": {"teacher": str(root / "teacher/export")}, "run": {"steps": 4, "checkpoint_every": 2}}
+    straight, metrics = run_stage(tmp_path / "straight", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    t, s = dit_weights(root / "teacher/export"), dit_weights(tmp_path / "straight/export")
+    assert max((t[k] - s[k]).abs().max().item() for k in t) > 1e-4
+    run_stage(tmp_path / "split", **{**sections, "run": {"steps": 2, "checkpoint_every": 2}})
+    resumed, _ = run_stage(tmp_path / "split", **sections)
+    for (k, x), (_, y) in zip(straight.student.state_dict().items(), resumed.student.state_dict().items()):
+        assert torch.equal(x, y), f"ode (cache): student.{k} differs after resume"
+
+
 def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
     root = pipeline[0]
     trainer, metrics = run_stage(tmp_path / "dmd", **dmd_sections(root))

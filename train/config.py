@@ -103,6 +103,10 @@ class StageSection:
     ode_substeps:    Euler steps of the teacher ODE (a fine grid through the warped timesteps).
     ode_guidance_scale: CFG scale used to generate the ODE pairs.
     ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
+    ode_attention:   how the regressed student sees earlier chunks: "block_causal" (every earlier frame, clip
+                     positions, as CausVid's ODE init) or "cache" (the inference cache, rollout.cache with the
+                     rollout's training sink, teacher-forced with the teacher's clean chunks: evictions and the
+                     sink happen as at inference).
     regress_context: regress stage: the context passes write the world's video ("video") or the student's
                      own x0 ("own").
     """
@@ -114,6 +118,7 @@ class StageSection:
     ode_substeps: int = 24
     ode_guidance_scale: float = 3.0
     ode_pairs_path: str | None = None
+    ode_attention: Literal["block_causal", "cache"] = "block_causal"
     regress_context: Literal["video", "own"] = "video"
 
     def __post_init__(self) -> None:

@@ -5,10 +5,16 @@ flow ODE dx/dsigma = v with deterministic Euler steps on a fine grid of the samp
 through every warped denoising sigma; the states at those sigmas and the final x0 are stored
 (`ode_pairs` trajectories, generated once on rank 0 and saved atomically; an existing file is reused).
 
-Regression: the student starts from the teacher's weights with BlockCausalAttention(chunk_frames). Each chunk
-of each sample independently picks a denoising step k (so a chunk sees cleaner or noisier earlier chunks,
-as in causal rollouts); the student predicts x0 = x_k - sigma_k * v from the stored state and regresses the
-teacher's final x0: loss mean((x0_pred - x0_teacher)^2).
+Regression: the student starts from the teacher's weights; the student predicts x0 = x_k - sigma_k * v from
+the stored state at a denoising step k and regresses the teacher's final x0: loss mean((x0_pred - x0_teacher)^2).
+How it sees earlier chunks is stage.ode_attention:
+  * "block_causal": BlockCausalAttention(chunk_frames) over the whole clip in one forward; each chunk of each
+    sample picks its own k, so a chunk sees cleaner or noisier earlier chunks, as in causal rollouts.
+  * "cache": the inference loop's cache (rfrt.cache.ReferenceCache with rollout.cache and the rollout's
+    training sink), chunk by chunk: the chunk's forward at its k (one k per chunk, shared by the batch), then
+    the runtime's context pass with the teacher's clean chunk (teacher forcing). Past the window chunks are
+    evicted and folded into the sink exactly as at inference, and every frame sits at its window-relative
+    position, so a clip longer than the window trains the student the way it streams.
 """
 from __future__ import annotations
 
@@ -17,7 +23,10 @@ from typing import Any
 
 import torch
 
-from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
+from rfrt.models import BlockCausalAttention, CausalWanDiT, CrossKV, FullAttention
+from rfrt.runtime import ChunkPlan, TorchForward
+from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 from train.checkpoint import atomic_torch_save
 from train.data.synthetic_world import world_of
@@ -26,6 +35,7 @@ from train.stages.base import StageTrainer
 from train.stages.common import (autocast, barrier, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
+from train.stages.rollout import training_policy
 
 
 def ode_grid(sampler: SamplerConfig, substeps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +68,31 @@ def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor,
         v = cfg_combine(teacher(x, t, ctx, backend), teacher(x, t, unctx, backend), guidance)
         x = x + (grid[j + 1] - grid[j]) * v
     return torch.stack(states, dim=1), x
+
+
+def teacher_forced_x0(student: CausalWanDiT, cross: CrossKV, states: torch.Tensor, x0: torch.Tensor,
+                      ks: list[int], policy: CachePolicy, sampler: SamplerConfig) -> torch.Tensor:
+    """The student's x0 of every chunk through the inference cache, teacher-forced (ode_attention "cache").
+
+    states [B, K, F, C, H, W]: the teacher's ODE states at the K warped sigmas; x0 [B, F, C, H, W] its clean
+    clip; ks[c]: the step chunk c is predicted from. Chunk c's forward sees the cache as the runtime leaves it
+    after the context passes of x0's chunks 0..c-1 (sink, window, evictions, EMA folds). -> [B, F, C, H, W].
+    """
+    cfg = student.config
+    B, _, n_f, C, H, W = states.shape
+    chunk = policy.chunk_frames * cfg.patch_size[0]
+    plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, states.dtype, states.device)
+    layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=B)
+    forward = TorchForward(student, ReferenceCache(layout, compute_dtype=torch.float32))
+    forward.set_text(cross)
+    preds = []
+    for c, k in enumerate(ks):
+        frames = slice(c * chunk, (c + 1) * chunk)
+        forward.begin_chunk()
+        x = states[:, k, frames]
+        preds.append(flow_to_x0(x, forward(x, plan.timesteps[k]).float(), plan.sigma64[k]))
+        context_pass(forward, x0[:, frames], plan)
+    return torch.cat(preds, dim=1)
 
 
 class ODETrainer(StageTrainer):
@@ -104,6 +139,8 @@ class ODETrainer(StageTrainer):
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
         """Regression loss of the pairs `idx` [B]."""
+        if self.cfg.stage.ode_attention == "cache":
+            return self.cache_loss(idx)
         dev, chunk = self.info.device, self.cfg.rollout.cache.chunk_frames
         states, x0 = self.pairs["states"][idx].to(dev), self.pairs["x0"][idx].to(dev)
         B, K, n_f = states.shape[:3]
@@ -116,6 +153,16 @@ class ODETrainer(StageTrainer):
                              x, t, self.pairs["text"][idx].to(dev))
         pred = flow_to_x0(x, v.float(), sig[..., None, None, None])
         return ((pred - x0) ** 2).mean()
+
+    def cache_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """ode_attention "cache": the regression chunk by chunk through the inference cache (module docstring)."""
+        dev, chunk = self.info.device, self.cfg.rollout.cache.chunk_frames * self.student.config.patch_size[0]
+        states, x0 = self.pairs["states"][idx].to(dev), self.pairs["x0"][idx].to(dev)
+        ks = torch.randint(0, states.shape[1], (states.shape[2] // chunk,)).tolist()
+        with autocast(self.cfg, self.info):
+            pred = teacher_forced_x0(self.student, self.student.cross_kv(self.pairs["text"][idx].to(dev)), states,
+                                     x0, ks, training_policy(self.cfg.rollout), self.sampler)
+        return ((pred.float() - x0) ** 2).mean()
 
     def train_step(self, step: int) -> dict[str, float]:
         accum, total = self.cfg.run.grad_accum, 0.0

@@ -1,0 +1,100 @@
+"""ODE regression through the inference cache (stage.ode_attention "cache"): teacher forcing with evictions.
+
+Oracle: the model's one-forward block-causal attention over the frames a chunk may see, the earlier ones clean
+at t = 0 and the chunk itself at its step's timestep, with the sink and window of SPEC 3 written out by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rfrt.cache import CachePolicy
+from rfrt.models.attention import BlockCausalAttention
+from rfrt.models.config import ModelConfig
+from rfrt.models.dit import CausalWanDiT
+from rfrt.sampling import SamplerConfig, warped_timesteps
+from train.stages.ode import teacher_forced_x0
+
+CHUNK = 3
+SAMPLER = SamplerConfig()
+
+
+def _model(layers: int) -> CausalWanDiT:
+    """A DiT with every parameter random (a fresh one has zero adaLN tables and gates)."""
+    cfg = ModelConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=layers, in_dim=4, out_dim=4, text_dim=24,
+                      freq_dim=16, text_len=16)
+    torch.manual_seed(0)
+    net = CausalWanDiT(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return net
+
+
+def _clip(frames: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    K = len(SAMPLER.denoising_steps)
+    return (torch.randn(2, K, frames, 4, 4, 6, generator=g), torch.randn(2, frames, 4, 4, 6, generator=g),
+            torch.randn(2, 16, 24, generator=g))
+
+
+def _oracle(net: CausalWanDiT, cross, seen: list[torch.Tensor], x: torch.Tensor, k: int) -> torch.Tensor:
+    """x0 of chunk x (at step k) given the clean chunks `seen`, in order, at positions 0, 3, 6, ..."""
+    frames = torch.cat(seen + [x], dim=1)
+    t = torch.zeros(frames.shape[:2])
+    t[:, -CHUNK:] = float(warped_timesteps(SAMPLER)[k])
+    v = net(frames, t, cross, BlockCausalAttention(CHUNK))[:, -CHUNK:]
+    sigma = t[0, -1].double() / SAMPLER.num_train_timesteps
+    return (x.double() - sigma * v.double()).to(x.dtype)
+
+
+def _chunks(video: torch.Tensor) -> list[torch.Tensor]:
+    return list(video.split(CHUNK, dim=1))
+
+
+@torch.no_grad()
+def test_without_evictions_it_is_block_causal_attention_on_clean_context():
+    net = _model(layers=2)
+    states, x0, text = _clip(9)
+    cross = net.cross_kv(text)
+    ks = [0, 3, 1]
+    pred = teacher_forced_x0(net, cross, states, x0, ks, CachePolicy(sink_ema_alpha=1.0), SAMPLER)
+    clean = _chunks(x0)
+    for c, k in enumerate(ks):
+        want = _oracle(net, cross, clean[:c], _chunks(states[:, k])[c], k)
+        torch.testing.assert_close(_chunks(pred)[c], want, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_past_the_window_a_chunk_sees_the_sink_and_the_previous_chunk_only():
+    # One layer: a key depends only on its own frame, so the window can be written out as a shorter clip:
+    # sink (chunk 0, static) at positions 0-2, the previous chunk at 3-5, the chunk itself at 6-8.
+    net = _model(layers=1)
+    states, x0, text = _clip(15)
+    cross = net.cross_kv(text)
+    ks = [2, 0, 3, 1, 2]
+    pred = teacher_forced_x0(net, cross, states, x0, ks, CachePolicy(sink_ema_alpha=1.0), SAMPLER)
+    clean = _chunks(x0)
+    for c, k in enumerate(ks):
+        seen = clean[:c] if c < 2 else [clean[0], clean[c - 1]]
+        want = _oracle(net, cross, seen, _chunks(states[:, k])[c], k)
+        torch.testing.assert_close(_chunks(pred)[c], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha, folds", [(1.0, False), (0.5, True)])
+@torch.no_grad()
+def test_an_evicted_chunk_reaches_later_chunks_only_through_the_ema_sink(alpha, folds):
+    net = _model(layers=1)
+    states, x0, text = _clip(15)
+    cross = net.cross_kv(text)
+    policy = dataclasses.replace(CachePolicy(), sink_ema_alpha=alpha)
+    ks = [1, 1, 1, 1, 1]
+    base = teacher_forced_x0(net, cross, states, x0, ks, policy, SAMPLER)
+    other = x0.clone()
+    other[:, CHUNK:2 * CHUNK] += 1.0  # chunk 1: evicted when chunk 3 begins
+    moved = teacher_forced_x0(net, cross, states, other, ks, policy, SAMPLER)
+    late = slice(3 * CHUNK, None)
+    assert not torch.allclose(base[:, 2 * CHUNK:3 * CHUNK], moved[:, 2 * CHUNK:3 * CHUNK])  # in chunk 2's window
+    assert (not torch.allclose(base[:, late], moved[:, late], atol=1e-6)) == folds
