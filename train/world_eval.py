@@ -81,7 +81,7 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames: int, seed: int = 12345,
-             guidance: float = 3.0, layout: str = "random") -> dict[str, float]:
+             guidance: float = 3.0, layout: str = "random", phase: str = "random") -> dict[str, float]:
     """Generate n held-out prompts (world seed `seed`) with the teacher ODE or the student rollout; score them."""
     from train.config import RolloutSection
     from train.stages.common import load_dit, load_text
@@ -89,7 +89,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
     from train.stages.rollout import rollout, training_policy
     from rfrt.sampling import SamplerConfig
 
-    world = SyntheticWorld(height, width, frames, 1, seed, layout)
+    world = SyntheticWorld(height, width, frames, 1, seed, layout, phase=phase)
     dit, text = load_dit(model_dir, "model").eval(), load_text(model_dir, "model").eval()
     sampler = SamplerConfig()
     torch.manual_seed(seed)
@@ -123,9 +123,12 @@ def main() -> int:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--layout", choices=("random", "canonical"), default="canonical",
                     help="synthetic-world layout of the held-out prompts (the default model's is canonical)")
+    ap.add_argument("--phase", choices=("random", "fixed"), default="random",
+                    help="synthetic-world phase of the held-out prompts (the default model's is fixed)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print(evaluate(args.model, args.kind, args.n, *args.size, guidance=args.guidance, layout=args.layout))
+    print(evaluate(args.model, args.kind, args.n, *args.size, guidance=args.guidance, layout=args.layout,
+                   phase=args.phase))
     return 0
 
 

@@ -27,7 +27,49 @@ def _diffusers_wan():
     return autoencoder_kl_wan
 
 
-class WanVAEDecoder(StreamingDecoder):
+class _WanVAEPart:
+    """What the streaming decoder and encoder of one `AutoencoderKLWan` share: the VAE, its per-channel latent
+    statistics (kept on the VAE's device, so normalising a chunk copies nothing from the host), its patch size,
+    and one feature-cache entry per causal conv of its `decoder` or `encoder` half."""
+
+    def _bind(self, vae, half: str, expected: str) -> None:
+        wan = _diffusers_wan()
+        who = type(self).__name__
+        if not isinstance(vae, wan.AutoencoderKLWan):
+            raise TypeError(f"{who}: expected {expected}, got {type(vae).__name__}")
+        self.vae = vae.eval()
+        cfg = vae.config
+        for name in ("latents_mean", "latents_std"):
+            if len(getattr(cfg, name)) != cfg.z_dim:
+                raise ValueError(f"{who}: config.{name} has {len(getattr(cfg, name))} entries, z_dim is {cfg.z_dim}")
+        vae_device = next(vae.parameters()).device
+        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
+        self._num_causal_convs = sum(isinstance(m, wan.WanCausalConv3d) for m in getattr(vae, half).modules())
+        self._patch_size = cfg.patch_size
+        self._feat_cache: list = [None] * self._num_causal_convs
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
+
+    def _spatial_factor(self) -> int:
+        # One spatial x2 per stage transition, times the patch size of the patchified (Wan2.2) variant.
+        return 2 ** (len(self.vae.config.dim_mult) - 1) * (self._patch_size or 1)
+
+    def _reset_state(self) -> None:
+        self._feat_cache = [None] * self._num_causal_convs
+
+    def _stats_on_vae(self) -> torch.Tensor:
+        """A parameter of the VAE (its device and dtype); the latent statistics are moved to its device first if
+        the VAE was moved after construction."""
+        p = next(self.vae.parameters())
+        if self._mean.device != p.device:
+            self._mean, self._std = self._mean.to(p.device), self._std.to(p.device)
+        return p
+
+
+class WanVAEDecoder(_WanVAEPart, StreamingDecoder):
     """Wan2.1 VAE decoder, latent frame by latent frame, with the causal-conv cache carried across chunks.
 
     vae:    an `AutoencoderKLWan` instance, or a directory holding one (`from_pretrained` layout; the
@@ -45,24 +87,10 @@ class WanVAEDecoder(StreamingDecoder):
             if not os.path.isdir(vae):
                 raise FileNotFoundError(f"WanVAEDecoder: VAE directory {os.fspath(vae)!r} does not exist")
             vae = wan.AutoencoderKLWan.from_pretrained(os.fspath(vae), torch_dtype=dtype or torch.float32)
-        if not isinstance(vae, wan.AutoencoderKLWan):
-            raise TypeError(f"WanVAEDecoder: expected an AutoencoderKLWan or a directory, got {type(vae).__name__}")
-        if device is not None or dtype is not None:
+        if (device is not None or dtype is not None) and isinstance(vae, wan.AutoencoderKLWan):
             vae = vae.to(device=device, dtype=dtype)
-        self.vae = vae.eval()
-        cfg = vae.config
-        for name in ("latents_mean", "latents_std"):
-            if len(getattr(cfg, name)) != cfg.z_dim:
-                raise ValueError(f"WanVAEDecoder: config.{name} has {len(getattr(cfg, name))} entries, "
-                                 f"z_dim is {cfg.z_dim}")
-        # Kept on the VAE's device once, so de-normalising a chunk copies nothing from the host.
-        vae_device = next(vae.parameters()).device
-        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
-        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
-        self._num_causal_convs = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.decoder.modules())
-        self._patch_size = cfg.patch_size
+        self._bind(vae, "decoder", "an AutoencoderKLWan or a directory")
         self._unpatchify = wan.unpatchify
-        self._feat_cache: list = [None] * self._num_causal_convs
 
     def encoder(self) -> "WanVAEEncoder":
         """The encode path of the same VAE (a new encoder stream sharing the weights)."""
@@ -81,22 +109,12 @@ class WanVAEDecoder(StreamingDecoder):
 
     @property
     def spatial_upsample(self) -> int:
-        # One spatial x2 per stage transition, times the patch size of the patchified (Wan2.2) variant.
-        return 2 ** (len(self.vae.config.dim_mult) - 1) * (self._patch_size or 1)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.config.z_dim
-
-    def _reset_state(self) -> None:
-        self._feat_cache = [None] * self._num_causal_convs
+        return self._spatial_factor()
 
     def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents [B, F, C, h, w] -> VAE latents [B, C, F, h, w] (z = latents * std + mean), in the
         VAE's dtype and device."""
-        p = next(self.vae.parameters())
-        if self._mean.device != p.device:  # the VAE was moved after construction
-            self._mean, self._std = self._mean.to(p.device), self._std.to(p.device)
+        p = self._stats_on_vae()
         z = latents.to(device=p.device, dtype=torch.float32).permute(0, 2, 1, 3, 4)
         return (z * self._std + self._mean).to(p.dtype)
 
@@ -114,7 +132,7 @@ class WanVAEDecoder(StreamingDecoder):
         return out.clamp(-1.0, 1.0).permute(0, 2, 1, 3, 4)
 
 
-class WanVAEEncoder(StreamingEncoder):
+class WanVAEEncoder(_WanVAEPart, StreamingEncoder):
     """Wan2.1 VAE encoder: frames [B, T, 3, H, W] in [-1, 1] -> normalised latents [B, F, C, H/8, W/8].
 
     Causal: frame 0 alone gives latent frame 0, each next 4 frames one more latent frame (1 + 4k frames -> 1 + k
@@ -126,18 +144,8 @@ class WanVAEEncoder(StreamingEncoder):
 
     def __init__(self, vae) -> None:
         super().__init__()
-        wan = _diffusers_wan()
-        if not isinstance(vae, wan.AutoencoderKLWan):
-            raise TypeError(f"WanVAEEncoder: expected an AutoencoderKLWan, got {type(vae).__name__}")
-        self.vae = vae.eval()
-        cfg = vae.config
-        vae_device = next(vae.parameters()).device
-        self._mean = torch.tensor(cfg.latents_mean, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
-        self._std = torch.tensor(cfg.latents_std, dtype=torch.float32, device=vae_device).view(1, -1, 1, 1, 1)
-        self._num_causal_convs = sum(isinstance(m, wan.WanCausalConv3d) for m in vae.encoder.modules())
-        self._patch_size = cfg.patch_size
-        self._patchify = wan.patchify
-        self._feat_cache: list = [None] * self._num_causal_convs
+        self._bind(vae, "encoder", "an AutoencoderKLWan")
+        self._patchify = _diffusers_wan().patchify
 
     @property
     def temporal_downsample(self) -> int:
@@ -145,19 +153,10 @@ class WanVAEEncoder(StreamingEncoder):
 
     @property
     def spatial_downsample(self) -> int:
-        return 2 ** (len(self.vae.config.dim_mult) - 1) * (self._patch_size or 1)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.vae.config.z_dim
-
-    def _reset_state(self) -> None:
-        self._feat_cache = [None] * self._num_causal_convs
+        return self._spatial_factor()
 
     def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        p = next(self.vae.parameters())
-        if self._mean.device != p.device:
-            self._mean, self._std = self._mean.to(p.device), self._std.to(p.device)
+        p = self._stats_on_vae()
         x = frames.to(device=p.device, dtype=p.dtype).permute(0, 2, 1, 3, 4)  # [B, 3, T, H, W]
         if self._patch_size is not None:
             x = self._patchify(x, patch_size=self._patch_size)
