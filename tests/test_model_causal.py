@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from rfrt.models.attention import BlockCausalAttention, FrameGrid, FullAttention, block_causal_mask
+from model_harness import random_dit
+from rfrt.models.attention import (
+    BlockCausalAttention,
+    FrameGrid,
+    FullAttention,
+    block_causal_mask,
+)
 from rfrt.models.config import ModelConfig
 from rfrt.models.dit import CausalWanDiT
 
@@ -14,13 +19,7 @@ CHUNK = 2
 
 
 def _model(cfg: ModelConfig = CFG) -> CausalWanDiT:
-    """A DiT with every parameter random (a fresh one has zero adaLN tables and gates)."""
-    torch.manual_seed(0)
-    net = CausalWanDiT(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return net
+    return random_dit(cfg)
 
 
 def _inputs(F=6, seed=1):

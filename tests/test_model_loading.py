@@ -10,12 +10,12 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
+from model_harness import randomize
 from rfrt.models.attention import FullAttention
 from rfrt.models.config import ModelConfig
 from rfrt.models.dit import CausalWanDiT
 from rfrt.models.loading import CheckpointError, load_model, read_checkpoint
+from safetensors.torch import save_file
 
 # dim 128 = one head of the Wan head_dim, so the architecture is also inferable from shapes alone.
 CFG = ModelConfig(dim=128, ffn_dim=64, num_heads=1, num_layers=2, in_dim=4, out_dim=4, text_dim=8, freq_dim=8,
@@ -94,9 +94,7 @@ def test_diffusers_pipeline_directory_matches_diffusers_outputs(tmp_path):
     torch.manual_seed(0)
     ref = diffusers.WanTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
                                           out_channels=4, text_dim=8, freq_dim=8, ffn_dim=40, num_layers=2).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
+    randomize(ref)
     ref.save_pretrained(tmp_path / "transformer")
     (tmp_path / "vae").mkdir()
     model = load_model(tmp_path).eval()

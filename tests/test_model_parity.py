@@ -6,10 +6,11 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from rfrt.models.attention import FullAttention  # noqa: E402
-from rfrt.models.config import ModelConfig  # noqa: E402
-from rfrt.models.diffusers_names import diffusers_to_wan, wan_to_diffusers  # noqa: E402
-from rfrt.models.dit import CausalWanDiT, CrossKV  # noqa: E402
+from model_harness import randomize
+from rfrt.models.attention import FullAttention
+from rfrt.models.config import ModelConfig
+from rfrt.models.diffusers_names import diffusers_to_wan, wan_to_diffusers
+from rfrt.models.dit import CausalWanDiT, CrossKV
 
 TEXT_LEN = 512  # diffusers does not pad; feed both models the full padded length
 
@@ -19,9 +20,7 @@ def _reference(seed: int = 0) -> torch.nn.Module:
     ref = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
                                           in_channels=4, out_channels=4, text_dim=24, freq_dim=16, ffn_dim=48,
                                           num_layers=2).eval()
-    with torch.no_grad():
-        for p in ref.parameters():  # non-trivial norms / modulation too, not just default init
-            p.copy_(torch.randn_like(p) * 0.2)
+    randomize(ref)
     return ref
 
 

@@ -9,12 +9,13 @@ import dataclasses
 
 import pytest
 import torch
-
+from model_harness import random_dit
 from rfrt.cache import CachePolicy
 from rfrt.models.attention import BlockCausalAttention
 from rfrt.models.config import ModelConfig
 from rfrt.models.dit import CausalWanDiT
 from rfrt.sampling import SamplerConfig, warped_timesteps
+
 from train.stages.ode import teacher_forced_x0
 
 CHUNK = 3
@@ -22,15 +23,8 @@ SAMPLER = SamplerConfig()
 
 
 def _model(layers: int) -> CausalWanDiT:
-    """A DiT with every parameter random (a fresh one has zero adaLN tables and gates)."""
-    cfg = ModelConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=layers, in_dim=4, out_dim=4, text_dim=24,
-                      freq_dim=16, text_len=16)
-    torch.manual_seed(0)
-    net = CausalWanDiT(cfg).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return net
+    return random_dit(ModelConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=layers, in_dim=4, out_dim=4,
+                                  text_dim=24, freq_dim=16, text_len=16))
 
 
 def _clip(frames: int, seed: int = 1):
