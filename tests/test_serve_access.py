@@ -11,31 +11,10 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
 
-from rfrt.runtime.generator import StreamGenerator  # noqa: E402
-from rfrt.serve import BackgroundServer, ServeConfig  # noqa: E402
-from rfrt.serve.access import AccessPolicy  # noqa: E402
-from test_generator_tiny import one_thread, tiny_model  # noqa: E402,F401
-from test_serve_api import _frames, _next_event  # noqa: E402
-
-PROMPT = "a cat walks on the beach"
-
-
-def _make():
-    return StreamGenerator(tiny_model(16), device="cpu")
-
-
-@pytest.fixture
-def start_server(one_thread):  # noqa: F811
-    servers = []
-
-    def start(**kw):
-        srv = BackgroundServer(_make, ServeConfig(port=0, **kw))
-        srv.start()
-        servers.append(srv)
-        return srv
-    yield start
-    for srv in servers:
-        srv.stop()
+from rfrt.serve import ServeConfig
+from rfrt.serve.access import AccessPolicy
+from serve_harness import PROMPT, make_tiny, one_thread, start_server  # noqa: F401
+from test_serve_api import _frames, _next_event
 
 
 def _run(coro):

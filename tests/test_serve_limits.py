@@ -15,32 +15,11 @@ import pytest
 
 aiohttp = pytest.importorskip("aiohttp", reason="rfrt serve needs aiohttp (pip install 'rfrt[serve]')")
 
-from rfrt.runtime.generator import StreamGenerator  # noqa: E402
-from rfrt.serve import BackgroundServer, ServeConfig, parse_command  # noqa: E402
-from rfrt.serve.hub import ServeError  # noqa: E402
-from rfrt.serve.limits import CommandQueue, TokenBucket  # noqa: E402
-from test_generator_tiny import one_thread, tiny_model  # noqa: E402,F401
-from test_serve_api import _frames, _next_event, _receive  # noqa: E402
-
-PROMPT = "a cat walks on the beach"
-
-
-def _make():
-    return StreamGenerator(tiny_model(16), device="cpu")
-
-
-@pytest.fixture
-def start_server(one_thread):  # noqa: F811
-    servers = []
-
-    def start(make=_make, **kw):
-        srv = BackgroundServer(make, ServeConfig(port=0, **kw))
-        srv.start()
-        servers.append(srv)
-        return srv
-    yield start
-    for srv in servers:
-        srv.stop()
+from rfrt.serve import ServeConfig, parse_command
+from rfrt.serve.hub import ServeError
+from rfrt.serve.limits import CommandQueue, TokenBucket
+from serve_harness import PROMPT, make_tiny, one_thread, start_server  # noqa: F401
+from test_serve_api import _frames, _next_event, _receive
 
 
 def _run(coro, timeout=180):
@@ -139,7 +118,7 @@ def test_the_command_queue_is_bounded(start_server):
     def slow_make():
         entered.set()
         release.wait(60)
-        return _make()
+        return make_tiny()
 
     srv = start_server(make=slow_make, command_queue=4, commands_per_second=1000.0, command_burst=1000)
     url = f"http://127.0.0.1:{srv.port}/ws"
