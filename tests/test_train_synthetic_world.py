@@ -107,8 +107,12 @@ def test_described_motion_appears_in_pixels(H, W, T, layout):
     assert seen == {"moves", "turns", "bounces", "stays", "appears"}
 
 
-def _long(layout: str = "canonical", T: int = 500, seed: int = 21) -> SyntheticWorld:
-    return SyntheticWorld(16, 16, T, max_objects=1, seed=seed, layout=layout)
+def _long(layout: str = "canonical", T: int = 500, seed: int = 21, phase: str = "random") -> SyntheticWorld:
+    return SyntheticWorld(16, 16, T, max_objects=1, seed=seed, layout=layout, phase=phase)
+
+
+# (layout, phase) of the long-horizon tests: both layouts, and the fixed phase the default model is trained on.
+WORLDS = [("random", "random"), ("canonical", "random"), ("canonical", "fixed")]
 
 
 def _first(world: SyntheticWorld, motion: str, n: int = 1) -> list:
@@ -117,10 +121,10 @@ def _first(world: SyntheticWorld, motion: str, n: int = 1) -> list:
     return out
 
 
-@pytest.mark.parametrize("layout", ["random", "canonical"])
-def test_movers_wrap_with_period_w_over_speed(layout):
+@pytest.mark.parametrize("layout, phase", WORLDS)
+def test_movers_wrap_with_period_w_over_speed(layout, phase):
     """A mover's pixels repeat after W / speed frames (closed form), and it never stops over 500 frames."""
-    world = _long(layout)
+    world = _long(layout, phase=phase)
     for i in _first(world, "moves", 4):
         s = world.scene(i)
         obj = s.objects[0]
@@ -141,9 +145,9 @@ def test_movers_wrap_with_period_w_over_speed(layout):
         assert abs(total @ np.array(DIRECTIONS[obj.direction]) - 499 * speed) < 1e-6
 
 
-@pytest.mark.parametrize("layout", ["random", "canonical"])
-def test_bouncers_stay_inside_the_walls_and_keep_bouncing(layout):
-    world = _long(layout)
+@pytest.mark.parametrize("layout, phase", WORLDS)
+def test_bouncers_stay_inside_the_walls_and_keep_bouncing(layout, phase):
+    world = _long(layout, phase=phase)
     for i in _first(world, "bounces", 4):
         s = world.scene(i)
         obj = s.objects[0]
@@ -166,8 +170,9 @@ def test_bouncers_stay_inside_the_walls_and_keep_bouncing(layout):
         assert min(areas) > 0.7 * max(areas)  # rasterisation changes a small shape's area a little
 
 
-def test_turn_happens_once_then_the_new_direction_holds():
-    world = _long()
+@pytest.mark.parametrize("phase", ["random", "fixed"])
+def test_turn_happens_once_then_the_new_direction_holds(phase):
+    world = _long(phase=phase)
     for i in _first(world, "turns", 4):
         s = world.scene(i)
         obj = s.objects[0]
@@ -181,8 +186,9 @@ def test_turn_happens_once_then_the_new_direction_holds():
         assert (drawn[obj.turn_frame + 1:] @ d2 > speed - 0.6).all()  # 490 frames the new way, never back
 
 
-def test_still_stays_still_and_appearances_happen_once():
-    world = _long()
+@pytest.mark.parametrize("phase", ["random", "fixed"])
+def test_still_stays_still_and_appearances_happen_once(phase):
+    world = _long(phase=phase)
     (i,) = _first(world, "still")
     s = world.scene(i)
     video = render_scene(s)
@@ -195,9 +201,11 @@ def test_still_stays_still_and_appearances_happen_once():
         assert 1 <= obj.appear_frame <= world.event_frames // 2
 
 
-def test_speed_distribution_matches_the_config():
+@pytest.mark.parametrize("phase", ["random", "fixed"])
+def test_speed_distribution_matches_the_config(phase):
     """Speeds are U[speed_min, speed_max]: the KS distance to that CDF is small, and the range is respected."""
-    world = SyntheticWorld(16, 16, 9, max_objects=1, seed=2, layout="canonical", speed_min=0.4, speed_max=1.2)
+    world = SyntheticWorld(16, 16, 9, max_objects=1, seed=2, layout="canonical", speed_min=0.4, speed_max=1.2,
+                           phase=phase)
     speeds = np.array([np.hypot(*world.scene(i).objects[0].velocity) for i in range(1500)])
     speeds = speeds[speeds > 0]  # still objects have none
     assert speeds.min() >= 0.4 and speeds.max() <= 1.2 and len(speeds) > 1000
