@@ -16,7 +16,7 @@ from rfrt.models.config import ModelConfig
 from rfrt.models.dit import CausalWanDiT
 from rfrt.sampling import SamplerConfig, warped_timesteps
 
-from train.stages.ode import teacher_forced_x0
+from train.stages.rollout import teacher_forced_x0
 
 CHUNK = 3
 SAMPLER = SamplerConfig()

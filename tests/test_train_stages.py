@@ -89,6 +89,24 @@ def test_ode_stage_through_the_inference_cache_trains_and_resumes(pipeline, tmp_
         assert torch.equal(x, y), f"ode (cache): student.{k} differs after resume"
 
 
+def test_forcing_stage_trains_past_the_window_and_resumes(pipeline, tmp_path):
+    root = pipeline[0]
+    # 9 frames with sink 3 + window 6: chunk 2 is the first whose cache has evicted (and folded) chunk 1.
+    sections = {"stage": {"kind": "forcing"}, "model": {"student_init": str(root / "ode/export")},
+                "data": {"num_frames": 9}, "rollout": {"num_frames": 9, "sink_ema_during_training": True},
+                "run": {"steps": 4, "checkpoint_every": 2}}
+    straight, metrics = run_stage(tmp_path / "straight", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    s0, s1 = dit_weights(root / "ode/export"), dit_weights(tmp_path / "straight/export")
+    assert max((s0[k] - s1[k]).abs().max().item() for k in s0) > 1e-4
+    run_stage(tmp_path / "split", **{**sections, "run": {"steps": 2, "checkpoint_every": 2}})
+    resumed, _ = run_stage(tmp_path / "split", **sections)
+    for (k, x), (_, y) in zip(straight.student.state_dict().items(), resumed.student.state_dict().items()):
+        assert torch.equal(x, y), f"forcing: student.{k} differs after resume"
+    with pytest.raises(ValueError, match="must equal rollout.num_frames"):
+        build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": {"num_frames": 6}}), progress=False)
+
+
 def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
     root = pipeline[0]
     trainer, metrics = run_stage(tmp_path / "dmd", **dmd_sections(root))

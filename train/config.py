@@ -95,8 +95,9 @@ class StageSection:
 
     kind:            teacher (flow matching, bidirectional) | ode (ODE-pair generation + regression of the
                      causal student) | dmd (Self-Forcing rollout + DMD, Re-DMD when reward.kind != none) |
-                     regress (Self-Forcing rollout regressed on the world's own video: a prompt-determined
-                     world only, train/stages/regress.py).
+                     forcing (teacher forcing of the causal student on the world's video through the
+                     inference cache, train/stages/forcing.py) | regress (Self-Forcing rollout regressed on
+                     the world's own video: a prompt-determined world only, train/stages/regress.py).
     teacher_shift:   timestep shift of the teacher's flow-matching t draw (1.0 = uniform sigma).
     text_dropout:    probability of training the teacher on the empty prompt (what CFG's uncond needs).
     ode_pairs:       number of teacher ODE trajectories to generate (ode stage).
@@ -111,7 +112,7 @@ class StageSection:
                      own x0 ("own").
     """
 
-    kind: Literal["teacher", "ode", "dmd", "regress"] = "dmd"
+    kind: Literal["teacher", "ode", "dmd", "forcing", "regress"] = "dmd"
     teacher_shift: float = 1.0
     text_dropout: float = 0.1
     ode_pairs: int = 256

@@ -1,4 +1,4 @@
-"""Training stages on one skeleton (base.StageTrainer): teacher, ODE init, DMD / Re-DMD."""
+"""Training stages on one skeleton (base.StageTrainer): teacher, ODE init, teacher forcing, DMD / Re-DMD, regress."""
 from __future__ import annotations
 
 from train.config import TrainConfig
@@ -18,6 +18,9 @@ def build_stage(cfg: TrainConfig, info: DistInfo | None = None, progress: bool =
     if kind == "dmd":
         from train.stages.dmd import DMDTrainer
         return DMDTrainer(cfg, info, progress)
+    if kind == "forcing":
+        from train.stages.forcing import ForcingTrainer
+        return ForcingTrainer(cfg, info, progress)
     if kind == "regress":
         from train.stages.regress import RegressTrainer
         return RegressTrainer(cfg, info, progress)

@@ -22,20 +22,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
-from rfrt.models import BlockCausalAttention, CausalWanDiT, CrossKV, FullAttention
-from rfrt.runtime import ChunkPlan, TorchForward
-from rfrt.runtime.chunk import context_pass
+from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
+
 from train.checkpoint import atomic_torch_save
 from train.data.synthetic_world import world_of
 from train.losses import cfg_combine
 from train.stages.base import StageTrainer
-from train.stages.common import (autocast, barrier, checkpointed, frozen, load_dit, load_text, make_optimizer,
-                                 optimizer_step, save_model_dir)
-from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-from train.stages.rollout import training_policy
+from train.stages.common import (
+    autocast,
+    barrier,
+    checkpointed,
+    frozen,
+    load_dit,
+    load_text,
+    make_optimizer,
+    optimizer_step,
+    save_model_dir,
+)
+from train.stages.parallel import (
+    full_state_dict,
+    model_state,
+    optimizer_state,
+    shard_trained,
+)
+from train.stages.rollout import teacher_forced_x0, training_policy
 
 
 def ode_grid(sampler: SamplerConfig, substeps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,31 +79,6 @@ def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor,
         v = cfg_combine(teacher(x, t, ctx, backend), teacher(x, t, unctx, backend), guidance)
         x = x + (grid[j + 1] - grid[j]) * v
     return torch.stack(states, dim=1), x
-
-
-def teacher_forced_x0(student: CausalWanDiT, cross: CrossKV, states: torch.Tensor, x0: torch.Tensor,
-                      ks: list[int], policy: CachePolicy, sampler: SamplerConfig) -> torch.Tensor:
-    """The student's x0 of every chunk through the inference cache, teacher-forced (ode_attention "cache").
-
-    states [B, K, F, C, H, W]: the teacher's ODE states at the K warped sigmas; x0 [B, F, C, H, W] its clean
-    clip; ks[c]: the step chunk c is predicted from. Chunk c's forward sees the cache as the runtime leaves it
-    after the context passes of x0's chunks 0..c-1 (sink, window, evictions, EMA folds). -> [B, F, C, H, W].
-    """
-    cfg = student.config
-    B, _, n_f, C, H, W = states.shape
-    chunk = policy.chunk_frames * cfg.patch_size[0]
-    plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, states.dtype, states.device)
-    layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=B)
-    forward = TorchForward(student, ReferenceCache(layout, compute_dtype=torch.float32))
-    forward.set_text(cross)
-    preds = []
-    for c, k in enumerate(ks):
-        frames = slice(c * chunk, (c + 1) * chunk)
-        forward.begin_chunk()
-        x = states[:, k, frames]
-        preds.append(flow_to_x0(x, forward(x, plan.timesteps[k]).float(), plan.sigma64[k]))
-        context_pass(forward, x0[:, frames], plan)
-    return torch.cat(preds, dim=1)
 
 
 class ODETrainer(StageTrainer):
