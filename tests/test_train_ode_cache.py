@@ -14,9 +14,9 @@ from rfrt.cache import CachePolicy
 from rfrt.models.attention import BlockCausalAttention
 from rfrt.models.config import ModelConfig
 from rfrt.models.dit import CausalWanDiT
-from rfrt.sampling import SamplerConfig, warped_timesteps
+from rfrt.sampling import SamplerConfig, warped_sigmas, warped_timesteps
 
-from train.stages.rollout import teacher_forced_x0
+from train.stages.rollout import teacher_forced_flow
 
 CHUNK = 3
 SAMPLER = SamplerConfig()
@@ -42,6 +42,17 @@ def _oracle(net: CausalWanDiT, cross, seen: list[torch.Tensor], x: torch.Tensor,
     v = net(frames, t, cross, BlockCausalAttention(CHUNK))[:, -CHUNK:]
     sigma = t[0, -1].double() / SAMPLER.num_train_timesteps
     return (x.double() - sigma * v.double()).to(x.dtype)
+
+
+def teacher_forced_x0(net, cross, states, x0, ks, policy, sampler):
+    """x0 of chunk c predicted from states[:, ks[c]] (every sample at the same step) through teacher_forced_flow."""
+    B, _, n_f = states.shape[:3]
+    sig = warped_sigmas(sampler)[torch.tensor(ks)]
+    frames_k = torch.tensor(ks).repeat_interleave(CHUNK)
+    noisy = states[:, frames_k, torch.arange(n_f)]
+    v = teacher_forced_flow(net, cross, noisy, sig.expand(B, -1), x0, policy, sampler.num_train_timesteps)
+    per_frame = sig.repeat_interleave(CHUNK).double()[None, :, None, None, None]
+    return (noisy.double() - per_frame * v.double()).to(noisy.dtype)
 
 
 def _chunks(video: torch.Tensor) -> list[torch.Tensor]:
@@ -92,3 +103,31 @@ def test_an_evicted_chunk_reaches_later_chunks_only_through_the_ema_sink(alpha, 
     late = slice(3 * CHUNK, None)
     assert not torch.allclose(base[:, 2 * CHUNK:3 * CHUNK], moved[:, 2 * CHUNK:3 * CHUNK])  # in chunk 2's window
     assert (not torch.allclose(base[:, late], moved[:, late], atol=1e-6)) == folds
+
+
+@torch.no_grad()
+def test_causal_teacher_ode_is_chunkwise_euler_with_cfg_on_its_own_clean_chunks():
+    from train.losses import cfg_combine
+    from train.stages.ode import causal_teacher_ode, ode_grid
+
+    net = _model(layers=2)
+    g = torch.Generator().manual_seed(3)
+    noise, text, uncond = (torch.randn(2, 9, 4, 4, 6, generator=g), torch.randn(2, 16, 24, generator=g),
+                           torch.randn(2, 16, 24, generator=g))
+    states, x0 = causal_teacher_ode(net, text, uncond, noise, CachePolicy(sink_ema_alpha=1.0), SAMPLER, 4, 2.0)
+    grid, where = ode_grid(SAMPLER, 4)
+    cond, unc = net.cross_kv(text), net.cross_kv(uncond)
+    done = []
+    for c, x in enumerate(_chunks(noise)):
+        seen = []
+        for j in range(len(grid) - 1):
+            if j in where.tolist():
+                seen.append(x)
+            frames = torch.cat(done + [x], dim=1)
+            t = torch.zeros(frames.shape[:2])
+            t[:, -CHUNK:] = float(grid[j]) * SAMPLER.num_train_timesteps
+            v = [net(frames, t, kv, BlockCausalAttention(CHUNK))[:, -CHUNK:] for kv in (cond, unc)]
+            x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[0], v[1], 2.0)
+        torch.testing.assert_close(states[:, :, c * CHUNK:(c + 1) * CHUNK], torch.stack(seen, 1), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(_chunks(x0)[c], x, rtol=1e-4, atol=1e-4)
+        done.append(x)

@@ -89,6 +89,15 @@ def test_ode_stage_through_the_inference_cache_trains_and_resumes(pipeline, tmp_
         assert torch.equal(x, y), f"ode (cache): student.{k} differs after resume"
 
 
+def test_ode_stage_from_a_causal_teacher(pipeline, tmp_path):
+    root = pipeline[0]  # the ODE student stands in for a causal teacher (stage forcing's product)
+    _, metrics = run_stage(tmp_path / "odec", stage={"kind": "ode", "ode_teacher": "causal", "ode_attention": "cache"},
+                           model={"teacher": str(root / "ode/export")})
+    pairs = torch.load(tmp_path / "odec/ode_pairs.pt", weights_only=True)
+    assert pairs["states"].shape == (4, 4, 6, 3, 8, 8) and torch.isfinite(pairs["x0"]).all()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
 def test_forcing_stage_trains_past_the_window_and_resumes(pipeline, tmp_path):
     root = pipeline[0]
     # 9 frames with sink 3 + window 6: chunk 2 is the first whose cache has evicted (and folded) chunk 1.

@@ -104,6 +104,8 @@ class StageSection:
     ode_substeps:    Euler steps of the teacher ODE (a fine grid through the warped timesteps).
     ode_guidance_scale: CFG scale used to generate the ODE pairs.
     ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
+    ode_teacher:     the teacher the pairs come from: "bidirectional" (stage teacher, the whole clip at once) or
+                     "causal" (stage forcing, chunk by chunk through rollout.cache on its own chunks).
     ode_attention:   how the regressed student sees earlier chunks: "block_causal" (every earlier frame, clip
                      positions, as CausVid's ODE init) or "cache" (the inference cache, rollout.cache with the
                      rollout's training sink, teacher-forced with the teacher's clean chunks: evictions and the
@@ -119,6 +121,7 @@ class StageSection:
     ode_substeps: int = 24
     ode_guidance_scale: float = 3.0
     ode_pairs_path: str | None = None
+    ode_teacher: Literal["bidirectional", "causal"] = "bidirectional"
     ode_attention: Literal["block_causal", "cache"] = "block_causal"
     regress_context: Literal["video", "own"] = "video"
 

@@ -1,23 +1,21 @@
 """Stage "forcing": teacher forcing of the causal student on the world's own video, through the inference cache.
 
-Each iteration takes world clips of rollout.num_frames frames (21: 7 chunks, so chunks 3..6 are evicted and,
-with the EMA training sink, folded into the sink exactly as when streaming) and, for each chunk c, one of the
-sampler's K denoising steps k_c (uniform, shared by the batch). The student predicts chunk c's x0 from the
-world's chunk noised to sigma_{k_c} (x_k = (1 - sigma) x0 + sigma eps, the sampler's own renoise), seeing the
-cache that the runtime's context passes of the world's *clean* chunks 0..c-1 left (train.stages.rollout.
-teacher_forced_x0); loss mean((x0_pred - x0)^2) over chunks and pixels. The student is only ever run at the K
-warped timesteps, so these are the only noise levels it is trained at.
+Flow matching as in stage teacher, but causal and chunk by chunk as the runtime streams: each iteration takes
+world clips of rollout.num_frames frames (21: 7 chunks, so chunks 3..6 are evicted and, with the EMA training
+sink, folded into the sink exactly as when streaming); every chunk c of every clip gets its own noise level
+sigma = shift(u), u ~ U(0, 1) (stage.teacher_shift), x_c = (1 - sigma) x0_c + sigma eps, and the model predicts
+its flow seeing the cache that the runtime's context passes of the world's *clean* chunks 0..c-1 left
+(train.stages.rollout.teacher_forced_flow); loss mean((v - (eps - x0))^2). Prompts are dropped with
+stage.text_dropout, so the product supports CFG.
 
-Why it learns what a long stream needs where a 21-frame teacher did not: given clean context, a chunk's
-continuation is (nearly) determined: the context shows where the object is and how fast it moves, so the
-regression target is the conditional mean of an almost deterministic conditional. Only chunk 0 carries the
-world's chance (the speed), and its x0 is the mean over speeds (a short smear along the motion). A bidirectional
-teacher must instead commit to one speed for all 21 frames at once; the 0.25M-parameter teacher fine-tuned for
-900 steps drew a band across the frame (train/results/default_model.md). Unlike stage "regress" (the rollout's
-exit x0 regressed on a prompt-determined world), the inputs are the world's noised chunks, not the student's
-own denoising path, so chance may stay in the world.
-Exposure bias (at inference the context is the student's own output) is what Self-Forcing's DMD stage trains
-away; this stage does not, and the measurements say how far its students drift.
+The product is a causal teacher: given clean context a chunk's continuation is nearly determined (the context
+shows where the object is and how fast it moves), so it is far easier to learn than the bidirectional teacher's
+21-frame clip, which must commit to one speed for all frames at once (that teacher, fine-tuned 1000 steps, drew
+a band across the frame: train/results/default_model.md). Only chunk 0 carries the world's chance (the speed).
+Sampled with many ODE steps it commits to a speed through its noise; the 4-step student is then distilled from
+its ODE pairs (stage ode, ode_teacher causal). Regressing the 4 sampler steps' x0 directly on the world (the
+first version of this stage) cannot commit: its chunk 0 is the mean over speeds, a smear that the next chunks
+continue as a band (measured, default_model.md).
 """
 from __future__ import annotations
 
@@ -26,13 +24,15 @@ from typing import Any
 
 import torch
 
-from rfrt.sampling import renoise, warped_sigmas
+from rfrt.sampling import shift_sigma
 from train.data.synthetic_world import SyntheticWorldDataset
 from train.stages.base import StageTrainer
 from train.stages.common import (Batches, autocast, load_dit, load_text, make_optimizer, optimizer_step,
                                  save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-from train.stages.rollout import draw_exit_step, teacher_forced_x0, training_policy
+from train.losses import flow_matching_loss
+from train.stages.rollout import teacher_forced_flow, training_policy
+from train.stages.teacher import drop_prompts
 
 
 class ForcingTrainer(StageTrainer):
@@ -59,17 +59,18 @@ class ForcingTrainer(StageTrainer):
                 "data": self.data}
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """video [B, F, 3, H, W] in [-1, 1]: every chunk's x0 from its noised self, on the clean context."""
+        """Flow-matching loss of video [B, F, 3, H, W] in [-1, 1], every chunk at its own sigma, clean context."""
+        B, n_f = video.shape[:2]
         chunk = self.policy.chunk_frames * self.student.config.patch_size[0]
-        sigmas = warped_sigmas(self.sampler).to(video.device, torch.float32)
-        noise = torch.randn_like(video)
-        states = torch.stack([renoise(video, noise, s) for s in sigmas], dim=1)  # [B, K, F, C, H, W]
-        # One step per chunk, drawn on rank 0 and broadcast (the ranks' chunks see the same noise levels).
-        ks = [draw_exit_step(len(sigmas), self.info) for _ in range(video.shape[1] // chunk)]
+        sigma = shift_sigma(torch.rand(B, n_f // chunk, device=video.device), self.cfg.stage.teacher_shift)
+        eps = torch.randn_like(video)
+        per_frame = sigma.repeat_interleave(chunk, dim=1)[..., None, None, None]
+        noisy = (1 - per_frame) * video + per_frame * eps
+        text = self.text.encode(drop_prompts(prompts, self.cfg.stage.text_dropout))
         with autocast(self.cfg, self.info):
-            pred = teacher_forced_x0(self.student, self.student.cross_kv(self.text.encode(prompts)), states, video,
-                                     ks, self.policy, self.sampler)
-        return ((pred.float() - video) ** 2).mean()
+            v = teacher_forced_flow(self.student, self.student.cross_kv(text), noisy, sigma, video, self.policy,
+                                    self.cfg.sampler.num_train_timesteps)
+        return flow_matching_loss(v.float(), video, eps)
 
     def train_step(self, step: int) -> dict[str, float]:
         accum, total = self.cfg.run.grad_accum, 0.0

@@ -1,8 +1,9 @@
 """Stage 2: ODE pairs from the teacher, and ODE-regression init of the causal student.
 
-Pairs: from Gaussian noise the teacher (bidirectional, CFG with stage.ode_guidance_scale) integrates the
-flow ODE dx/dsigma = v with deterministic Euler steps on a fine grid of the sampler's sigma table that passes
-through every warped denoising sigma; the states at those sigmas and the final x0 are stored
+Pairs: from Gaussian noise the teacher (CFG with stage.ode_guidance_scale) integrates the flow ODE
+dx/dsigma = v with deterministic Euler steps on a fine grid of the sampler's sigma table that passes through
+every warped denoising sigma; stage.ode_teacher "bidirectional" (stage teacher) runs the whole clip at once,
+"causal" (stage forcing) chunk by chunk through the inference cache on its own earlier chunks; the states at those sigmas and the final x0 are stored
 (`ode_pairs` trajectories, generated once on rank 0 and saved atomically; an existing file is reused).
 
 Regression: the student starts from the teacher's weights; the student predicts x0 = x_k - sigma_k * v from
@@ -22,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
+from rfrt.runtime import ChunkPlan, TorchForward
+from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 
 from train.checkpoint import atomic_torch_save
@@ -46,7 +50,7 @@ from train.stages.parallel import (
     optimizer_state,
     shard_trained,
 )
-from train.stages.rollout import teacher_forced_x0, training_policy
+from train.stages.rollout import teacher_forced_flow, training_policy
 
 
 def ode_grid(sampler: SamplerConfig, substeps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +85,40 @@ def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor,
     return torch.stack(states, dim=1), x
 
 
+@torch.no_grad()
+def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
+                       policy: CachePolicy, sampler: SamplerConfig, substeps: int,
+                       guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`teacher_ode` for a causal teacher (stage forcing): chunk by chunk through the inference cache, each
+    chunk's Euler ODE from its noise to x0 on the clean context of the teacher's own earlier chunks (their
+    context passes), as the teacher would stream. CFG runs the conditional and unconditional halves as one batch
+    of 2B (each half its own cache rows). Same returns as `teacher_ode`."""
+    grid, where = ode_grid(sampler, substeps)
+    cfg = teacher.config
+    B, n_f, C, H, W = noise.shape
+    chunk = policy.chunk_frames * cfg.patch_size[0]
+    plan = ChunkPlan.build(sampler, (2 * B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
+    layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=2 * B)
+    forward = TorchForward(teacher, ReferenceCache(layout, compute_dtype=torch.float32))
+    forward.set_text(teacher.cross_kv(torch.cat([text, uncond])))
+    record = set(where.tolist())
+    states, out = [], []
+    for c in range(n_f // chunk):
+        forward.begin_chunk()
+        x, chunk_states = noise[:, c * chunk:(c + 1) * chunk], []
+        for j in range(len(grid) - 1):
+            if j in record:
+                chunk_states.append(x)
+            t = torch.full((2 * B, policy.chunk_frames), float(grid[j]) * sampler.num_train_timesteps,
+                           device=noise.device)
+            v = forward(torch.cat([x, x]), t)
+            x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[:B], v[B:], guidance)
+        context_pass(forward, torch.cat([x, x]), plan)
+        states.append(torch.stack(chunk_states, dim=1))
+        out.append(x)
+    return torch.cat(states, dim=2), torch.cat(out, dim=1)
+
+
 class ODETrainer(StageTrainer):
     """ODE-regression init of the causal student (model.teacher: the teacher's model directory)."""
 
@@ -110,8 +148,13 @@ class ODETrainer(StageTrainer):
             for i in range(0, st.ode_pairs, 16):
                 batch = prompts[i:i + 16]
                 noise = torch.randn(len(batch), self.cfg.rollout.num_frames, 3, d.height, d.width, generator=gen)
-                s, x0 = teacher_ode(teacher, self.text.encode(batch), self.text.encode([""] * len(batch)), noise,
-                                    self.sampler, st.ode_substeps, st.ode_guidance_scale)
+                text, uncond = self.text.encode(batch), self.text.encode([""] * len(batch))
+                if st.ode_teacher == "causal":
+                    s, x0 = causal_teacher_ode(teacher, text, uncond, noise, training_policy(self.cfg.rollout),
+                                               self.sampler, st.ode_substeps, st.ode_guidance_scale)
+                else:
+                    s, x0 = teacher_ode(teacher, text, uncond, noise, self.sampler, st.ode_substeps,
+                                        st.ode_guidance_scale)
                 states.append(s.cpu())
                 x0s.append(x0.cpu())
             atomic_torch_save({"prompts": prompts, "states": torch.cat(states), "x0": torch.cat(x0s)}, path)
@@ -144,11 +187,16 @@ class ODETrainer(StageTrainer):
         """ode_attention "cache": the regression chunk by chunk through the inference cache (module docstring)."""
         dev, chunk = self.info.device, self.cfg.rollout.cache.chunk_frames * self.student.config.patch_size[0]
         states, x0 = self.pairs["states"][idx].to(dev), self.pairs["x0"][idx].to(dev)
-        ks = torch.randint(0, states.shape[1], (states.shape[2] // chunk,)).tolist()
+        B, K, n_f = states.shape[:3]
+        k = torch.randint(0, K, (B, n_f // chunk))  # one step per chunk and sample
+        frames_k = k.repeat_interleave(chunk, dim=1)
+        x = states[torch.arange(B)[:, None], frames_k, torch.arange(n_f)[None]]
+        sig = warped_sigmas(self.sampler).to(dev)
         with autocast(self.cfg, self.info):
-            pred = teacher_forced_x0(self.student, self.student.cross_kv(self.pairs["text"][idx].to(dev)), states,
-                                     x0, ks, training_policy(self.cfg.rollout), self.sampler)
-        return ((pred.float() - x0) ** 2).mean()
+            v = teacher_forced_flow(self.student, self.student.cross_kv(self.pairs["text"][idx].to(dev)), x,
+                                    sig[k], x0, training_policy(self.cfg.rollout), self.sampler.num_train_timesteps)
+        pred = flow_to_x0(x, v.float(), sig[frames_k][..., None, None, None])
+        return ((pred - x0) ** 2).mean()
 
     def train_step(self, step: int) -> dict[str, float]:
         accum, total = self.cfg.run.grad_accum, 0.0

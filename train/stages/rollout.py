@@ -25,7 +25,7 @@ from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
 from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
 from rfrt.runtime.chunk import context_pass
-from rfrt.sampling import SamplerConfig, flow_to_x0
+from rfrt.sampling import SamplerConfig
 
 from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
@@ -95,27 +95,29 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
     return torch.cat(out, dim=1)
 
 
-def teacher_forced_x0(student: CausalWanDiT, cross: CrossKV, states: torch.Tensor, x0: torch.Tensor,
-                      ks: list[int], policy: CachePolicy, sampler: SamplerConfig) -> torch.Tensor:
-    """The student's x0 of every chunk through the inference cache, teacher-forced with the clean clip x0.
+def teacher_forced_flow(student: CausalWanDiT, cross: CrossKV, noisy: torch.Tensor, sigmas: torch.Tensor,
+                        x0: torch.Tensor, policy: CachePolicy, num_train_timesteps: int) -> torch.Tensor:
+    """The student's flow of every chunk through the inference cache, teacher-forced with the clean clip x0.
 
-    states [B, K, F, C, H, W]: the clip at the K warped sigmas (the teacher's ODE states, stage ode with
-    ode_attention "cache"; or x0 noised to each sigma, stage forcing); x0 [B, F, C, H, W] the clean clip;
-    ks[c]: the step chunk c is predicted from (its forward runs with gradient when grad is enabled). Chunk c's forward sees the cache as the runtime leaves it
-    after the context passes of x0's chunks 0..c-1 (sink, window, evictions, EMA folds). -> [B, F, C, H, W].
+    noisy [B, F, C, H, W]: each chunk c of the clip at its own noise level sigmas[:, c] ([B, n_chunks]; the
+    teacher's ODE states, stage ode with ode_attention "cache", or x0 noised, stage forcing); x0 the clean
+    clip. Chunk c's forward sees the cache as the runtime leaves it after the context passes of x0's chunks
+    0..c-1 (sink, window, evictions, EMA folds) and runs with gradient when grad is enabled; the context
+    passes run without. -> v [B, F, C, H, W] (x0_pred = noisy - sigma v).
     """
     cfg = student.config
-    B, _, _, C, H, W = states.shape
+    B, n_f, C, H, W = noisy.shape
     chunk = policy.chunk_frames * cfg.patch_size[0]
-    plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, states.dtype, states.device)
+    plan = ChunkPlan.build(SamplerConfig(num_train_timesteps=num_train_timesteps), (B, chunk, C, H, W),
+                           policy.chunk_frames, noisy.dtype, noisy.device)
     layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=B)
     forward = TorchForward(student, ReferenceCache(layout, compute_dtype=torch.float32))
     forward.set_text(cross)
-    preds = []
-    for c, k in enumerate(ks):
+    flows = []
+    for c in range(n_f // chunk):
         frames = slice(c * chunk, (c + 1) * chunk)
         forward.begin_chunk()
-        x = states[:, k, frames]
-        preds.append(flow_to_x0(x, forward(x, plan.timesteps[k]).float(), plan.sigma64[k]))
+        t = (sigmas[:, c].float() * num_train_timesteps)[:, None].expand(B, policy.chunk_frames).contiguous()
+        flows.append(forward(noisy[:, frames], t))
         context_pass(forward, x0[:, frames], plan)
-    return torch.cat(preds, dim=1)
+    return torch.cat(flows, dim=1)
