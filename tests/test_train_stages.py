@@ -98,6 +98,21 @@ def test_ode_stage_from_a_causal_teacher(pipeline, tmp_path):
     assert torch.isfinite(torch.tensor(metrics["loss"]))
 
 
+def test_dmd_with_a_causal_teacher_trains(pipeline, tmp_path):
+    root = pipeline[0]  # the ODE student stands in for a causal teacher (stage forcing's product)
+    sections = dmd_sections(root)
+    sections["model"]["teacher"] = str(root / "ode/export")
+    sections["dmd"] = {"score": "causal"}
+    trainer, metrics = run_stage(tmp_path / "dmdc", **sections)
+    assert torch.isfinite(torch.tensor(metrics["critic_loss"]))
+    rows = (tmp_path / "dmdc/metrics.csv").read_text().splitlines()
+    header, first = rows[0].split(","), rows[1].split(",")
+    assert float(first[header.index("gen_loss")]) > 0
+    with pytest.raises(ValueError, match="score_frames"):
+        build_stage(make_cfg(tmp_path / "bad", **{**sections, "rollout": {"num_frames": 6, "score_frames": 3}}),
+                    progress=False)
+
+
 def test_forcing_stage_trains_past_the_window_and_resumes(pipeline, tmp_path):
     root = pipeline[0]
     # 9 frames with sink 3 + window 6: chunk 2 is the first whose cache has evicted (and folded) chunk 1.

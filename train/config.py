@@ -181,12 +181,19 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class DMDSection:
-    """Distribution-matching distillation (SPEC 3). Timesteps are in [0, num_train_timesteps]."""
+    """Distribution-matching distillation (SPEC 3). Timesteps are in [0, num_train_timesteps].
+
+    score: how teacher and critic score the student's rollout: "bidirectional" (the whole noised clip at once,
+           the release's Wan teacher) or "causal" (a causal teacher from stage forcing: each noised chunk on the
+           rollout's clean earlier chunks through the inference cache, so DMD matches every chunk's
+           distribution given the student's own past; needs rollout.score_frames 0).
+    """
 
     guidance_scale: float = 3.0
     min_t: float = 20.0
     max_t: float = 980.0
     critic_updates_per_generator: int = 5
+    score: Literal["bidirectional", "causal"] = "bidirectional"
 
     def __post_init__(self) -> None:
         _require(self.guidance_scale >= 0, "dmd.guidance_scale", f"must be >= 0, got {self.guidance_scale}")

@@ -8,6 +8,9 @@ dmd.critic_updates_per_generator-th step (step % N == 0, as the public trainer) 
   g = (x0_fake - x0_real) / mean|x - x0_real|;   L_i = 0.5 mean((x_i - sg(x_i - g_i))^2)
   Re-DMD: loss = mean_i exp(beta r_i) L_i with r the z-scored reward of the generated video (no gradient)
 Re-DMD is exactly `train.losses.redmd_loss` on top of the per-sample DMD loss; reward.kind "none" is DMD.
+dmd.score "causal" (a causal teacher, stage forcing): teacher and critic see each noised chunk of x_t on the
+clean rollout's earlier chunks through the inference cache (`teacher_forced_flow`), so the DMD gradient matches
+each chunk's distribution given the student's own past, and the critic learns exactly that conditional.
 
 Rollouts longer than the teacher's clip (rollout.score_frames): the rollout spans up to rollout.num_frames (21:
 chunks 3.. evict into the sink), but teacher, critic and reward score one window of score_frames (9, the
@@ -34,7 +37,7 @@ from train.stages.base import StageTrainer
 from train.stages.common import (Batches, autocast, checkpointed, frozen, load_dit, load_text, make_optimizer,
                                  optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-from train.stages.rollout import draw_exit_step, draw_window_start, rollout, training_policy
+from train.stages.rollout import draw_exit_step, draw_window_start, rollout, teacher_forced_flow, training_policy
 
 
 def generator_loss(x: torch.Tensor, x0_fake: torch.Tensor, x0_real: torch.Tensor,
@@ -69,6 +72,9 @@ class DMDTrainer(StageTrainer):
         self.prompts = Batches(SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size),
                                cfg.run.batch_size)
         self.backend = FullAttention()
+        if cfg.dmd.score == "causal" and cfg.rollout.score_frames not in (0, cfg.rollout.num_frames):
+            raise ValueError("dmd.score causal scores every chunk on its clean past: it needs rollout.score_frames "
+                             f"0 (the whole rollout), got {cfg.rollout.score_frames}")
         self.exit_steps: list[int] = []  # per step, for inspection (tests check ranks agree)
         self.window_starts: list[int] = []  # start chunk of each scored window (rollout.score_frames)
 
@@ -93,12 +99,22 @@ class DMDTrainer(StageTrainer):
                         grad_from_chunk=w)
         return x[:, w * cf:].float()
 
-    def _x0(self, model: CausalWanDiT, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        tt = t[:, None].expand(-1, x_t.shape[1] // model.config.patch_size[0]).contiguous()
+    def _flow(self, model: CausalWanDiT, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+              clean: torch.Tensor) -> torch.Tensor:
+        """model's flow of x_t (noised at t [B]) under dmd.score; clean: the rollout x_t was noised from."""
+        T = self.sampler.num_train_timesteps
         with autocast(self.cfg, self.info):
-            v = checkpointed(lambda a, b, c: model(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
-                             x_t, tt, text)
-        return flow_to_x0(x_t, v.float(), t / self.sampler.num_train_timesteps)
+            if self.cfg.dmd.score == "causal":
+                chunks = x_t.shape[1] // (self.policy.chunk_frames * model.config.patch_size[0])
+                return teacher_forced_flow(model, model.cross_kv(text), x_t, (t / T)[:, None].expand(-1, chunks),
+                                           clean.detach(), self.policy, T).float()
+            tt = t[:, None].expand(-1, x_t.shape[1] // model.config.patch_size[0]).contiguous()
+            return checkpointed(lambda a, b, c: model(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
+                                x_t, tt, text).float()
+
+    def _x0(self, model: CausalWanDiT, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
+            clean: torch.Tensor) -> torch.Tensor:
+        return flow_to_x0(x_t, self._flow(model, x_t, t, text, clean), t / self.sampler.num_train_timesteps)
 
     def _noised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         d, s = self.cfg.dmd, self.sampler
@@ -111,12 +127,7 @@ class DMDTrainer(StageTrainer):
         with torch.no_grad():
             x = self._rollout(prompts, grad=False)
         x_t, t, eps = self._noised(x)
-        text = self.text.encode(prompts)
-        tt = t[:, None].expand(-1, x.shape[1] // self.critic.config.patch_size[0]).contiguous()
-        with autocast(self.cfg, self.info):
-            v = checkpointed(lambda a, b, c: self.critic(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
-                             x_t, tt, text)
-        return flow_matching_loss(v, x, eps)
+        return flow_matching_loss(self._flow(self.critic, x_t, t, self.text.encode(prompts), x), x, eps)
 
     def generator_micro(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -124,8 +135,8 @@ class DMDTrainer(StageTrainer):
         with torch.no_grad():
             x_t, t, _ = self._noised(x.detach())
             text, uncond = self.text.encode(prompts), self.text.encode([""] * len(prompts))
-            fake = self._x0(self.critic, x_t, t, text)
-            real = cfg_combine(self._x0(self.teacher, x_t, t, text), self._x0(self.teacher, x_t, t, uncond),
+            fake = self._x0(self.critic, x_t, t, text, x)
+            real = cfg_combine(self._x0(self.teacher, x_t, t, text, x), self._x0(self.teacher, x_t, t, uncond, x),
                                cfg.dmd.guidance_scale)
             r = None if self.reward is None else self.reward(to_unit_range(x.detach()), prompts).to(x.device)
         loss, per_sample = generator_loss(x, fake, real, r, cfg.reward.beta)
