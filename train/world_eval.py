@@ -12,7 +12,8 @@ For a generated video [T, 3, H, W] in [-1, 1] and the Scene its prompt describes
                  generated videos: the z-scoring statistics a Re-DMD config's `reward.mean` / `reward.std` take.
 Reference levels on the endless world: train/results/default_model.md.
 
-Usage: python -m train.world_eval --model runs/default/ode/export --kind student|teacher [--n 64] [--layout L]
+Usage: python -m train.world_eval --model runs/default/ode/export --kind student|teacher|causal [--n 64]
+           [--size H W T] [--layout L] [--phase P]
 """
 from __future__ import annotations
 
@@ -82,10 +83,11 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 @torch.no_grad()
 def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames: int, seed: int = 12345,
              guidance: float = 3.0, layout: str = "random", phase: str = "random") -> dict[str, float]:
-    """Generate n held-out prompts (world seed `seed`) with the teacher ODE or the student rollout; score them."""
+    """Generate n held-out prompts (world seed `seed`) with the teacher ODE (kind teacher: bidirectional; causal:
+    a stage-forcing teacher chunk by chunk) or the student rollout (kind student); score them."""
     from train.config import RolloutSection
     from train.stages.common import load_dit, load_text
-    from train.stages.ode import teacher_ode
+    from train.stages.ode import causal_teacher_ode, teacher_ode
     from train.stages.rollout import rollout, training_policy
     from rfrt.sampling import SamplerConfig
 
@@ -105,6 +107,10 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
         if kind == "teacher":
             _, video = teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise, sampler,
                                    24, guidance)
+        elif kind == "causal":  # a causal teacher (stage forcing), streamed with the inference cache
+            policy = training_policy(RolloutSection(num_frames=frames, sink_ema_during_training=True))
+            _, video = causal_teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise,
+                                          policy, sampler, 24, guidance)
         else:
             policy = training_policy(RolloutSection(num_frames=frames))
             video = rollout(dit, text.encode(prompts), noise, policy, sampler)
@@ -117,7 +123,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--kind", choices=("teacher", "student"), required=True)
+    ap.add_argument("--kind", choices=("teacher", "causal", "student"), required=True)
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--size", type=int, nargs=3, default=(16, 16, 9), metavar=("H", "W", "T"))
     ap.add_argument("--guidance", type=float, default=3.0)
