@@ -9,14 +9,7 @@ import torch
 from model_harness import random_dit
 from rfrt.models.attention import FullAttention
 from rfrt.models.config import ModelConfig
-from rfrt.models.dit import (
-    BlockMath,
-    CausalWanDiT,
-    gated_add_bf16,
-    gated_add_fp32,
-    modulate_bf16,
-    modulate_fp32,
-)
+from rfrt.models.dit import BlockMath, CausalWanDiT, gated_add_bf16, gated_add_fp32, modulate_bf16, modulate_fp32
 
 CFG = ModelConfig(dim=32, ffn_dim=48, num_heads=2, num_layers=2, in_dim=4, out_dim=4, text_dim=24,
                   freq_dim=16, text_len=16)

@@ -131,6 +131,19 @@ def test_forcing_stage_trains_past_the_window_and_resumes(pipeline, tmp_path):
         build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": {"num_frames": 6}}), progress=False)
 
 
+def test_regress_stage_needs_a_prompt_determined_world_and_trains_on_one(pipeline, tmp_path):
+    root = pipeline[0]
+    world = {"num_frames": 9, "phase": "fixed", "speed_min": 1.0, "speed_max": 1.0}
+    sections = {"stage": {"kind": "regress"}, "model": {"student_init": str(root / "ode/export")},
+                "data": world, "rollout": {"num_frames": 9}}
+    trainer, metrics = run_stage(tmp_path / "regress", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and 0 <= metrics["exit_step"] < 4
+    s0, s1 = dit_weights(root / "ode/export"), dit_weights(tmp_path / "regress/export")
+    assert max((s0[k] - s1[k]).abs().max().item() for k in s0) > 1e-4
+    with pytest.raises(ValueError, match="prompt-determined world"):
+        build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": {**world, "speed_max": 1.5}}), progress=False)
+
+
 def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
     root = pipeline[0]
     trainer, metrics = run_stage(tmp_path / "dmd", **dmd_sections(root))

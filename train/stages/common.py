@@ -208,3 +208,12 @@ def frozen(m: torch.nn.Module) -> torch.nn.Module:
     m.requires_grad_(False)
     return m.eval()
 
+
+def accumulate(micro, accum: int) -> float:
+    """Run `accum` micro-batches: micro() -> loss, each loss / accum backpropagated; returns the mean loss."""
+    total = 0.0
+    for _ in range(accum):
+        loss = micro()
+        (loss / accum).backward()
+        total += loss.item() / accum
+    return total

@@ -19,44 +19,19 @@ continue as a band (measured, default_model.md).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
 from rfrt.sampling import shift_sigma
-from train.data.synthetic_world import SyntheticWorldDataset
-from train.stages.base import StageTrainer
-from train.stages.common import (Batches, autocast, load_dit, load_text, make_optimizer, optimizer_step,
-                                 save_model_dir)
-from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
+
 from train.losses import flow_matching_loss
-from train.stages.rollout import teacher_forced_flow, training_policy
+from train.stages.common import autocast
+from train.stages.rollout import teacher_forced_flow
 from train.stages.teacher import drop_prompts
+from train.stages.world_student import WorldStudentTrainer
 
 
-class ForcingTrainer(StageTrainer):
-    """model.student_init: the causal student to start from (its text encoder stays frozen)."""
-
-    def build(self) -> None:
-        cfg, dev = self.cfg, self.info.device
-        if cfg.data.num_frames != cfg.rollout.num_frames:
-            raise ValueError(f"data.num_frames ({cfg.data.num_frames}) must equal rollout.num_frames "
-                             f"({cfg.rollout.num_frames}): the student is teacher-forced on the whole clip")
-        self.student = load_dit(cfg.model.student_init, "model.student_init").to(dev).train()
-        self.text = load_text(cfg.model.student_init, "model.student_init").to(dev)
-        self.text.requires_grad_(False)
-        shard_trained(self.student, cfg, self.info.world_size, dev)
-        self.policy = training_policy(cfg.rollout)
-        self.sampler = cfg.sampler
-        self.params = list(self.student.parameters())
-        self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
-        self.data = Batches(SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size),
-                            cfg.run.batch_size)
-
-    def state(self) -> dict[str, Any]:
-        return {"student": model_state(self.student), "optim": optimizer_state(self.student, self.opt),
-                "data": self.data}
+class ForcingTrainer(WorldStudentTrainer):
+    """model.student_init: the causal model to start from (its text encoder stays frozen)."""
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Flow-matching loss of video [B, F, 3, H, W] in [-1, 1], every chunk at its own sigma, clean context."""
@@ -71,18 +46,3 @@ class ForcingTrainer(StageTrainer):
             v = teacher_forced_flow(self.student, self.student.cross_kv(text), noisy, sigma, video, self.policy,
                                     self.cfg.sampler.num_train_timesteps)
         return flow_matching_loss(v.float(), video, eps)
-
-    def train_step(self, step: int) -> dict[str, float]:
-        accum, total = self.cfg.run.grad_accum, 0.0
-        for _ in range(accum):
-            video, prompts = self.data.next(self.info.device)
-            loss = self.loss(video, prompts)
-            (loss / accum).backward()
-            total += loss.item() / accum
-        norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
-        return {"loss": total, "grad_norm": norm}
-
-    def export(self, directory: Path) -> None:
-        student = full_state_dict(self.student)
-        if self.info.is_main:
-            save_model_dir(directory, self.cfg, self.student, self.text, state=student)

@@ -12,7 +12,7 @@ How it sees earlier chunks is stage.ode_attention:
   * "block_causal": BlockCausalAttention(chunk_frames) over the whole clip in one forward; each chunk of each
     sample picks its own k, so a chunk sees cleaner or noisier earlier chunks, as in causal rollouts.
   * "cache": the inference loop's cache (rfrt.cache.ReferenceCache with rollout.cache and the rollout's
-    training sink), chunk by chunk: the chunk's forward at its k (one k per chunk, shared by the batch), then
+    training sink), chunk by chunk: the chunk's forward at its k (one k per chunk and sample), then
     the runtime's context pass with the teacher's clean chunk (teacher forcing). Past the window chunks are
     evicted and folded into the sink exactly as at inference, and every frame sits at its window-relative
     position, so a clip longer than the window trains the student the way it streams.
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
 from rfrt.runtime import ChunkPlan, TorchForward
@@ -33,24 +34,11 @@ from train.checkpoint import atomic_torch_save
 from train.data.synthetic_world import world_of
 from train.losses import cfg_combine
 from train.stages.base import StageTrainer
-from train.stages.common import (
-    autocast,
-    barrier,
-    checkpointed,
-    frozen,
-    load_dit,
-    load_text,
-    make_optimizer,
-    optimizer_step,
-    save_model_dir,
-)
-from train.stages.parallel import (
-    full_state_dict,
-    model_state,
-    optimizer_state,
-    shard_trained,
-)
+from train.stages.common import (accumulate, autocast, barrier, checkpointed, frozen, load_dit, load_text,
+                                 make_optimizer, optimizer_step)
+from train.stages.parallel import model_state, optimizer_state, shard_trained
 from train.stages.rollout import teacher_forced_flow, training_policy
+from train.stages.world_student import export_student
 
 
 def ode_grid(sampler: SamplerConfig, substeps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,17 +187,10 @@ class ODETrainer(StageTrainer):
         return ((pred - x0) ** 2).mean()
 
     def train_step(self, step: int) -> dict[str, float]:
-        accum, total = self.cfg.run.grad_accum, 0.0
         n = self.pairs["x0"].shape[0]
-        for _ in range(accum):
-            idx = torch.randint(0, n, (self.cfg.run.batch_size,))
-            loss = self.loss(idx)
-            (loss / accum).backward()
-            total += loss.item() / accum
+        total = accumulate(lambda: self.loss(torch.randint(0, n, (self.cfg.run.batch_size,))), self.cfg.run.grad_accum)
         norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
         return {"loss": total, "grad_norm": norm}
 
     def export(self, directory: Path) -> None:
-        student = full_state_dict(self.student)
-        if self.info.is_main:
-            save_model_dir(directory, self.cfg, self.student, self.text, state=student)
+        export_student(self, directory)

@@ -16,46 +16,24 @@ On a world with chance left in it the same loss would regress to the mean (smear
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from train.data.synthetic_world import SyntheticWorldDataset
-from train.stages.base import StageTrainer
-from train.stages.common import (Batches, autocast, load_dit, load_text, make_optimizer, optimizer_step,
-                                 save_model_dir)
-from train.stages.parallel import full_state_dict, model_state, optimizer_state, shard_trained
-from train.stages.rollout import draw_exit_step, rollout, training_policy
+from train.stages.common import autocast
+from train.stages.rollout import draw_exit_step, rollout
+from train.stages.world_student import WorldStudentTrainer
 
 
-class RegressTrainer(StageTrainer):
+class RegressTrainer(WorldStudentTrainer):
     """model.student_init: the causal student to start from (its text encoder stays frozen)."""
 
     def build(self) -> None:
-        cfg, dev = self.cfg, self.info.device
+        cfg = self.cfg
         if cfg.data.speed_min != cfg.data.speed_max or cfg.data.phase != "fixed":
             raise ValueError("stage.kind regress needs a prompt-determined world: data.phase 'fixed' and "
                              f"data.speed_min == data.speed_max (got {cfg.data.phase!r}, "
                              f"{cfg.data.speed_min}, {cfg.data.speed_max})")
-        if cfg.data.num_frames != cfg.rollout.num_frames:
-            raise ValueError(f"data.num_frames ({cfg.data.num_frames}) must equal rollout.num_frames "
-                             f"({cfg.rollout.num_frames}): the rollout is regressed on the whole clip")
-        self.student = load_dit(cfg.model.student_init, "model.student_init").to(dev).train()
-        self.text = load_text(cfg.model.student_init, "model.student_init").to(dev)
-        self.text.requires_grad_(False)
-        shard_trained(self.student, cfg, self.info.world_size, dev)
-        self.policy = training_policy(cfg.rollout)
-        self.sampler = cfg.sampler
-        self.params = list(self.student.parameters())
-        self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
-        self.data = Batches(SyntheticWorldDataset.from_config(cfg.data, self.info.rank, self.info.world_size),
-                            cfg.run.batch_size)
+        super().build()
         self.exit_steps: list[int] = []
-
-    def state(self) -> dict[str, Any]:
-        return {"student": model_state(self.student), "optim": optimizer_state(self.student, self.opt),
-                "data": self.data}
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """video [B, F, 3, H, W] in [-1, 1]: the rollout's exit x0 regressed on it."""
@@ -67,17 +45,5 @@ class RegressTrainer(StageTrainer):
                         context=video if self.cfg.stage.regress_context == "video" else None)
         return ((x.float() - video) ** 2).mean()
 
-    def train_step(self, step: int) -> dict[str, float]:
-        accum, total = self.cfg.run.grad_accum, 0.0
-        for _ in range(accum):
-            video, prompts = self.data.next(self.info.device)
-            loss = self.loss(video, prompts)
-            (loss / accum).backward()
-            total += loss.item() / accum
-        norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
-        return {"loss": total, "grad_norm": norm, "exit_step": float(self.exit_steps[-1])}
-
-    def export(self, directory: Path) -> None:
-        student = full_state_dict(self.student)
-        if self.info.is_main:
-            save_model_dir(directory, self.cfg, self.student, self.text, state=student)
+    def step_metrics(self) -> dict[str, float]:
+        return {"exit_step": float(self.exit_steps[-1])}

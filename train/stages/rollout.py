@@ -21,12 +21,12 @@ import dataclasses
 from typing import Callable
 
 import torch
+
 from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import CausalWanDiT, CrossKV
 from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
 from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig
-
 from train.config import RolloutSection
 from train.stages.common import DistInfo, broadcast_int
 

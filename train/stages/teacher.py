@@ -12,13 +12,14 @@ from typing import Any
 import torch
 
 from rfrt.models import FullAttention
-from rfrt.text_vocab import VocabTextEncoder
-from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
 from rfrt.sampling import shift_sigma
+from rfrt.text_vocab import VocabTextEncoder
+
+from train.data.synthetic_world import SyntheticWorldDataset, vocabulary
 from train.losses import add_noise, flow_matching_loss
 from train.stages.base import StageTrainer
-from train.stages.common import (Batches, autocast, checkpointed, dit_config, init_dit, load_dit, load_text,
-                                 make_optimizer, optimizer_step, save_model_dir)
+from train.stages.common import (Batches, accumulate, autocast, checkpointed, dit_config, init_dit, load_dit,
+                                 load_text, make_optimizer, optimizer_step, save_model_dir)
 from train.stages.parallel import full_state_dict, is_sharded, model_state, optimizer_state, shard_trained
 
 
@@ -73,13 +74,7 @@ class TeacherTrainer(StageTrainer):
         return flow_matching_loss(v, video, eps)
 
     def train_step(self, step: int) -> dict[str, float]:
-        total = 0.0
-        accum = self.cfg.run.grad_accum
-        for _ in range(accum):
-            video, prompts = self.data.next(self.info.device)
-            loss = self.loss(video, prompts)
-            (loss / accum).backward()
-            total += loss.item() / accum
+        total = accumulate(lambda: self.loss(*self.data.next(self.info.device)), self.cfg.run.grad_accum)
         norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
         return {"loss": total, "grad_norm": norm}
 
