@@ -6,8 +6,9 @@ For n clips of the default model's world (21 frames = 7 chunks from stream frame
   true:  the clip's own clean chunks (what a continuation sees);
   other: another clip's clean chunks (another prompt: colour, shape, motion differ);
   zeros: mid-grey frames.
-Reported: mean squared x0 error per chunk ([-1, 1] units, all pixels). Chunk 0 sees no context, so its three
-rows agree. A model that continues its context has a true-context error well below the other two from chunk 1
+Reported: mean squared x0 error per chunk ([-1, 1] units, all pixels), and as a reference the error of copying
+the last frame of the previous chunk (what a model that stalls would draw). Chunk 0 sees no context, so its
+three rows agree. A model that continues its context has a true-context error well below the other two from chunk 1
 on; a model that draws from its prompt alone (and stalls once window-relative positions stop telling the time)
 has three similar rows.
 
@@ -46,6 +47,15 @@ def context_errors(model_dir: str, n: int = 32, sigma: float = 0.9, seed: int = 
     return out
 
 
+def copy_errors(n: int = 32, seed: int = 777) -> list[float]:
+    """x0 error per chunk 1.. of predicting every frame of a chunk as the last frame of the chunk before."""
+    world = SyntheticWorld(16, 16, 21, 1, seed, "canonical", phase="fixed")
+    video = torch.stack([world[i][0] for i in range(n)])
+    chunk = 3
+    return [((video[:, c * chunk - 1:c * chunk] - video[:, c * chunk:(c + 1) * chunk]) ** 2).mean().item()
+            for c in range(1, video.shape[1] // chunk)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", required=True)
@@ -53,6 +63,7 @@ def main() -> int:
     ap.add_argument("--sigma", type=float, default=0.9)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    print("copy the last context frame, chunks 1..: " + " ".join(f"{e:.3f}" for e in copy_errors(args.n)))
     for m in args.model:
         for name, errs in context_errors(m, args.n, args.sigma).items():
             print(f"{m} {name:5s} " + " ".join(f"{e:.3f}" for e in errs))
