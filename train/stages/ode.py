@@ -2,12 +2,13 @@
 
 Pairs: from Gaussian noise the teacher (CFG with stage.ode_guidance_scale) integrates the flow ODE
 dx/dsigma = v with deterministic Euler steps on a fine grid of the sampler's sigma table that passes through
-every warped denoising sigma; stage.ode_teacher "bidirectional" (stage teacher) runs the whole clip at once,
-"causal" (stage forcing) chunk by chunk through the inference cache on its own earlier chunks; the states at those sigmas and the final x0 are stored
-(`ode_pairs` trajectories, generated once on rank 0 and saved atomically; an existing file is reused).
+every warped denoising sigma (stage.ode_teacher "bidirectional", stage teacher: the whole clip at once;
+"causal", stage forcing: chunk by chunk through the inference cache on its own earlier chunks). The states at
+those sigmas and the final x0 are stored (`ode_pairs` trajectories, generated once on rank 0 and saved
+atomically; an existing file is reused).
 
-Regression: the student starts from the teacher's weights; the student predicts x0 = x_k - sigma_k * v from
-the stored state at a denoising step k and regresses the teacher's final x0: loss mean((x0_pred - x0_teacher)^2).
+Regression: the student starts from the teacher's weights, predicts x0 = x_k - sigma_k * v from the stored state
+at a denoising step k and regresses the teacher's final x0: loss mean((x0_pred - x0_teacher)^2).
 How it sees earlier chunks is stage.ode_attention:
   * "block_causal": BlockCausalAttention(chunk_frames) over the whole clip in one forward; each chunk of each
     sample picks its own k, so a chunk sees cleaner or noisier earlier chunks, as in causal rollouts.
@@ -188,7 +189,8 @@ class ODETrainer(StageTrainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         n = self.pairs["x0"].shape[0]
-        total = accumulate(lambda: self.loss(torch.randint(0, n, (self.cfg.run.batch_size,))), self.cfg.run.grad_accum)
+        batch = self.cfg.run.batch_size
+        total = accumulate(lambda: self.loss(torch.randint(0, n, (batch,))), self.cfg.run.grad_accum)
         norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
         return {"loss": total, "grad_norm": norm}
 
