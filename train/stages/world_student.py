@@ -6,6 +6,7 @@ whole clip is the target. A subclass defines `loss(video, prompts)` and may add 
 """
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ class WorldStudentTrainer(StageTrainer):
         return {"student": model_state(self.student), "optim": optimizer_state(self.student, self.opt),
                 "data": self.data}
 
+    @abc.abstractmethod
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """The stage's loss of one micro-batch of world clips video [B, F, 3, H, W] and their prompts."""
 
     def step_metrics(self) -> dict[str, float]:
         """Extra metrics of the step just taken (none by default)."""
