@@ -21,7 +21,8 @@ ARMS=(
   "i_b5|Re-DMD beta 5|runs/default/redmd_b5/export:0.999"
   "j_bf16cache|bf16 model, sink_precision cache (reference rounding)|$S:0.999:cache:bf16"
   "j_bf16fp32|bf16 model, fp32 sink accumulator|$S:0.999:fp32:bf16"
-  "k_ode|ODE init (no DMD)|runs/default/ode/export:0.999"
+  "k_ode|ODE init (no DMD) = the shipped default model, EMA sink 0.999|runs/default/ode/export:0.999"
+  "l_ship_nosink|the shipped default model, no sink|runs/default/ode/export:0.0"
   "z_prev|previous default model (ec20772)|runs/init/python/rfrt/default_model:0.999"
 )
 run_arm() {  # FILE NAME SPEC
