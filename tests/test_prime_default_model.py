@@ -10,7 +10,11 @@ about a second) placed it better, 0.91 / 0.77 / 4.22 px: the new model was train
 at the prompt's place (data.phase fixed), while these contexts start anywhere (random phase), so a context is
 more out of its training distribution. Motion after the seam, along the prompted direction over 6 frames:
 -0.26 px with the context (seed 1: 1.37), 5.52 px without: a primed stream of this model does not yet keep
-moving the prompted way (test_continuation_keeps_moving_the_prompted_way stays a strict xfail).
+moving the prompted way (test_continuation_keeps_moving_the_prompted_way stays a strict xfail). In the world it
+was trained on (data.phase fixed: the first second of a stream that starts at the prompt's place; world seeds
+0 / 1 / 2) the seam error is 1.52 / 0.85 / 1.02 px (no context 2.09 / 1.95 / 1.90) and the continuation travels
+more than 0.5 px the prompted way in 6 / 7 / 7 of 8 scenes, 2.2 / 3.7 / 4.7 px on average against the truth's
+6.9: it moves there, slower and more raggedly than the world.
 One image from stream frame 20 (world seed 1, 8 scenes): the first output frame is the image exactly; the next
 frame puts the object 3.58 px from its true place, like a fresh stream (3.78 px): the held-frame method keeps
 the given frame but the model's first chunk follows its prompt's layout (strict xfail below). Given frames
