@@ -3,8 +3,9 @@
 # arm (16 held-out prompts x noise seeds 0 1, 60 chunks = 180 frames each), skipping arms whose JSON exists, then
 # the table. Run from the checkout root after the stages of train/README.md ("The embedded default model"):
 #   bash train/claims_default.sh [OUT_DIR=runs/claims] [JOBS=1]
-# Every arm but the training ones streams the full student (S) with another sink; the bf16 arms run the student
-# in bfloat16 (slow on CPU) with the reference's rounding of the EMA sink (cache) or the fp32 accumulator.
+# The sink, alpha and bf16 arms stream the full student (S) with another sink or precision (bf16: the student in
+# bfloat16 with the reference's rounding of the EMA sink, "cache", or the fp32 accumulator); the other arms are
+# other students (DMD variants, the ODE init = the shipped default model, the previous default model).
 set -euo pipefail
 OUT=${1:-runs/claims}; JOBS=${2:-1}; S=runs/default/redmd/export
 mkdir -p "$OUT"
