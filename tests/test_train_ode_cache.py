@@ -105,29 +105,70 @@ def test_an_evicted_chunk_reaches_later_chunks_only_through_the_ema_sink(alpha, 
     assert (not torch.allclose(base[:, late], moved[:, late], atol=1e-6)) == folds
 
 
-@torch.no_grad()
-def test_causal_teacher_ode_is_chunkwise_euler_with_cfg_on_its_own_clean_chunks():
+def _chunkwise_euler_oracle(net, text, uncond, noise, seen_chunks, steps, guidance):
+    """(states, x0) of the teacher's chunkwise CFG Euler ODE, chunk c on the clean chunks seen_chunks[:c] (a
+    block-causal forward over the whole prefix, no cache; fewer than 4 chunks: nothing is evicted)."""
     from train.losses import cfg_combine
-    from train.stages.ode import causal_teacher_ode, ode_grid
+    from train.stages.ode import ode_grid
 
-    net = _model(layers=2)
-    g = torch.Generator().manual_seed(3)
-    noise, text, uncond = (torch.randn(2, 9, 4, 4, 6, generator=g), torch.randn(2, 16, 24, generator=g),
-                           torch.randn(2, 16, 24, generator=g))
-    states, x0 = causal_teacher_ode(net, text, uncond, noise, CachePolicy(sink_ema_alpha=1.0), SAMPLER, 4, 2.0)
-    grid, where = ode_grid(SAMPLER, 4)
+    grid, where = ode_grid(SAMPLER, steps)
     cond, unc = net.cross_kv(text), net.cross_kv(uncond)
-    done = []
+    states, outs = [], []
     for c, x in enumerate(_chunks(noise)):
         seen = []
         for j in range(len(grid) - 1):
             if j in where.tolist():
                 seen.append(x)
-            frames = torch.cat(done + [x], dim=1)
+            frames = torch.cat(seen_chunks[:c] + [x], dim=1)
             t = torch.zeros(frames.shape[:2])
             t[:, -CHUNK:] = float(grid[j]) * SAMPLER.num_train_timesteps
             v = [net(frames, t, kv, BlockCausalAttention(CHUNK))[:, -CHUNK:] for kv in (cond, unc)]
-            x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[0], v[1], 2.0)
-        torch.testing.assert_close(states[:, :, c * CHUNK:(c + 1) * CHUNK], torch.stack(seen, 1), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(_chunks(x0)[c], x, rtol=1e-4, atol=1e-4)
-        done.append(x)
+            x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[0], v[1], guidance)
+        states.append(torch.stack(seen, 1))
+        outs.append(x)
+        if len(seen_chunks) <= c:  # the teacher's own chunks are its context
+            seen_chunks.append(x)
+    return torch.cat(states, dim=2), torch.cat(outs, dim=1)
+
+
+def _ode_inputs():
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(2, 9, 4, 4, 6, generator=g), torch.randn(2, 16, 24, generator=g),
+            torch.randn(2, 16, 24, generator=g))
+
+
+@torch.no_grad()
+def test_causal_teacher_ode_is_chunkwise_euler_with_cfg_on_its_own_clean_chunks():
+    from train.stages.ode import causal_teacher_ode
+
+    net = _model(layers=2)
+    noise, text, uncond = _ode_inputs()
+    states, x0, context = causal_teacher_ode(net, text, uncond, noise, CachePolicy(sink_ema_alpha=1.0), SAMPLER,
+                                             4, 2.0)
+    want_states, want_x0 = _chunkwise_euler_oracle(net, text, uncond, noise, [], 4, 2.0)
+    torch.testing.assert_close(states, want_states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0, want_x0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(context, x0)
+
+
+@torch.no_grad()
+def test_on_policy_pairs_continue_the_students_own_chunks():
+    """stage.ode_context "student": the context is the student's own stream (the Self-Forcing rollout, i.e. the
+    runtime's chunk loop, from the same noise and renoise draws), and the teacher's chunk c is its ODE on the
+    student's chunks 0..c-1, not on its own."""
+    from train.stages.ode import causal_teacher_ode
+    from train.stages.rollout import rollout
+
+    teacher, student = _model(layers=2), _model(layers=2)
+    noise, text, uncond = _ode_inputs()
+    policy = CachePolicy(sink_ema_alpha=1.0)
+    states, x0, context = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student,
+                                             SAMPLER, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    own = rollout(student, text, noise, policy, SAMPLER, fresh_noise=lambda x: torch.randn(x.shape, generator=g))
+    torch.testing.assert_close(context, own, rtol=1e-4, atol=1e-4)
+    want_states, want_x0 = _chunkwise_euler_oracle(teacher, text, uncond, noise, _chunks(own), 4, 2.0)
+    torch.testing.assert_close(states, want_states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0, want_x0, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(x0[:, CHUNK:], _chunkwise_euler_oracle(teacher, text, uncond, noise, [], 4, 2.0)[1][:, CHUNK:],
+                              atol=1e-3)  # the context matters: on its own chunks the teacher goes elsewhere

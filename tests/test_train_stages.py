@@ -131,6 +131,72 @@ def test_forcing_stage_trains_past_the_window_and_resumes(pipeline, tmp_path):
         build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": {"num_frames": 6}}), progress=False)
 
 
+def test_later_windows_are_slices_of_the_clip_with_their_first_chunk_context_only():
+    from train.stages.forcing import later_windows
+
+    clips = torch.arange(64 * 15, dtype=torch.float32).reshape(64, 15, 1, 1, 1).expand(64, 15, 3, 2, 2)
+    torch.manual_seed(0)
+    windows, weights = later_windows(clips, 9, 3, 0.5)
+    start = windows[:, 0, 0, 0, 0] - clips[:, 0, 0, 0, 0]
+    assert ((start >= 0) & (start <= 6)).all()
+    torch.testing.assert_close(windows[:, :, 0, 0, 0], clips[:, 0, :1, 0, 0] + start[:, None] + torch.arange(9.0))
+    assert torch.equal(weights[:, 0], (start == 0).float()) and (weights[:, 1:] == 1).all()
+    assert 16 <= int((start > 0).sum()) <= 48  # Binomial(64, 0.5): outside this with probability < 1e-4
+    assert torch.equal(later_windows(clips, 9, 3, 0.0)[0], clips[:, :9])
+
+
+def test_forcing_on_later_windows_is_the_masked_flow_matching_loss(pipeline, tmp_path):
+    """The stage's loss with every clip a later window equals the flow-matching loss over chunks 1.. of the
+    windows, recomputed here from the same RNG draws with the plain (whole-clip) loss's pieces."""
+    from rfrt.sampling import shift_sigma
+    from train.stages.rollout import teacher_forced_flow
+
+    root = pipeline[0]
+    sections = {"stage": {"kind": "forcing", "forcing_later_windows": 1.0, "text_dropout": 0.0},
+                "model": {"student_init": str(root / "ode/export")}, "data": {"num_frames": 15},
+                "rollout": {"num_frames": 9, "sink_ema_during_training": True}, "run": {"steps": 2}}
+    trainer = build_stage(make_cfg(tmp_path / "later", **sections), progress=False)
+    video, prompts = trainer.data.next("cpu")
+    torch.manual_seed(3)
+    loss = trainer.loss(video, prompts)
+    torch.manual_seed(3)
+    B = video.shape[0]
+    torch.rand(B)  # later_windows: which clips are later windows (all, p = 1)
+    start = torch.randint(1, 15 - 9 + 1, (B,))
+    window = torch.stack([video[b, start[b]:start[b] + 9] for b in range(B)])
+    sigma = shift_sigma(torch.rand(B, 3), trainer.cfg.stage.teacher_shift)
+    eps = torch.randn_like(window)
+    torch.rand(B)  # drop_prompts (text_dropout 0: none dropped)
+    per_frame = sigma.repeat_interleave(3, dim=1)[..., None, None, None]
+    with torch.no_grad():
+        v = teacher_forced_flow(trainer.student, trainer.student.cross_kv(trainer.text.encode(prompts)),
+                                (1 - per_frame) * window + per_frame * eps, sigma, window, trainer.policy,
+                                trainer.cfg.sampler.num_train_timesteps)
+    want = ((v - (eps - window)) ** 2)[:, 3:].mean()
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-5, atol=1e-7)
+    _, metrics = run_stage(tmp_path / "later_run", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    with pytest.raises(ValueError, match="must exceed rollout.num_frames"):
+        build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": {"num_frames": 9}}), progress=False)
+
+
+def test_ode_stage_on_policy_pairs_store_the_students_context_and_train_on_it(pipeline, tmp_path):
+    root = pipeline[0]  # the ODE student stands in for the causal teacher and the rolling-out student
+    sections = {"stage": {"kind": "ode", "ode_teacher": "causal", "ode_attention": "cache", "ode_context": "student",
+                          "ode_pairs": 4, "ode_substeps": 4},
+                "model": {"teacher": str(root / "ode/export"), "student_init": str(root / "ode/export")},
+                "data": {"num_frames": 12}, "rollout": {"num_frames": 12, "sink_ema_during_training": True}}
+    trainer, metrics = run_stage(tmp_path / "onpolicy", **sections)
+    pairs = torch.load(tmp_path / "onpolicy/ode_pairs.pt", weights_only=True)
+    assert pairs["context"].shape == pairs["x0"].shape == (4, 12, 3, 8, 8)
+    assert not torch.allclose(pairs["context"], pairs["x0"], atol=1e-3)  # 4-step student vs the 4-substep ODE
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    with pytest.raises(ConfigError, match="needs model.student_init"):
+        make_cfg(tmp_path / "bad", **{**sections, "model": {"teacher": str(root / "ode/export")}})
+    with pytest.raises(ConfigError, match="needs ode_teacher"):
+        make_cfg(tmp_path / "bad", **{**sections, "stage": {**sections["stage"], "ode_attention": "block_causal"}})
+
+
 def test_regress_stage_needs_a_prompt_determined_world_and_trains_on_one(pipeline, tmp_path):
     root = pipeline[0]
     world = {"num_frames": 9, "phase": "fixed", "speed_min": 1.0, "speed_max": 1.0}

@@ -110,6 +110,16 @@ class StageSection:
                      positions, as CausVid's ODE init) or "cache" (the inference cache, rollout.cache with the
                      rollout's training sink, teacher-forced with the teacher's clean chunks: evictions and the
                      sink happen as at inference).
+    ode_context:     whose chunks the causal teacher continues from when it makes a pair (ode_teacher "causal"):
+                     "teacher" (its own, as it would stream) or "student" (model.student_init's, generated from
+                     the same chunk noise through its own cache: on-policy pairs, so the regressed student learns
+                     the teacher's next chunk from the contexts it makes itself when streaming; the pairs then
+                     store that context, and ode_attention "cache" writes it into the cache).
+    forcing_later_windows: forcing stage: the fraction of clips that are a later window of the stream. Clips are
+                     then data.num_frames long (> rollout.num_frames) and a clip is trained on frames [0, R)
+                     (R = rollout.num_frames) or, with this probability, on [s, s + R), s ~ U{1..F - R}, whose
+                     first chunk is context only (no loss: where a later window starts is chance the prompt
+                     does not tell, train/stages/forcing.py). 0 (default): every clip from frame 0.
     regress_context: regress stage: the context passes write the world's video ("video") or the student's
                      own x0 ("own").
     """
@@ -123,6 +133,8 @@ class StageSection:
     ode_pairs_path: str | None = None
     ode_teacher: Literal["bidirectional", "causal"] = "bidirectional"
     ode_attention: Literal["block_causal", "cache"] = "block_causal"
+    ode_context: Literal["teacher", "student"] = "teacher"
+    forcing_later_windows: float = 0.0
     regress_context: Literal["video", "own"] = "video"
 
     def __post_init__(self) -> None:
@@ -131,6 +143,11 @@ class StageSection:
         _require(self.ode_pairs >= 1, "stage.ode_pairs", f"must be >= 1, got {self.ode_pairs}")
         _require(self.ode_substeps >= 1, "stage.ode_substeps", f"must be >= 1, got {self.ode_substeps}")
         _require(self.ode_guidance_scale >= 0, "stage.ode_guidance_scale", "must be >= 0")
+        _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
+                 f"must lie in [0, 1], got {self.forcing_later_windows}")
+        _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),
+                 "stage.ode_context", "\"student\" needs ode_teacher \"causal\" and ode_attention \"cache\" (the "
+                 f"student's chunks are a streaming context), got {self.ode_teacher!r} / {self.ode_attention!r}")
 
 
 @dataclass(frozen=True)
@@ -318,6 +335,9 @@ class TrainConfig:
         n = self.sampler.num_train_timesteps
         _require(self.dmd.max_t <= n, "dmd.min_t/max_t",
                  f"need max_t <= sampler.num_train_timesteps={n}, got {self.dmd.max_t}")
+        _require(self.stage.kind != "ode" or self.stage.ode_context == "teacher" or bool(self.model.student_init),
+                 "stage.ode_context", "\"student\" needs model.student_init: the student whose chunks the teacher "
+                 "continues from")
 
 
 # Keys that belong to another section and are easy to misplace; the error says where they go.

@@ -109,7 +109,7 @@ def evaluate(model_dir: str, kind: str, n: int, height: int, width: int, frames:
                                    24, guidance)
         elif kind == "causal":  # a causal teacher (stage forcing), streamed with the inference cache
             policy = training_policy(RolloutSection(num_frames=frames, sink_ema_during_training=True))
-            _, video = causal_teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise,
+            _, video, _ = causal_teacher_ode(dit, text.encode(prompts), text.encode([""] * len(prompts)), noise,
                                           policy, sampler, 24, guidance)
         else:
             policy = training_policy(RolloutSection(num_frames=frames))

@@ -16,6 +16,12 @@ Sampled with many ODE steps it commits to a speed through its noise; the 4-step 
 its ODE pairs (stage ode, ode_teacher causal). Regressing the 4 sampler steps' x0 directly on the world (the
 first version of this stage) cannot commit: its chunk 0 is the mean over speeds, a smear that the next chunks
 continue as a band (measured, default_model.md).
+
+Later windows (stage.forcing_later_windows > 0): a stream continues from contexts anywhere in the world (a
+primed video, or its own chunks long after the start), but clips from frame 0 only ever show the prompt's start.
+So that fraction of clips is a window [s, s + R) of a longer clip (s ~ U{1..F - R}), and its first chunk is
+context only: its content is the chance of where the window starts, which the prompt does not tell (a loss on
+it would learn the mean over starts, the smear above). Every other chunk of it is trained as usual.
 """
 from __future__ import annotations
 
@@ -30,13 +36,34 @@ from train.stages.teacher import drop_prompts
 from train.stages.world_student import WorldStudentTrainer
 
 
+def later_windows(video: torch.Tensor, frames: int, chunk: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips [B, F, ...] -> (windows [B, frames, ...], per-chunk loss weights [B, frames // chunk]): each clip's
+    frames [0, frames) (all weights 1) or, with probability p, [s, s + frames) with s ~ U{1..F - frames} and
+    weight 0 on its first chunk (context only). Draws from the torch RNG."""
+    B, n_f = video.shape[:2]
+    later = torch.rand(B) < p
+    start = torch.where(later, torch.randint(1, n_f - frames + 1, (B,)), 0)
+    index = (start[:, None] + torch.arange(frames)[None]).to(video.device)
+    windows = video[torch.arange(B, device=video.device)[:, None], index]
+    weights = torch.ones(B, frames // chunk, device=video.device)
+    weights[later.to(video.device), 0] = 0.0
+    return windows, weights
+
+
 class ForcingTrainer(WorldStudentTrainer):
     """model.student_init: the causal model to start from (its text encoder stays frozen)."""
 
+    def longer_clips(self) -> bool:
+        return self.cfg.stage.forcing_later_windows > 0
+
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Flow-matching loss of video [B, F, 3, H, W] in [-1, 1], every chunk at its own sigma, clean context."""
-        B, n_f = video.shape[:2]
         chunk = self.policy.chunk_frames * self.student.config.patch_size[0]
+        weights = None
+        if self.longer_clips():
+            video, weights = later_windows(video, self.cfg.rollout.num_frames, chunk,
+                                           self.cfg.stage.forcing_later_windows)
+        B, n_f = video.shape[:2]
         sigma = shift_sigma(torch.rand(B, n_f // chunk, device=video.device), self.cfg.stage.teacher_shift)
         eps = torch.randn_like(video)
         per_frame = sigma.repeat_interleave(chunk, dim=1)[..., None, None, None]
@@ -45,4 +72,7 @@ class ForcingTrainer(WorldStudentTrainer):
         with autocast(self.cfg, self.info):
             v = teacher_forced_flow(self.student, self.student.cross_kv(text), noisy, sigma, video, self.policy,
                                     self.cfg.sampler.num_train_timesteps)
-        return flow_matching_loss(v.float(), video, eps)
+        if weights is None:
+            return flow_matching_loss(v.float(), video, eps)
+        per_chunk = ((v.float() - (eps - video)) ** 2).unflatten(1, (n_f // chunk, chunk)).mean((2, 3, 4, 5))
+        return (per_chunk * weights).sum() / weights.sum()

@@ -27,7 +27,7 @@ import torch
 
 from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
-from rfrt.runtime import ChunkPlan, TorchForward
+from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
 from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 
@@ -76,22 +76,36 @@ def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor,
 
 @torch.no_grad()
 def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
-                       policy: CachePolicy, sampler: SamplerConfig, substeps: int,
-                       guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       policy: CachePolicy, sampler: SamplerConfig, substeps: int, guidance: float,
+                       student: CausalWanDiT | None = None, student_sampler: SamplerConfig | None = None,
+                       gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`teacher_ode` for a causal teacher (stage forcing): chunk by chunk through the inference cache, each
-    chunk's Euler ODE from its noise to x0 on the clean context of the teacher's own earlier chunks (their
-    context passes), as the teacher would stream. CFG runs the conditional and unconditional halves as one batch
-    of 2B (each half its own cache rows). Same returns as `teacher_ode`."""
+    chunk's Euler ODE from its noise to x0 on the clean context of the earlier chunks (their context passes).
+    CFG runs the conditional and unconditional halves as one batch of 2B (each half its own cache rows).
+
+    The earlier chunks are the teacher's own (as it would stream), or with `student` the student's: it samples
+    each chunk from the same noise with `student_sampler` (renoise draws from `gen`) through its own cache, and
+    its chunk, not the teacher's, is what both caches then hold (on-policy pairs, stage.ode_context "student").
+    Returns (states [B, K, F, C, H, W] at the K warped sigmas, the teacher's x0, the context video: the chunks
+    the cache held, x0 itself without a student).
+    """
     grid, where = ode_grid(sampler, substeps)
     cfg = teacher.config
     B, n_f, C, H, W = noise.shape
     chunk = policy.chunk_frames * cfg.patch_size[0]
-    plan = ChunkPlan.build(sampler, (2 * B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
     layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=2 * B)
+    plan = ChunkPlan.build(sampler, (2 * B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
     forward = TorchForward(teacher, ReferenceCache(layout, compute_dtype=torch.float32))
     forward.set_text(teacher.cross_kv(torch.cat([text, uncond])))
+    if student is not None:
+        s_plan = ChunkPlan.build(student_sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype,
+                                 noise.device)
+        s_layout = CacheLayout.for_model(student.config, policy, H // cfg.patch_size[1], W // cfg.patch_size[2],
+                                         batch=B)
+        s_forward = TorchForward(student, ReferenceCache(s_layout, compute_dtype=torch.float32))
+        s_forward.set_text(student.cross_kv(text))
     record = set(where.tolist())
-    states, out = [], []
+    states, out, context = [], [], []
     for c in range(n_f // chunk):
         forward.begin_chunk()
         x, chunk_states = noise[:, c * chunk:(c + 1) * chunk], []
@@ -102,10 +116,16 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
                            device=noise.device)
             v = forward(torch.cat([x, x]), t)
             x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[:B], v[B:], guidance)
-        context_pass(forward, torch.cat([x, x]), plan)
+        seen = x
+        if student is not None:
+            first = noise[:, c * chunk:(c + 1) * chunk]
+            draws = [first] + [torch.randn(first.shape, generator=gen).to(first) for _ in range(s_plan.num_steps - 1)]
+            seen = sample_chunk(s_forward, draws, s_plan)  # its context pass writes it into the student's cache
+        context_pass(forward, torch.cat([seen, seen]), plan)
         states.append(torch.stack(chunk_states, dim=1))
         out.append(x)
-    return torch.cat(states, dim=2), torch.cat(out, dim=1)
+        context.append(seen)
+    return torch.cat(states, dim=2), torch.cat(out, dim=1), torch.cat(context, dim=1)
 
 
 class ODETrainer(StageTrainer):
@@ -117,9 +137,9 @@ class ODETrainer(StageTrainer):
         teacher = frozen(load_dit(self.teacher_dir, "model.teacher")).to(dev)
         self.text = frozen(load_text(self.teacher_dir, "model.teacher"))
         self.sampler = cfg.sampler
-        self.pairs = self._pairs(teacher)
         init = cfg.model.student_init or self.teacher_dir
         self.student = load_dit(init, "model.student_init").to(dev).train()
+        self.pairs = self._pairs(teacher)
         shard_trained(self.student, cfg, self.info.world_size, dev)
         self.params = list(self.student.parameters())
         self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
@@ -133,20 +153,29 @@ class ODETrainer(StageTrainer):
             world = world_of(d, num_frames=self.cfg.rollout.num_frames, seed=d.seed + 7919)
             prompts = [world[i][1] for i in range(st.ode_pairs)]
             gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
-            states, x0s = [], []
+            policy = training_policy(self.cfg.rollout)
+            student = self.student.eval() if st.ode_context == "student" else None
+            states, x0s, contexts = [], [], []
             for i in range(0, st.ode_pairs, 16):
                 batch = prompts[i:i + 16]
                 noise = torch.randn(len(batch), self.cfg.rollout.num_frames, 3, d.height, d.width, generator=gen)
                 text, uncond = self.text.encode(batch), self.text.encode([""] * len(batch))
                 if st.ode_teacher == "causal":
-                    s, x0 = causal_teacher_ode(teacher, text, uncond, noise, training_policy(self.cfg.rollout),
-                                               self.sampler, st.ode_substeps, st.ode_guidance_scale)
+                    s, x0, ctx = causal_teacher_ode(teacher, text, uncond, noise, policy, self.sampler,
+                                                    st.ode_substeps, st.ode_guidance_scale, student, self.sampler,
+                                                    gen)
                 else:
                     s, x0 = teacher_ode(teacher, text, uncond, noise, self.sampler, st.ode_substeps,
                                         st.ode_guidance_scale)
+                    ctx = x0
                 states.append(s.cpu())
                 x0s.append(x0.cpu())
-            atomic_torch_save({"prompts": prompts, "states": torch.cat(states), "x0": torch.cat(x0s)}, path)
+                contexts.append(ctx.cpu())
+            self.student.train()
+            pairs = {"prompts": prompts, "states": torch.cat(states), "x0": torch.cat(x0s)}
+            if student is not None:  # without one the context is x0 itself: not stored twice
+                pairs["context"] = torch.cat(contexts)
+            atomic_torch_save(pairs, path)
         barrier(self.info)
         pairs = torch.load(path, weights_only=True)
         pairs["text"] = self.text.encode(pairs["prompts"]).detach()
@@ -176,6 +205,7 @@ class ODETrainer(StageTrainer):
         """ode_attention "cache": the regression chunk by chunk through the inference cache (module docstring)."""
         dev, chunk = self.info.device, self.cfg.rollout.cache.chunk_frames * self.student.config.patch_size[0]
         states, x0 = self.pairs["states"][idx].to(dev), self.pairs["x0"][idx].to(dev)
+        seen = self.pairs["context"][idx].to(dev) if "context" in self.pairs else x0  # what the cache holds
         B, K, n_f = states.shape[:3]
         k = torch.randint(0, K, (B, n_f // chunk))  # one step per chunk and sample
         frames_k = k.repeat_interleave(chunk, dim=1)
@@ -183,7 +213,7 @@ class ODETrainer(StageTrainer):
         sig = warped_sigmas(self.sampler).to(dev)
         with autocast(self.cfg, self.info):
             v = teacher_forced_flow(self.student, self.student.cross_kv(self.pairs["text"][idx].to(dev)), x,
-                                    sig[k], x0, training_policy(self.cfg.rollout), self.sampler.num_train_timesteps)
+                                    sig[k], seen, training_policy(self.cfg.rollout), self.sampler.num_train_timesteps)
         pred = flow_to_x0(x, v.float(), sig[frames_k][..., None, None, None])
         return ((pred - x0) ** 2).mean()
 

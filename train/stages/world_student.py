@@ -22,9 +22,17 @@ from train.stages.rollout import training_policy
 class WorldStudentTrainer(StageTrainer):
     """model.student_init: the causal student to start from (its text encoder stays frozen)."""
 
+    def longer_clips(self) -> bool:
+        """Whether the stage trains on windows of data clips longer than the rollout (default: the whole clip)."""
+        return False
+
     def build(self) -> None:
         cfg, dev = self.cfg, self.info.device
-        if cfg.data.num_frames != cfg.rollout.num_frames:
+        if self.longer_clips():
+            if cfg.data.num_frames <= cfg.rollout.num_frames:
+                raise ValueError(f"data.num_frames ({cfg.data.num_frames}) must exceed rollout.num_frames "
+                                 f"({cfg.rollout.num_frames}): the stage trains on later windows of the clip")
+        elif cfg.data.num_frames != cfg.rollout.num_frames:
             raise ValueError(f"data.num_frames ({cfg.data.num_frames}) must equal rollout.num_frames "
                              f"({cfg.rollout.num_frames}): the stage trains on the whole clip")
         self.student = load_dit(cfg.model.student_init, "model.student_init").to(dev).train()
