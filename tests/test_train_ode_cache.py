@@ -172,3 +172,30 @@ def test_on_policy_pairs_continue_the_students_own_chunks():
     torch.testing.assert_close(x0, want_x0, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(x0[:, CHUNK:], _chunkwise_euler_oracle(teacher, text, uncond, noise, [], 4, 2.0)[1][:, CHUNK:],
                               atol=1e-3)  # the context matters: on its own chunks the teacher goes elsewhere
+
+
+@torch.no_grad()
+def test_primed_pairs_hold_the_given_video_then_continue_on_the_students_chunks():
+    """stage.ode_prime_fraction: the first chunks' context is the given video. The teacher's chunk c is still its
+    ODE on the context chunks 0..c-1, and the student's later chunks are its rollout teacher-forced on them."""
+    from train.stages.ode import causal_teacher_ode
+    from train.stages.rollout import rollout
+
+    teacher, student = _model(layers=2), _model(layers=2)
+    noise, text, uncond = _ode_inputs()
+    prime = torch.randn(2, CHUNK, 4, 4, 6, generator=torch.Generator().manual_seed(9))
+    policy = CachePolicy(sink_ema_alpha=1.0)
+    states, x0, context = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student,
+                                             SAMPLER, torch.Generator().manual_seed(5), prime)
+    torch.testing.assert_close(context[:, :CHUNK], prime)
+    g = torch.Generator().manual_seed(5)
+    forced = rollout(student, text, noise, policy, SAMPLER, context=context,
+                     fresh_noise=lambda x: torch.randn(x.shape, generator=g))
+    torch.testing.assert_close(context[:, CHUNK:], forced[:, CHUNK:], rtol=1e-4, atol=1e-4)
+    want_states, want_x0 = _chunkwise_euler_oracle(teacher, text, uncond, noise, _chunks(context), 4, 2.0)
+    torch.testing.assert_close(states, want_states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x0, want_x0, rtol=1e-4, atol=1e-4)
+    unprimed = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student, SAMPLER,
+                                  torch.Generator().manual_seed(5))[1]
+    torch.testing.assert_close(x0[:, :CHUNK], unprimed[:, :CHUNK])  # chunk 0 has no context either way
+    assert not torch.allclose(x0[:, CHUNK:], unprimed[:, CHUNK:], atol=1e-3)

@@ -15,6 +15,7 @@ from rfrt.models import BlockCausalAttention
 from rfrt.sampling import flow_to_x0, renoise, timestep_tensor, warped_sigmas, warped_timesteps
 from train.config import ConfigError, load_config
 from train.stages import build_stage
+from train.data.synthetic_world import world_of
 from train.stages.common import DistInfo, dit_config, init_dit
 from train.stages.dmd import generator_loss
 from train.stages.rollout import rollout, training_policy
@@ -191,6 +192,12 @@ def test_ode_stage_on_policy_pairs_store_the_students_context_and_train_on_it(pi
     assert pairs["context"].shape == pairs["x0"].shape == (4, 12, 3, 8, 8)
     assert not torch.allclose(pairs["context"], pairs["x0"], atol=1e-3)  # 4-step student vs the 4-substep ODE
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    primed = {**sections, "stage": {**sections["stage"], "ode_prime_fraction": 1.0, "ode_prime_chunks": 2}}
+    run_stage(tmp_path / "primed", **primed)
+    pairs = torch.load(tmp_path / "primed/ode_pairs.pt", weights_only=True)
+    scenes = world_of(make_cfg(tmp_path / "x", **primed).data, num_frames=12, seed=7919, max_start_frame=32)
+    n = next(k for k in (6, 3) if all(torch.allclose(pairs["context"][j, :k], scenes[j][0][:k]) for j in range(4)))
+    assert not torch.allclose(pairs["context"][:, n:n + 3], torch.stack([scenes[j][0][n:n + 3] for j in range(4)]))
     with pytest.raises(ConfigError, match="needs model.student_init"):
         make_cfg(tmp_path / "bad", **{**sections, "model": {"teacher": str(root / "ode/export")}})
     with pytest.raises(ConfigError, match="needs ode_teacher"):

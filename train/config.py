@@ -115,6 +115,10 @@ class StageSection:
                      the same chunk noise through its own cache: on-policy pairs, so the regressed student learns
                      the teacher's next chunk from the contexts it makes itself when streaming; the pairs then
                      store that context, and ode_attention "cache" writes it into the cache).
+    ode_prime_fraction: the fraction of pair batches (16 pairs each, ode_teacher "causal") whose first
+                     chunks' context is the world's own video of the same scene from a later stream frame
+                     (U{0..ode_prime_max_start}), as when a stream is primed from a video; the number of primed
+                     chunks is U{1..ode_prime_chunks} per batch. 0 (default): none.
     forcing_later_windows: forcing stage: the fraction of clips that are a later window of the stream. Clips are
                      then data.num_frames long (> rollout.num_frames) and a clip is trained on frames [0, R)
                      (R = rollout.num_frames) or, with this probability, on [s, s + R), s ~ U{1..F - R}, whose
@@ -134,6 +138,9 @@ class StageSection:
     ode_teacher: Literal["bidirectional", "causal"] = "bidirectional"
     ode_attention: Literal["block_causal", "cache"] = "block_causal"
     ode_context: Literal["teacher", "student"] = "teacher"
+    ode_prime_fraction: float = 0.0
+    ode_prime_chunks: int = 4
+    ode_prime_max_start: int = 32
     forcing_later_windows: float = 0.0
     regress_context: Literal["video", "own"] = "video"
 
@@ -143,6 +150,12 @@ class StageSection:
         _require(self.ode_pairs >= 1, "stage.ode_pairs", f"must be >= 1, got {self.ode_pairs}")
         _require(self.ode_substeps >= 1, "stage.ode_substeps", f"must be >= 1, got {self.ode_substeps}")
         _require(self.ode_guidance_scale >= 0, "stage.ode_guidance_scale", "must be >= 0")
+        _require(0.0 <= self.ode_prime_fraction <= 1.0, "stage.ode_prime_fraction",
+                 f"must lie in [0, 1], got {self.ode_prime_fraction}")
+        _require(self.ode_prime_chunks >= 1 and self.ode_prime_max_start >= 0, "stage.ode_prime_chunks/max_start",
+                 f"need >= 1 and >= 0, got {self.ode_prime_chunks} / {self.ode_prime_max_start}")
+        _require(self.ode_prime_fraction == 0 or self.ode_teacher == "causal", "stage.ode_prime_fraction",
+                 "priming the pairs needs ode_teacher \"causal\" (a streaming context)")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
         _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),

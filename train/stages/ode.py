@@ -78,7 +78,8 @@ def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor,
 def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
                        policy: CachePolicy, sampler: SamplerConfig, substeps: int, guidance: float,
                        student: CausalWanDiT | None = None, student_sampler: SamplerConfig | None = None,
-                       gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       gen: torch.Generator | None = None,
+                       prime: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`teacher_ode` for a causal teacher (stage forcing): chunk by chunk through the inference cache, each
     chunk's Euler ODE from its noise to x0 on the clean context of the earlier chunks (their context passes).
     CFG runs the conditional and unconditional halves as one batch of 2B (each half its own cache rows).
@@ -86,6 +87,8 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
     The earlier chunks are the teacher's own (as it would stream), or with `student` the student's: it samples
     each chunk from the same noise with `student_sampler` (renoise draws from `gen`) through its own cache, and
     its chunk, not the teacher's, is what both caches then hold (on-policy pairs, stage.ode_context "student").
+    `prime` [B, P, C, H, W] (P a multiple of the chunk): the first P frames' context is that video instead (the
+    world's own frames, a primed stream: stage.ode_prime_fraction); every chunk still gets its pair.
     Returns (states [B, K, F, C, H, W] at the K warped sigmas, the teacher's x0, the context video: the chunks
     the cache held, x0 itself without a student).
     """
@@ -117,10 +120,14 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
             v = forward(torch.cat([x, x]), t)
             x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[:B], v[B:], guidance)
         seen = x
-        if student is not None:
+        if student is not None:  # sampled even where primed, so its noise draws do not depend on the prime
             first = noise[:, c * chunk:(c + 1) * chunk]
             draws = [first] + [torch.randn(first.shape, generator=gen).to(first) for _ in range(s_plan.num_steps - 1)]
-            seen = sample_chunk(s_forward, draws, s_plan)  # its context pass writes it into the student's cache
+            seen = sample_chunk(s_forward, draws, s_plan, context=False)
+        if prime is not None and c < prime.shape[1] // chunk:
+            seen = prime[:, c * chunk:(c + 1) * chunk].to(x)
+        if student is not None:
+            context_pass(s_forward, seen, s_plan)
         context_pass(forward, torch.cat([seen, seen]), plan)
         states.append(torch.stack(chunk_states, dim=1))
         out.append(x)
@@ -151,6 +158,10 @@ class ODETrainer(StageTrainer):
         if self.info.is_main and not path.is_file():
             d = self.cfg.data
             world = world_of(d, num_frames=self.cfg.rollout.num_frames, seed=d.seed + 7919)
+            # the same scenes (a scene's start frame is its last draw), shown from a later stream frame
+            later = world_of(d, num_frames=self.cfg.rollout.num_frames, seed=d.seed + 7919,
+                             max_start_frame=st.ode_prime_max_start)
+            chunk = self.cfg.rollout.cache.chunk_frames * teacher.config.patch_size[0]
             prompts = [world[i][1] for i in range(st.ode_pairs)]
             gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
             policy = training_policy(self.cfg.rollout)
@@ -160,10 +171,14 @@ class ODETrainer(StageTrainer):
                 batch = prompts[i:i + 16]
                 noise = torch.randn(len(batch), self.cfg.rollout.num_frames, 3, d.height, d.width, generator=gen)
                 text, uncond = self.text.encode(batch), self.text.encode([""] * len(batch))
+                prime = None
+                if st.ode_prime_fraction > 0 and torch.rand(1, generator=gen).item() < st.ode_prime_fraction:
+                    n = int(torch.randint(1, st.ode_prime_chunks + 1, (1,), generator=gen)) * chunk
+                    prime = torch.stack([later[j][0][:n] for j in range(i, i + len(batch))])
                 if st.ode_teacher == "causal":
                     s, x0, ctx = causal_teacher_ode(teacher, text, uncond, noise, policy, self.sampler,
                                                     st.ode_substeps, st.ode_guidance_scale, student, self.sampler,
-                                                    gen)
+                                                    gen, prime)
                 else:
                     s, x0 = teacher_ode(teacher, text, uncond, noise, self.sampler, st.ode_substeps,
                                         st.ode_guidance_scale)
@@ -173,7 +188,7 @@ class ODETrainer(StageTrainer):
                 contexts.append(ctx.cpu())
             self.student.train()
             pairs = {"prompts": prompts, "states": torch.cat(states), "x0": torch.cat(x0s)}
-            if student is not None:  # without one the context is x0 itself: not stored twice
+            if student is not None or st.ode_prime_fraction > 0:  # else it is x0 itself: not stored twice
                 pairs["context"] = torch.cat(contexts)
             atomic_torch_save(pairs, path)
         barrier(self.info)
