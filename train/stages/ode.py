@@ -90,7 +90,7 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
     `prime` [B, P, C, H, W] (P a multiple of the chunk): the first P frames' context is that video instead (the
     world's own frames, a primed stream: stage.ode_prime_fraction); every chunk still gets its pair.
     Returns (states [B, K, F, C, H, W] at the K warped sigmas, the teacher's x0, the context video: the chunks
-    the cache held, x0 itself without a student).
+    the cache held: x0 itself without a student or a prime).
     """
     grid, where = ode_grid(sampler, substeps)
     cfg = teacher.config
