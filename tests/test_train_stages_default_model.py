@@ -39,7 +39,9 @@ def test_default_model_streams_what_the_prompt_says():
         frames = torch.cat([gen.step().video for _ in range(3)])
         assert frames.shape == video.shape and torch.isfinite(frames).all()
         rows.append(scene_scores(frames.float().clamp(-1, 1), world.scene(i)))
-    m = summarise(rows)  # measured (issue 12 student): 1.0 / 0.94 / 1.03 px / 1.0 (n=8); ec20772: 0.66 px
+    # measured (issue 12 on-policy student): 1.0 / 0.94 / 0.92 px / 1.0 (n=8); the ODE init before it
+    # 1.0 / 0.94 / 1.03 px / 1.0; ec20772: 0.66 px
+    m = summarise(rows)
     assert m["background_ok"] >= 0.9, m
     assert m["object_ok"] >= 0.6 and m["position_err"] <= 2.5, m
     assert m["direction_ok_n"] >= 4 and m["direction_ok"] >= 0.6, m
