@@ -5,7 +5,8 @@
 #   bash train/claims_default.sh [OUT_DIR=runs/claims] [JOBS=1]
 # The sink, alpha and bf16 arms stream the full student (S) with another sink or precision (bf16: the student in
 # bfloat16 with the reference's rounding of the EMA sink, "cache", or the fp32 accumulator); the other arms are
-# other students (DMD variants, the ODE init = the shipped default model, the previous default model).
+# other students (DMD variants, the ODE init shipped before, the on-policy student = the shipped default model
+# with its own sink and bf16 arms, the previous default model).
 set -euo pipefail
 OUT=${1:-runs/claims}; JOBS=${2:-1}; S=runs/default/redmd/export
 mkdir -p "$OUT"
@@ -22,8 +23,12 @@ ARMS=(
   "i_b5|Re-DMD beta 5|runs/default/redmd_b5/export:0.999"
   "j_bf16cache|bf16 model, sink_precision cache (reference rounding)|$S:0.999:cache:bf16"
   "j_bf16fp32|bf16 model, fp32 sink accumulator|$S:0.999:fp32:bf16"
-  "k_ode|ODE init (no DMD) = the shipped default model, EMA sink 0.999|runs/default/ode/export:0.999"
-  "l_ship_nosink|the shipped default model, no sink|runs/default/ode/export:0.0"
+  "k_ode|ODE init (no DMD; the default model shipped before), EMA sink 0.999|runs/default/ode/export:0.999"
+  "l_ship_nosink|the ODE init, no sink|runs/default/ode/export:0.0"
+  "m_onpolicy|on-policy student (the shipped default model), EMA sink 0.999|runs/default/onpolicy/export:0.999"
+  "n_onpolicy_nosink|the shipped default model, no sink|runs/default/onpolicy/export:0.0"
+  "o_onpolicy_bf16cache|the shipped default model in bf16, sink_precision cache|runs/default/onpolicy/export:0.999:cache:bf16"
+  "o_onpolicy_bf16fp32|the shipped default model in bf16, fp32 sink accumulator|runs/default/onpolicy/export:0.999:fp32:bf16"
   "z_prev|previous default model (ec20772)|runs/init/python/rfrt/default_model:0.999"
 )
 run_arm() {  # FILE NAME SPEC
