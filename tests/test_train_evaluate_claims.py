@@ -61,3 +61,18 @@ def test_motion_metrics_of_true_and_frozen_long_streams():
     frozen = truth[:, :1].expand_as(truth)
     for r in per_stream_metrics(frozen, 3, MotionReward(), scenes):
         assert r["stall"] == 0 and abs(r["speed"]) < 1e-6 and r["in_range"] == 0.0 and r["copy"] == 1.0
+
+
+def test_arm_specs_parse_with_labels_that_hold_an_equals_sign():
+    import pytest
+    import torch
+
+    from train.evaluate_claims import parse_arm
+
+    assert parse_arm("ODE init = the shipped model=runs/x/export:0.999") == (
+        "ODE init = the shipped model", "runs/x/export", 0.999, "fp32", torch.float32)
+    assert parse_arm("b=runs/y:0.5:cache:bf16") == ("b", "runs/y", 0.5, "cache", torch.bfloat16)
+    for bad, why in (("runs/y:0.5", "expected NAME="), ("a=runs/y", "expected NAME="), ("a=runs/y:x", "not a number"),
+                     ("a=runs/y:0.5:cache:fp16", "not one of"), ("a=runs/y:0.5:", "expected NAME=")):
+        with pytest.raises(ValueError, match=why):
+            parse_arm(bad)

@@ -188,6 +188,25 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_arm(text: str) -> tuple[str, str, float, str, torch.dtype]:
+    """"NAME=STUDENT_DIR:ALPHA[:SINK_PRECISION[:fp32|bf16]]" -> (name, dir, alpha, precision, dtype). The name is
+    everything before the last "=", so an arm's label may hold one ("ODE init = the shipped model")."""
+    usage = f"--arm {text!r}: expected NAME=STUDENT_DIR:ALPHA[:SINK_PRECISION[:fp32|bf16]]"
+    name, _, spec = text.rpartition("=")
+    fields = spec.split(":")
+    if not name.strip() or not 2 <= len(fields) <= 4 or "" in fields:
+        raise ValueError(usage)
+    try:
+        alpha = float(fields[1])
+    except ValueError:
+        raise ValueError(f"{usage}; ALPHA {fields[1]!r} is not a number") from None
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    dtype = fields[3] if len(fields) > 3 else "fp32"
+    if dtype not in dtypes:
+        raise ValueError(f"{usage}; DTYPE {dtype!r} is not one of {sorted(dtypes)}")
+    return name.strip(), fields[0], alpha, fields[2] if len(fields) > 2 else "fp32", dtypes[dtype]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -212,13 +231,10 @@ def main() -> int:
         return 0
     if args.chunks < 15:
         raise SystemExit("--chunks must be >= 15 (10 late chunks are compared with chunk 0)")
-    name, _, spec = args.arm.partition("=")
-    fields = spec.split(":")
-    if not name or not 2 <= len(fields) <= 4 or fields[-1] == "":
-        raise SystemExit(f"--arm {args.arm!r}: expected NAME=STUDENT_DIR:ALPHA[:SINK_PRECISION[:fp32|bf16]]")
-    model_dir, alpha = fields[0], float(fields[1])
-    precision = fields[2] if len(fields) > 2 else "fp32"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[fields[3] if len(fields) > 3 else "fp32"]
+    try:
+        name, model_dir, alpha, precision, dtype = parse_arm(args.arm)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     torch.set_num_threads(1)
     world = SyntheticWorld(args.size[0], args.size[1], 9, 1, args.world_seed, "canonical")
     scenes = [world.scene(i) for i in range(args.prompts)]
