@@ -28,13 +28,9 @@ TARGET = 1.10  # watched / alone per-chunk step time
 
 
 def test_twenty_viewers_keep_generation_speed(benchmark, tmp_path):
-    servers = harness.serve_tiny_model(tmp_path)
-    proc, port = next(servers)
-    try:
+    with harness.serve_tiny_model(tmp_path) as (proc, port):
         res = benchmark.pedantic(lambda: asyncio.run(harness.load_phases(port, proc.pid, REPS)), rounds=1,
                                  iterations=1)
-    finally:
-        next(servers, None)  # stops the server
     res["stalled"].close()
     base, loaded = statistics.median(res["alone"]), statistics.median(res["watched"])
     benchmark.extra_info.update(config="tiny model, 32x32, unpaced, 1 thread", viewers=harness.VIEWERS, reps=REPS,

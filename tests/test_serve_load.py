@@ -6,6 +6,7 @@ Generation speed with 20 viewers against none is a speed target, so it is checke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -30,9 +31,11 @@ QUEUE = 8
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve_tiny_model(tmp_path_factory.mktemp("serve-load"))
+    with serve_tiny_model(tmp_path_factory.mktemp("serve-load")) as proc_port:
+        yield proc_port
 
 
+@contextlib.contextmanager
 def serve_tiny_model(root: Path):
     """Start `python -m rfrt.serve` on a tiny model under `root`, unpaced; yield (process, port), then stop it."""
     model = write_model_dir(root / "model", size=SIZE)
@@ -53,9 +56,11 @@ def serve_tiny_model(root: Path):
     # drain the log so a full pipe never blocks the server
     import threading
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    yield proc, port
-    proc.terminate()
-    proc.wait(timeout=60)
+    try:
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 async def _status(http, port) -> dict:

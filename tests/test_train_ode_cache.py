@@ -163,7 +163,7 @@ def test_on_policy_pairs_continue_the_students_own_chunks():
     noise, text, uncond = _ode_inputs()
     policy = CachePolicy(sink_ema_alpha=1.0)
     states, x0, context = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student,
-                                             SAMPLER, torch.Generator().manual_seed(5))
+                                             torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(5)
     own = rollout(student, text, noise, policy, SAMPLER, fresh_noise=lambda x: torch.randn(x.shape, generator=g))
     torch.testing.assert_close(context, own, rtol=1e-4, atol=1e-4)
@@ -186,7 +186,7 @@ def test_primed_pairs_hold_the_given_video_then_continue_on_the_students_chunks(
     prime = torch.randn(2, CHUNK, 4, 4, 6, generator=torch.Generator().manual_seed(9))
     policy = CachePolicy(sink_ema_alpha=1.0)
     states, x0, context = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student,
-                                             SAMPLER, torch.Generator().manual_seed(5), prime)
+                                             torch.Generator().manual_seed(5), prime)
     torch.testing.assert_close(context[:, :CHUNK], prime)
     g = torch.Generator().manual_seed(5)
     forced = rollout(student, text, noise, policy, SAMPLER, context=context,
@@ -195,7 +195,7 @@ def test_primed_pairs_hold_the_given_video_then_continue_on_the_students_chunks(
     want_states, want_x0 = _chunkwise_euler_oracle(teacher, text, uncond, noise, _chunks(context), 4, 2.0)
     torch.testing.assert_close(states, want_states, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x0, want_x0, rtol=1e-4, atol=1e-4)
-    unprimed = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student, SAMPLER,
+    unprimed = causal_teacher_ode(teacher, text, uncond, noise, policy, SAMPLER, 4, 2.0, student,
                                   torch.Generator().manual_seed(5))[1]
     torch.testing.assert_close(x0[:, :CHUNK], unprimed[:, :CHUNK])  # chunk 0 has no context either way
     assert not torch.allclose(x0[:, CHUNK:], unprimed[:, CHUNK:], atol=1e-3)

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from rfrt.cache import CacheLayout, CachePolicy, ReferenceCache
+from rfrt.cache import CachePolicy
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
-from rfrt.runtime import ChunkPlan, TorchForward, sample_chunk
+from rfrt.runtime import ChunkPlan, sample_chunk
 from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 
@@ -38,7 +38,7 @@ from train.stages.base import StageTrainer
 from train.stages.common import (accumulate, autocast, barrier, checkpointed, frozen, load_dit, load_text,
                                  make_optimizer, optimizer_step)
 from train.stages.parallel import model_state, optimizer_state, shard_trained
-from train.stages.rollout import teacher_forced_flow, training_policy
+from train.stages.rollout import cache_forward, teacher_forced_flow, training_policy
 from train.stages.world_student import export_student
 
 
@@ -77,15 +77,14 @@ def teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor,
 @torch.no_grad()
 def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.Tensor, noise: torch.Tensor,
                        policy: CachePolicy, sampler: SamplerConfig, substeps: int, guidance: float,
-                       student: CausalWanDiT | None = None, student_sampler: SamplerConfig | None = None,
-                       gen: torch.Generator | None = None,
+                       student: CausalWanDiT | None = None, gen: torch.Generator | None = None,
                        prime: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`teacher_ode` for a causal teacher (stage forcing): chunk by chunk through the inference cache, each
     chunk's Euler ODE from its noise to x0 on the clean context of the earlier chunks (their context passes).
     CFG runs the conditional and unconditional halves as one batch of 2B (each half its own cache rows).
 
     The earlier chunks are the teacher's own (as it would stream), or with `student` the student's: it samples
-    each chunk from the same noise with `student_sampler` (renoise draws from `gen`) through its own cache, and
+    each chunk from the same noise with `sampler`'s few steps (renoise draws from `gen`) through its own cache, and
     its chunk, not the teacher's, is what both caches then hold (on-policy pairs, stage.ode_context "student").
     `prime` [B, P, C, H, W] (P a multiple of the chunk): the first P frames' context is that video instead (the
     world's own frames, a primed stream: stage.ode_prime_fraction); every chunk still gets its pair.
@@ -96,17 +95,11 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
     cfg = teacher.config
     B, n_f, C, H, W = noise.shape
     chunk = policy.chunk_frames * cfg.patch_size[0]
-    layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=2 * B)
     plan = ChunkPlan.build(sampler, (2 * B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
-    forward = TorchForward(teacher, ReferenceCache(layout, compute_dtype=torch.float32))
-    forward.set_text(teacher.cross_kv(torch.cat([text, uncond])))
+    forward = cache_forward(teacher, policy, 2 * B, H, W, teacher.cross_kv(torch.cat([text, uncond])))
     if student is not None:
-        s_plan = ChunkPlan.build(student_sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype,
-                                 noise.device)
-        s_layout = CacheLayout.for_model(student.config, policy, H // cfg.patch_size[1], W // cfg.patch_size[2],
-                                         batch=B)
-        s_forward = TorchForward(student, ReferenceCache(s_layout, compute_dtype=torch.float32))
-        s_forward.set_text(student.cross_kv(text))
+        s_plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
+        s_forward = cache_forward(student, policy, B, H, W, student.cross_kv(text))
     record = set(where.tolist())
     states, out, context = [], [], []
     for c in range(n_f // chunk):
@@ -177,8 +170,7 @@ class ODETrainer(StageTrainer):
                     prime = torch.stack([later[j][0][:n] for j in range(i, i + len(batch))])
                 if st.ode_teacher == "causal":
                     s, x0, ctx = causal_teacher_ode(teacher, text, uncond, noise, policy, self.sampler,
-                                                    st.ode_substeps, st.ode_guidance_scale, student, self.sampler,
-                                                    gen, prime)
+                                                    st.ode_substeps, st.ode_guidance_scale, student, gen, prime)
                 else:
                     s, x0 = teacher_ode(teacher, text, uncond, noise, self.sampler, st.ode_substeps,
                                         st.ode_guidance_scale)

@@ -37,6 +37,17 @@ def training_policy(r: RolloutSection) -> CachePolicy:
     return r.cache if r.sink_ema_during_training else dataclasses.replace(r.cache, sink_ema_alpha=1.0)
 
 
+def cache_forward(model: CausalWanDiT, policy: CachePolicy, batch: int, height: int, width: int,
+                  cross: CrossKV) -> TorchForward:
+    """The model's chunk forward over a fresh fp32 ReferenceCache of `policy` for `batch` streams of
+    height x width latents, its text set to `cross`: what every training-side chunk loop streams through."""
+    cfg = model.config
+    layout = CacheLayout.for_model(cfg, policy, height // cfg.patch_size[1], width // cfg.patch_size[2], batch=batch)
+    forward = TorchForward(model, ReferenceCache(layout, compute_dtype=torch.float32))
+    forward.set_text(cross)
+    return forward
+
+
 def draw_exit_step(num_steps: int, info: DistInfo) -> int:
     """Exit step in [0, num_steps): drawn from rank 0's torch RNG and broadcast to every rank."""
     k = int(torch.randint(0, num_steps, (1,)).item()) if info.is_main else 0
@@ -65,22 +76,18 @@ def rollout(model: CausalWanDiT, text: CrossKV | torch.Tensor, noise: torch.Tens
                context pass writes that video's chunk instead (teacher forcing on ground truth).
     Returns x0 [B, F, C, H, W].
     """
-    cfg = model.config
-    pt, ph, pw = cfg.patch_size
     B, n_frames, C, H, W = noise.shape
-    chunk = policy.chunk_frames * pt
+    chunk = policy.chunk_frames * model.config.patch_size[0]
     if n_frames % chunk:
         raise ValueError(f"rollout of {n_frames} frames is not a multiple of the chunk ({chunk} frames)")
     k_exit = sampler.num_steps - 1 if exit_step is None else exit_step
     if not 0 <= k_exit < sampler.num_steps:
         raise ValueError(f"exit_step {exit_step} outside [0, {sampler.num_steps})")
     plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
-    cache = ReferenceCache(CacheLayout.for_model(cfg, policy, H // ph, W // pw, batch=B), compute_dtype=torch.float32)
     if not isinstance(text, CrossKV):
         with torch.set_grad_enabled(grad):
             text = model.cross_kv(text)
-    forward = TorchForward(model, cache)
-    forward.set_text(text)
+    forward = cache_forward(model, policy, B, H, W, text)
     out = []
     for c in range(n_frames // chunk):
         x = noise[:, c * chunk:(c + 1) * chunk]
@@ -110,9 +117,7 @@ def teacher_forced_flow(student: CausalWanDiT, cross: CrossKV, noisy: torch.Tens
     chunk = policy.chunk_frames * cfg.patch_size[0]
     plan = ChunkPlan.build(SamplerConfig(num_train_timesteps=num_train_timesteps), (B, chunk, C, H, W),
                            policy.chunk_frames, noisy.dtype, noisy.device)
-    layout = CacheLayout.for_model(cfg, policy, H // cfg.patch_size[1], W // cfg.patch_size[2], batch=B)
-    forward = TorchForward(student, ReferenceCache(layout, compute_dtype=torch.float32))
-    forward.set_text(cross)
+    forward = cache_forward(student, policy, B, H, W, cross)
     flows = []
     for c in range(n_f // chunk):
         frames = slice(c * chunk, (c + 1) * chunk)
