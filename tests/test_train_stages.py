@@ -204,19 +204,6 @@ def test_ode_stage_on_policy_pairs_store_the_students_context_and_train_on_it(pi
         make_cfg(tmp_path / "bad", **{**sections, "stage": {**sections["stage"], "ode_attention": "block_causal"}})
 
 
-def test_regress_stage_needs_a_prompt_determined_world_and_trains_on_one(pipeline, tmp_path):
-    root = pipeline[0]
-    world = {"num_frames": 9, "phase": "fixed", "speed_min": 1.0, "speed_max": 1.0}
-    sections = {"stage": {"kind": "regress"}, "model": {"student_init": str(root / "ode/export")},
-                "data": world, "rollout": {"num_frames": 9}}
-    trainer, metrics = run_stage(tmp_path / "regress", **sections)
-    assert torch.isfinite(torch.tensor(metrics["loss"])) and 0 <= metrics["exit_step"] < 4
-    s0, s1 = dit_weights(root / "ode/export"), dit_weights(tmp_path / "regress/export")
-    assert max((s0[k] - s1[k]).abs().max().item() for k in s0) > 1e-4
-    with pytest.raises(ValueError, match="prompt-determined world"):
-        build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": {**world, "speed_max": 1.5}}), progress=False)
-
-
 def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
     root = pipeline[0]
     trainer, metrics = run_stage(tmp_path / "dmd", **dmd_sections(root))
@@ -526,16 +513,92 @@ def test_dmd_scores_a_window_of_a_longer_rollout(pipeline, tmp_path):
 
 
 def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
-    """The rollout-regression stage: loss finite, weights move, resume exact; a world with chance is refused."""
+    """The rollout-regression stage: loss finite, weights move; a world with chance is refused."""
     root = pipeline[0]
+    world = {"num_frames": 9, "phase": "fixed", "speed_min": 1.0, "speed_max": 1.0, "layout": "canonical"}
     sections = {"stage": {"kind": "regress"}, "model": {"student_init": str(root / "ode/export")},
-                "data": {"phase": "fixed", "speed_min": 1.0, "speed_max": 1.0, "layout": "canonical"}}
+                "data": world, "rollout": {"num_frames": 9}}
     trainer, metrics = run_stage(tmp_path / "reg", **sections)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    assert 0 <= metrics["exit_step"] < 4
     ode, student = dit_weights(root / "ode/export"), dit_weights(tmp_path / "reg/export")
     assert max((ode[k] - student[k]).abs().max().item() for k in ode) > 1e-5
-    with pytest.raises(ValueError, match="prompt-determined"):
-        run_stage(tmp_path / "bad", **{**sections, "data": {"phase": "random"}})
+    for data in ({**world, "speed_max": 1.5}, {**world, "phase": "random"}):
+        with pytest.raises(ValueError, match="prompt-determined"):
+            build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": data}), progress=False)
+
+
+def test_regress_continuation_is_the_rollouts_loss_past_the_context_frames(pipeline, tmp_path):
+    """stage.regress_context_frames 9 on a world with chance (random phase and speed): the loss is the mean
+    squared error of a teacher-forced rollout (the inference loop, same RNG draws) against the world's video
+    over frames 9.. only; too short a context is refused."""
+    root = pipeline[0]
+    sections = {"stage": {"kind": "regress", "regress_context_frames": 9},
+                "model": {"student_init": str(root / "ode/export")},
+                "data": {"num_frames": 15, "phase": "random", "speed_min": 0.5, "speed_max": 1.5},
+                "rollout": {"num_frames": 15, "sink_ema_during_training": True}}
+    trainer = build_stage(make_cfg(tmp_path / "cont", **sections), progress=False)
+    video, prompts = trainer.data.next("cpu")
+    torch.manual_seed(5)
+    loss = trainer.loss(video, prompts)
+    loss.backward()
+    torch.manual_seed(5)
+    k = int(torch.randint(0, 4, (1,)))
+    assert k == trainer.exit_steps[-1]
+    with torch.no_grad():
+        x = rollout(trainer.student, trainer.text.encode(prompts), torch.randn_like(video), trainer.policy,
+                    trainer.cfg.sampler, k, context=video)
+    torch.testing.assert_close(loss.detach(), ((x - video) ** 2)[:, 9:].mean(), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(loss.detach(), ((x - video) ** 2).mean())  # the context frames would change it
+    _, metrics = run_stage(tmp_path / "cont_run", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    for stage, match in (({"regress_context_frames": 6}, "prompt-determined"),
+                         ({"regress_context_frames": 10}, "multiple of the chunk"),
+                         ({"regress_context_frames": 9, "regress_context": "own"}, "prompt-determined")):
+        with pytest.raises(ValueError, match=match):
+            build_stage(make_cfg(tmp_path / "bad", **{**sections, "stage": {**sections["stage"], **stage}}),
+                        progress=False)
+
+
+def test_ode_stage_adds_the_continuation_loss_of_the_random_phase_world_and_resumes(pipeline, tmp_path):
+    """stage.ode_continue_weight: each step's loss is the pairs' loss plus the weight times the continuation
+    loss, recomputed here from the same RNG draws with a teacher-forced rollout (the inference loop) over frames
+    9.. of the random-phase world's clips; the continuation's data position resumes exactly."""
+    root = pipeline[0]
+    sections = {"stage": {"kind": "ode", "ode_teacher": "causal", "ode_attention": "cache", "ode_pairs": 4,
+                          "ode_substeps": 4, "ode_continue_weight": 0.5, "regress_context_frames": 9},
+                "model": {"teacher": str(root / "ode/export"), "student_init": str(root / "ode/export")},
+                "data": {"num_frames": 12, "phase": "fixed"},
+                "rollout": {"num_frames": 12, "sink_ema_during_training": True},
+                "run": {"steps": 4, "checkpoint_every": 2, "grad_accum": 1}}
+    trainer = build_stage(make_cfg(tmp_path / "a", **sections), progress=False)
+    replay = build_stage(make_cfg(tmp_path / "b", **sections), progress=False)  # identical weights and data
+    torch.manual_seed(7)
+    metrics = trainer.train_step(0)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        pairs_loss = replay.loss(torch.randint(0, 4, (2,)))
+        video, prompts = replay.continuation.next("cpu")
+        k = int(torch.randint(0, 4, (1,)))
+        x = rollout(replay.student, replay.text.encode(prompts), torch.randn_like(video),
+                    training_policy(replay.cfg.rollout), replay.cfg.sampler, k, context=video)
+    cont = ((x - video) ** 2)[:, 9:].mean()
+    assert metrics["pairs_loss"] == pytest.approx(pairs_loss.item(), rel=1e-5)
+    assert metrics["continue_loss"] == pytest.approx(cont.item(), rel=1e-5)
+    assert metrics["loss"] == pytest.approx(pairs_loss.item() + 0.5 * cont.item(), rel=1e-5)
+    world = world_of(replay.cfg.data, phase="random", num_frames=12, seed=replay.cfg.data.seed + 104729)
+    assert torch.equal(video[0], world[0][0]) and prompts[0] == world[0][1]
+    straight, _ = run_stage(tmp_path / "straight", **sections)
+    run_stage(tmp_path / "split", **{**sections, "run": {**sections["run"], "steps": 2}})
+    resumed, _ = run_stage(tmp_path / "split", **sections)
+    assert straight.continuation.state_dict() == resumed.continuation.state_dict()
+    a, b = straight.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    short = {**sections, "stage": {**sections["stage"], "regress_context_frames": 6}}
+    with pytest.raises(ValueError, match="regress_context_frames >= 9"):
+        build_stage(make_cfg(tmp_path / "bad", **short), progress=False)
+    with pytest.raises(ConfigError, match="ode_continue_weight"):
+        make_cfg(tmp_path / "bad", **{**sections, "stage": {**sections["stage"], "ode_attention": "block_causal"}})
 
 
 def test_rollout_teacher_forced_context():

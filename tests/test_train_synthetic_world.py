@@ -201,6 +201,24 @@ def test_still_stays_still_and_appearances_happen_once(phase):
         assert 1 <= obj.appear_frame <= world.event_frames // 2
 
 
+def test_the_event_frames_determine_the_rest_of_the_stream():
+    """What stage regress's regress_context_frames relies on: by stream frame event_frames every turn and
+    appearance has happened, so a mover's (or a turned or appeared one's) path after it is the straight
+    extrapolation of its last step before it; a context of event_frames frames leaves nothing to chance."""
+    world = _long(phase="random")
+    e = world.event_frames
+    for motion in ("moves", "turns", "appears"):
+        for i in _first(world, motion, 6):
+            s = world.scene(i)
+            obj = s.objects[0]
+            p = path(obj, s)
+            step = p[e - 1] - p[e - 2]
+            later = np.arange(e, 120)
+            assert np.allclose(p[later], p[e - 1] + (later - (e - 1))[:, None] * step)
+            if motion == "appears":
+                assert obj.appear_frame < e - 1  # visible, and moving, in the context's last two frames
+
+
 @pytest.mark.parametrize("phase", ["random", "fixed"])
 def test_speed_distribution_matches_the_config(phase):
     """Speeds are U[speed_min, speed_max]: the KS distance to that CDF is small, and the range is respected."""

@@ -119,6 +119,10 @@ class StageSection:
                      chunks' context is the world's own video of the same scene from a later stream frame
                      (U{0..ode_prime_max_start}), as when a stream is primed from a video; the number of primed
                      chunks is U{1..ode_prime_chunks} per batch. 0 (default): none.
+    ode_continue_weight: ode stage (ode_attention "cache"): each step adds this weight times stage regress's
+                     continuation loss (regress_context_frames of world video as context, at least the world's
+                     event frames) on a batch of the random-phase world, so the student learns to continue any
+                     window of a stream while the pairs keep its own streams as they were. 0 (default): none.
     forcing_later_windows: forcing stage: the fraction of clips that are a later window of the stream. Clips are
                      then data.num_frames long (> rollout.num_frames) and a clip is trained on frames [0, R)
                      (R = rollout.num_frames) or, with this probability, on [s, s + R), s ~ U{1..F - R}, whose
@@ -126,6 +130,11 @@ class StageSection:
                      does not tell, train/stages/forcing.py). 0 (default): every clip from frame 0.
     regress_context: regress stage: the context passes write the world's video ("video") or the student's
                      own x0 ("own").
+    regress_context_frames: regress stage: the first frames of every clip are context only (no loss; a
+                     multiple of the chunk). With at least the world's event frames of video as context, the
+                     continuation is determined by what the context shows (speed, phase, turn, appearance), so
+                     a world with chance in it is exact supervision from there on: the student learns to
+                     continue any context, as a primed stream asks (train/stages/regress.py). 0 (default).
     """
 
     kind: Literal["teacher", "ode", "dmd", "forcing", "regress"] = "dmd"
@@ -141,8 +150,10 @@ class StageSection:
     ode_prime_fraction: float = 0.0
     ode_prime_chunks: int = 4
     ode_prime_max_start: int = 32
+    ode_continue_weight: float = 0.0
     forcing_later_windows: float = 0.0
     regress_context: Literal["video", "own"] = "video"
+    regress_context_frames: int = 0
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
@@ -156,6 +167,12 @@ class StageSection:
                  f"need >= 1 and >= 0, got {self.ode_prime_chunks} / {self.ode_prime_max_start}")
         _require(self.ode_prime_fraction == 0 or self.ode_teacher == "causal", "stage.ode_prime_fraction",
                  "priming the pairs needs ode_teacher \"causal\" (a streaming context)")
+        _require(self.ode_continue_weight >= 0, "stage.ode_continue_weight",
+                 f"must be >= 0, got {self.ode_continue_weight}")
+        _require(self.ode_continue_weight == 0 or self.ode_attention == "cache", "stage.ode_continue_weight",
+                 "needs ode_attention \"cache\" (the continuation streams through the inference cache)")
+        _require(self.regress_context_frames >= 0, "stage.regress_context_frames",
+                 f"must be >= 0, got {self.regress_context_frames}")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
         _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),

@@ -32,13 +32,14 @@ from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 
 from train.checkpoint import atomic_torch_save
-from train.data.synthetic_world import world_of
+from train.data.synthetic_world import EVENT_FRAMES, SyntheticWorldDataset, world_of
 from train.losses import cfg_combine
 from train.stages.base import StageTrainer
-from train.stages.common import (accumulate, autocast, barrier, checkpointed, frozen, load_dit, load_text,
+from train.stages.common import (Batches, accumulate, autocast, barrier, checkpointed, frozen, load_dit, load_text,
                                  make_optimizer, optimizer_step)
 from train.stages.parallel import model_state, optimizer_state, shard_trained
-from train.stages.rollout import cache_forward, teacher_forced_flow, training_policy
+from train.stages.regress import check_context_frames, rollout_regression
+from train.stages.rollout import cache_forward, draw_exit_step, teacher_forced_flow, training_policy
 from train.stages.world_student import export_student
 
 
@@ -144,6 +145,16 @@ class ODETrainer(StageTrainer):
         self.params = list(self.student.parameters())
         self.opt = make_optimizer(self.params, cfg.optim.lr, cfg)
         self.backend = BlockCausalAttention(cfg.rollout.cache.chunk_frames)
+        self.continuation = None
+        if cfg.stage.ode_continue_weight > 0:
+            self.chunk = check_context_frames(cfg, self.student)
+            if cfg.stage.regress_context_frames < EVENT_FRAMES:
+                raise ValueError(f"stage.ode_continue_weight needs regress_context_frames >= {EVENT_FRAMES} (the "
+                                 "world's event frames: a shorter context leaves the continuation to chance), got "
+                                 f"{cfg.stage.regress_context_frames}")
+            world = world_of(cfg.data, phase="random", num_frames=cfg.rollout.num_frames, seed=cfg.data.seed + 104729)
+            self.continuation = Batches(SyntheticWorldDataset(world, self.info.rank, self.info.world_size),
+                                        cfg.run.batch_size)
 
     def _pairs(self, teacher: CausalWanDiT) -> dict[str, Any]:
         st = self.cfg.stage
@@ -189,7 +200,10 @@ class ODETrainer(StageTrainer):
         return pairs
 
     def state(self) -> dict[str, Any]:
-        return {"student": model_state(self.student), "optim": optimizer_state(self.student, self.opt)}
+        state = {"student": model_state(self.student), "optim": optimizer_state(self.student, self.opt)}
+        if self.continuation is not None:
+            state["data"] = self.continuation
+        return state
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor:
         """Regression loss of the pairs `idx` [B]."""
@@ -227,9 +241,27 @@ class ODETrainer(StageTrainer):
     def train_step(self, step: int) -> dict[str, float]:
         n = self.pairs["x0"].shape[0]
         batch = self.cfg.run.batch_size
-        total = accumulate(lambda: self.loss(torch.randint(0, n, (batch,))), self.cfg.run.grad_accum)
+        parts: dict[str, float] = {}
+
+        def micro() -> torch.Tensor:
+            loss = self.loss(torch.randint(0, n, (batch,)))
+            parts["pairs_loss"] = loss.item()
+            if self.continuation is not None:
+                cont = self.continuation_loss(*self.continuation.next(self.info.device))
+                parts["continue_loss"] = cont.item()
+                loss = loss + self.cfg.stage.ode_continue_weight * cont
+            return loss
+
+        total = accumulate(micro, self.cfg.run.grad_accum)
         norm = optimizer_step(self.opt, self.params, self.cfg, self.info)
-        return {"loss": total, "grad_norm": norm}
+        return {"loss": total, "grad_norm": norm, **(parts if self.continuation is not None else {})}
+
+    def continuation_loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """stage.ode_continue_weight's term: stage regress's loss past the context frames of a world batch."""
+        k = draw_exit_step(self.sampler.num_steps, self.info)
+        with autocast(self.cfg, self.info):
+            return rollout_regression(self.student, self.text.encode(prompts), video, training_policy(self.cfg.rollout),
+                                      self.sampler, k, self.cfg.stage.regress_context_frames // self.chunk)
 
     def export(self, directory: Path) -> None:
         export_student(self, directory)

@@ -12,38 +12,71 @@ model: with "own" the object faded out within 25 steps (the student's chunk 0 si
 phase, so the targets of later chunks disagree with their context and the loss is cut by drawing less object).
 Unlike the ODE init (regression on teacher samples with block-causal attention over 9 frames) it trains past the
 window: evictions and the sink fold happen as at inference.
-On a world with chance left in it the same loss would regress to the mean (smeared objects): use DMD there.
+On a world with chance left in it the same loss would regress to the mean (smeared objects) where the chance is
+not yet decided: use DMD there. Past the world's event frames of context it is decided, since the context then
+shows the speed, the phase, a turn and an appearance: stage.regress_context_frames >= EVENT_FRAMES (with
+regress_context "video") makes those first frames context only (no loss, no graph) and trains the continuation
+of any window of the world, exactly supervised: what a stream primed from a video asks of the student.
 """
 from __future__ import annotations
 
 import torch
 
+from rfrt.cache import CachePolicy
+from rfrt.models import CausalWanDiT
+from rfrt.sampling import SamplerConfig
+from train.config import TrainConfig
+from train.data.synthetic_world import EVENT_FRAMES
 from train.stages.common import autocast
 from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
+
+
+def check_context_frames(cfg: TrainConfig, student: CausalWanDiT) -> int:
+    """The chunk in frames; stage.regress_context_frames must be whole chunks and leave some to regress."""
+    n, chunk = cfg.stage.regress_context_frames, cfg.rollout.cache.chunk_frames * student.config.patch_size[0]
+    if n % chunk or n >= cfg.rollout.num_frames:
+        raise ValueError(f"stage.regress_context_frames ({n}) must be a multiple of the chunk ({chunk} frames) "
+                         f"below rollout.num_frames ({cfg.rollout.num_frames})")
+    return chunk
+
+
+def rollout_regression(student: CausalWanDiT, text: torch.Tensor, video: torch.Tensor, policy: CachePolicy,
+                       sampler: SamplerConfig, exit_step: int, context_chunks: int = 0,
+                       teacher_forced: bool = True) -> torch.Tensor:
+    """mean (x0_exit - video)^2 over the chunks from `context_chunks` on, of the student's Self-Forcing rollout
+    from fresh noise (global RNG) whose context passes write `video` (teacher_forced) or its own x0; the chunks
+    before `context_chunks` are context only (no graph, no loss)."""
+    x = rollout(student, text, torch.randn_like(video), policy, sampler, exit_step, grad=True,
+                grad_from_chunk=context_chunks, context=video if teacher_forced else None)
+    n = context_chunks * policy.chunk_frames * student.config.patch_size[0]
+    return ((x[:, n:].float() - video[:, n:]) ** 2).mean()
 
 
 class RegressTrainer(WorldStudentTrainer):
     """model.student_init: the causal student to start from (its text encoder stays frozen)."""
 
     def build(self) -> None:
-        cfg = self.cfg
-        if cfg.data.speed_min != cfg.data.speed_max or cfg.data.phase != "fixed":
-            raise ValueError("stage.kind regress needs a prompt-determined world: data.phase 'fixed' and "
-                             f"data.speed_min == data.speed_max (got {cfg.data.phase!r}, "
-                             f"{cfg.data.speed_min}, {cfg.data.speed_max})")
+        cfg, st = self.cfg, self.cfg.stage
         super().build()
+        n = st.regress_context_frames
+        self.chunk = check_context_frames(cfg, self.student)
+        decided = st.regress_context == "video" and n >= EVENT_FRAMES
+        if not decided and (cfg.data.speed_min != cfg.data.speed_max or cfg.data.phase != "fixed"):
+            raise ValueError("stage.kind regress needs a prompt-determined world (data.phase 'fixed' and "
+                             f"data.speed_min == data.speed_max, got {cfg.data.phase!r}, {cfg.data.speed_min}, "
+                             f"{cfg.data.speed_max}) or, to continue a world with chance, regress_context 'video' "
+                             f"with regress_context_frames >= {EVENT_FRAMES} (got {st.regress_context!r}, {n})")
         self.exit_steps: list[int] = []
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """video [B, F, 3, H, W] in [-1, 1]: the rollout's exit x0 regressed on it."""
+        """video [B, F, 3, H, W] in [-1, 1]: the rollout's exit x0 regressed on it past the context frames."""
         k = draw_exit_step(self.sampler.num_steps, self.info)
         self.exit_steps.append(k)
-        noise = torch.randn_like(video)
         with autocast(self.cfg, self.info):
-            x = rollout(self.student, self.text.encode(prompts), noise, self.policy, self.sampler, k, grad=True,
-                        context=video if self.cfg.stage.regress_context == "video" else None)
-        return ((x.float() - video) ** 2).mean()
+            return rollout_regression(self.student, self.text.encode(prompts), video, self.policy, self.sampler, k,
+                                      self.cfg.stage.regress_context_frames // self.chunk,
+                                      self.cfg.stage.regress_context == "video")
 
     def step_metrics(self) -> dict[str, float]:
         return {"exit_step": float(self.exit_steps[-1])}
