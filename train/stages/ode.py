@@ -17,6 +17,9 @@ How it sees earlier chunks is stage.ode_attention:
     the runtime's context pass with the teacher's clean chunk (teacher forcing). Past the window chunks are
     evicted and folded into the sink exactly as at inference, and every frame sits at its window-relative
     position, so a clip longer than the window trains the student the way it streams.
+stage.ode_continue_weight > 0 adds stage regress's continuation loss (train/stages/regress.py) on a batch of the
+random-phase world per step: the world's video past regress_context_frames of teacher-forced context, which
+that context determines, so the student learns to continue any window of a stream (issue 16).
 """
 from __future__ import annotations
 
