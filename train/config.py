@@ -122,7 +122,8 @@ class StageSection:
     ode_continue_weight: ode stage (ode_attention "cache"): each step adds this weight times stage regress's
                      continuation loss (regress_context_frames of world video as context, at least the world's
                      event frames) on a batch of the random-phase world, so the student learns to continue any
-                     window of a stream while the pairs keep its own streams as they were. 0 (default): none.
+                     window of a stream, the pairs meant to keep its own streams as they were (measured: they did not at
+                     weight 1 or 0.25, train/results/default_model.md). 0 (default): none.
     forcing_later_windows: forcing stage: the fraction of clips that are a later window of the stream. Clips are
                      then data.num_frames long (> rollout.num_frames) and a clip is trained on frames [0, R)
                      (R = rollout.num_frames) or, with this probability, on [s, s + R), s ~ U{1..F - R}, whose

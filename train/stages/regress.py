@@ -32,12 +32,17 @@ from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
 
 
-def check_context_frames(cfg: TrainConfig, student: CausalWanDiT) -> int:
-    """The chunk in frames; stage.regress_context_frames must be whole chunks and leave some to regress."""
+def check_context_frames(cfg: TrainConfig, student: CausalWanDiT, world_with_chance: bool) -> int:
+    """The chunk in frames; stage.regress_context_frames must be whole chunks, leave some to regress and, on a
+    world with chance in it, hold at least its event frames (a shorter context leaves the continuation to chance)."""
     n, chunk = cfg.stage.regress_context_frames, cfg.rollout.cache.chunk_frames * student.config.patch_size[0]
     if n % chunk or n >= cfg.rollout.num_frames:
         raise ValueError(f"stage.regress_context_frames ({n}) must be a multiple of the chunk ({chunk} frames) "
                          f"below rollout.num_frames ({cfg.rollout.num_frames})")
+    if world_with_chance and (n < EVENT_FRAMES or cfg.stage.regress_context != "video"):
+        raise ValueError("on a world with chance (random phase or speed) the regression needs a prompt-determined "
+                         f"world or regress_context 'video' with regress_context_frames >= {EVENT_FRAMES} (the "
+                         f"world's event frames), got {cfg.stage.regress_context!r}, {n}")
     return chunk
 
 
@@ -57,16 +62,10 @@ class RegressTrainer(WorldStudentTrainer):
     """model.student_init: the causal student to start from (its text encoder stays frozen)."""
 
     def build(self) -> None:
-        cfg, st = self.cfg, self.cfg.stage
+        cfg = self.cfg
         super().build()
-        n = st.regress_context_frames
-        self.chunk = check_context_frames(cfg, self.student)
-        decided = st.regress_context == "video" and n >= EVENT_FRAMES
-        if not decided and (cfg.data.speed_min != cfg.data.speed_max or cfg.data.phase != "fixed"):
-            raise ValueError("stage.kind regress needs a prompt-determined world (data.phase 'fixed' and "
-                             f"data.speed_min == data.speed_max, got {cfg.data.phase!r}, {cfg.data.speed_min}, "
-                             f"{cfg.data.speed_max}) or, to continue a world with chance, regress_context 'video' "
-                             f"with regress_context_frames >= {EVENT_FRAMES} (got {st.regress_context!r}, {n})")
+        chance = cfg.data.speed_min != cfg.data.speed_max or cfg.data.phase != "fixed"
+        self.chunk = check_context_frames(cfg, self.student, world_with_chance=chance)
         self.exit_steps: list[int] = []
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
