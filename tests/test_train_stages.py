@@ -523,9 +523,16 @@ def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
     assert 0 <= metrics["exit_step"] < 4
     ode, student = dit_weights(root / "ode/export"), dit_weights(tmp_path / "reg/export")
     assert max((ode[k] - student[k]).abs().max().item() for k in ode) > 1e-5
-    for data in ({**world, "speed_max": 1.5}, {**world, "phase": "random"}):
+    for data in ({**world, "speed_max": 1.5}, {**world, "phase": "random"}, {**world, "layout": "random"}):
         with pytest.raises(ValueError, match="prompt-determined"):
             build_stage(make_cfg(tmp_path / "bad", **{**sections, "data": data}), progress=False)
+    # the fixed phase with chance in the speed only: decided by its first 5 frames (deciding_frames)
+    chance = {**sections, "data": {**world, "speed_max": 1.5}}
+    build_stage(make_cfg(tmp_path / "ok", **{**chance, "stage": {"kind": "regress", "regress_context_frames": 6}}),
+                progress=False)
+    with pytest.raises(ValueError, match="regress_context_frames >= 5"):
+        build_stage(make_cfg(tmp_path / "bad", **{**chance, "stage": {"kind": "regress", "regress_context_frames": 3}}),
+                    progress=False)
 
 
 def test_regress_continuation_is_the_rollouts_loss_past_the_context_frames(pipeline, tmp_path):

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, SyntheticWorldDataset, describe_scene,
-                                        encode_prompt, path, render_scene, trajectory, vocabulary)
+from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, SyntheticWorldDataset, deciding_frames,
+                                        describe_scene, encode_prompt, fixed_appear_frame, path, render_scene,
+                                        trajectory, vocabulary)
 
 
 def centroids(video: torch.Tensor, colour: str) -> list:
@@ -217,6 +218,35 @@ def test_the_event_frames_determine_the_rest_of_the_stream():
             assert np.allclose(p[later], p[e - 1] + (later - (e - 1))[:, None] * step)
             if motion == "appears":
                 assert obj.appear_frame < e - 1  # visible, and moving, in the context's last two frames
+
+
+def test_the_fixed_phase_leaves_only_the_speed_and_shows_it_within_the_deciding_frames():
+    """deciding_frames of the fixed phase (clips from frame 0): the prompt names start wall, turn direction and
+    event frames, so given the speed the first deciding_frames frames show, the whole path is closed form."""
+    world = _long(phase="fixed")
+    d = deciding_frames(world)
+    assert d == fixed_appear_frame(world.event_frames) + 2 == 5
+    assert deciding_frames(_long(phase="random")) == world.event_frames
+    assert deciding_frames(dataclasses.replace(world, speed_min=1.0, speed_max=1.0)) == 0
+    assert deciding_frames(dataclasses.replace(world, max_start_frame=3)) == world.event_frames
+    later = np.arange(d, 120)
+    for motion in ("moves", "turns", "appears"):
+        for i in _first(world, motion, 6):
+            s = world.scene(i)
+            obj = s.objects[0]
+            p = path(obj, s)
+            first = max(obj.appear_frame, 0)
+            assert first <= d - 2  # two visible frames inside the context
+            speed = np.hypot(*(p[first + 1] - p[first]))
+            assert speed == pytest.approx(np.hypot(*obj.velocity))
+            if motion == "turns":
+                t = obj.turn_frame
+                expected = p[t] + (later - t)[:, None] * speed * np.array(DIRECTIONS[obj.direction2])
+            else:
+                expected = p[first] + (later - first)[:, None] * speed * np.array(DIRECTIONS[obj.direction])
+            assert np.allclose(p[later], expected)
+            if motion == "appears":  # one frame fewer would show it in one frame only: no speed
+                assert obj.appear_frame == d - 2
 
 
 @pytest.mark.parametrize("phase", ["random", "fixed"])

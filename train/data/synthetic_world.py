@@ -62,6 +62,13 @@ LAYOUTS = ("random", "canonical")
 PHASES = ("random", "fixed")
 CANONICAL_RADIUS = {"small": 0.12, "large": 0.2}  # fraction of min(H, W), inside SIZES' ranges
 SPEED_RANGE = (0.5, 1.5)  # default speed_min, speed_max of SyntheticWorld, pixels per frame
+
+
+def fixed_appear_frame(event_frames: int) -> int:
+    """The stream frame where an "appears" object of the fixed phase first shows."""
+    return min(3, event_frames // 2)
+
+
 EVENT_FRAMES = 9  # default SyntheticWorld.event_frames: turns and appearances happen before this stream frame
 
 
@@ -199,7 +206,7 @@ def _fixed_phase_object(common: dict, motion: str, d1: str, speed: float, lo: np
         return ObjectSpec(**common, start=away_from(dx + ex, dy + ey), velocity=(dx * speed, dy * speed),
                           motion=motion, direction=d1, direction2=d2, velocity2=(ex * speed, ey * speed),
                           turn_frame=min(4, world.event_frames - 2))
-    appear = min(3, world.event_frames // 2) if motion == "appears" else 0
+    appear = fixed_appear_frame(world.event_frames) if motion == "appears" else 0
     return ObjectSpec(**common, start=away_from(dx, dy), velocity=(dx * speed, dy * speed), motion=motion,
                       direction=d1, appear_frame=appear)
 
@@ -447,6 +454,22 @@ class SyntheticWorldDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"data state is for rank {state['rank']}/{state['world_size']}, "
                              f"this dataset is rank {self.rank}/{self.world_size}")
         self.position = int(state["position"])
+
+
+def deciding_frames(world: SyntheticWorld) -> int:
+    """Frames of a clip after which nothing of its stream is left to chance, given the prompt.
+
+    A prompt-determined world (phase "fixed", one speed, canonical layout, clips from stream frame 0) needs none.
+    With the fixed phase and clips from frame 0 the prompt names the start wall, the turn's direction and the
+    event frames, so only the speed (and, in the random layout, radius and cross-axis place) is chance: two
+    frames of a visible object show it, and an object that appears at frame a shows it by frame a + 1. Otherwise
+    (random phase, or clips that start anywhere) the first `event_frames` frames show the phase, a turn and an
+    appearance too."""
+    if world.phase == "fixed" and world.max_start_frame == 0:
+        if world.speed_min == world.speed_max and world.layout == "canonical":
+            return 0
+        return fixed_appear_frame(world.event_frames) + 2
+    return world.event_frames
 
 
 def world_of(data_cfg, **overrides) -> SyntheticWorld:

@@ -35,7 +35,7 @@ from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 
 from train.checkpoint import atomic_torch_save
-from train.data.synthetic_world import SyntheticWorldDataset, world_of
+from train.data.synthetic_world import SyntheticWorldDataset, deciding_frames, world_of
 from train.losses import cfg_combine
 from train.stages.base import StageTrainer
 from train.stages.common import (Batches, accumulate, autocast, barrier, checkpointed, frozen, load_dit, load_text,
@@ -150,8 +150,8 @@ class ODETrainer(StageTrainer):
         self.backend = BlockCausalAttention(cfg.rollout.cache.chunk_frames)
         self.continuation = None
         if cfg.stage.ode_continue_weight > 0:
-            self.chunk = check_context_frames(cfg, self.student, world_with_chance=True)  # the random-phase world
             world = world_of(cfg.data, phase="random", num_frames=cfg.rollout.num_frames, seed=cfg.data.seed + 104729)
+            self.chunk = check_context_frames(cfg, self.student, deciding_frames(world))
             self.continuation = Batches(SyntheticWorldDataset(world, self.info.rank, self.info.world_size),
                                         cfg.run.batch_size)
 

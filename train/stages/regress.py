@@ -26,23 +26,24 @@ from rfrt.cache import CachePolicy
 from rfrt.models import CausalWanDiT
 from rfrt.sampling import SamplerConfig
 from train.config import TrainConfig
-from train.data.synthetic_world import EVENT_FRAMES
+from train.data.synthetic_world import deciding_frames, world_of
 from train.stages.common import autocast
 from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
 
 
-def check_context_frames(cfg: TrainConfig, student: CausalWanDiT, world_with_chance: bool) -> int:
-    """The chunk in frames; stage.regress_context_frames must be whole chunks, leave some to regress and, on a
-    world with chance in it, hold at least its event frames (a shorter context leaves the continuation to chance)."""
+def check_context_frames(cfg: TrainConfig, student: CausalWanDiT, deciding: int) -> int:
+    """The chunk in frames; stage.regress_context_frames must be whole chunks, leave some to regress and hold at
+    least the `deciding` frames of the world (`deciding_frames`: a shorter context leaves the continuation to
+    chance, and the regression would smear it)."""
     n, chunk = cfg.stage.regress_context_frames, cfg.rollout.cache.chunk_frames * student.config.patch_size[0]
     if n % chunk or n >= cfg.rollout.num_frames:
         raise ValueError(f"stage.regress_context_frames ({n}) must be a multiple of the chunk ({chunk} frames) "
                          f"below rollout.num_frames ({cfg.rollout.num_frames})")
-    if world_with_chance and (n < EVENT_FRAMES or cfg.stage.regress_context != "video"):
+    if deciding and (n < deciding or cfg.stage.regress_context != "video"):
         raise ValueError("on a world with chance (random phase or speed) the regression needs a prompt-determined "
-                         f"world or regress_context 'video' with regress_context_frames >= {EVENT_FRAMES} (the "
-                         f"world's event frames), got {cfg.stage.regress_context!r}, {n}")
+                         f"world or regress_context 'video' with regress_context_frames >= {deciding} (the frames "
+                         f"that decide this world's chance), got {cfg.stage.regress_context!r}, {n}")
     return chunk
 
 
@@ -64,8 +65,7 @@ class RegressTrainer(WorldStudentTrainer):
     def build(self) -> None:
         cfg = self.cfg
         super().build()
-        chance = cfg.data.speed_min != cfg.data.speed_max or cfg.data.phase != "fixed"
-        self.chunk = check_context_frames(cfg, self.student, world_with_chance=chance)
+        self.chunk = check_context_frames(cfg, self.student, deciding_frames(world_of(cfg.data)))
         self.exit_steps: list[int] = []
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
