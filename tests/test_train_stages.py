@@ -16,7 +16,7 @@ from rfrt.sampling import flow_to_x0, renoise, timestep_tensor, warped_sigmas, w
 from train.config import ConfigError, load_config
 from train.stages import build_stage
 from train.data.synthetic_world import world_of
-from train.stages.common import DistInfo, dit_config, init_dit
+from train.stages.common import DistInfo, dit_config, init_dit, load_dit
 from train.stages.dmd import generator_loss
 from train.stages.rollout import rollout, training_policy
 
@@ -533,6 +533,48 @@ def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
     with pytest.raises(ValueError, match="regress_context_frames >= 5"):
         build_stage(make_cfg(tmp_path / "bad", **{**chance, "stage": {"kind": "regress", "regress_context_frames": 3}}),
                     progress=False)
+
+
+def test_regress_anchor_holds_a_fresh_streams_first_chunks_to_the_start(pipeline, tmp_path):
+    """stage.regress_anchor_weight: the loss is the continuation's plus weight x the MSE between the student's and
+    the frozen start's fresh streams over the context frames, from the same draws (recomputed here with the RNG
+    state set by hand); zero while the student is the start, and refused without a context."""
+    root = pipeline[0]
+    sections = {"stage": {"kind": "regress", "regress_context_frames": 6, "regress_anchor_weight": 0.5},
+                "model": {"student_init": str(root / "ode/export")},
+                "data": {"num_frames": 15, "phase": "fixed", "speed_min": 0.5, "speed_max": 1.5,
+                         "layout": "canonical"},
+                "rollout": {"num_frames": 15, "sink_ema_during_training": True}}
+    trainer = build_stage(make_cfg(tmp_path / "anchor", **sections), progress=False)
+    video, prompts = trainer.data.next("cpu")
+    torch.manual_seed(5)
+    trainer.loss(video, prompts)
+    assert trainer.parts["anchor_loss"] == 0.0 and trainer.parts["continue_loss"] > 0
+    with torch.no_grad():
+        for p in trainer.student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    torch.manual_seed(5)
+    loss = trainer.loss(video, prompts)
+    start = load_dit(root / "ode/export", "start")
+    text = trainer.text.encode(prompts)
+    torch.manual_seed(5)
+    k = int(torch.randint(0, 4, (1,)))
+    with torch.no_grad():
+        x = rollout(trainer.student, text, torch.randn_like(video), trainer.policy, trainer.cfg.sampler, k,
+                    context=video)
+        noise = torch.randn_like(video[:, :6])
+        state = torch.get_rng_state()
+        target = rollout(start, text, noise, trainer.policy, trainer.cfg.sampler, k)
+        torch.set_rng_state(state)
+        mine = rollout(trainer.student, text, noise, trainer.policy, trainer.cfg.sampler, k)
+    cont, held = ((x - video) ** 2)[:, 6:].mean(), ((mine - target) ** 2).mean()
+    assert held > 1e-6
+    torch.testing.assert_close(loss.detach(), cont + 0.5 * held, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.tensor(trainer.parts["anchor_loss"]), held, rtol=1e-5, atol=1e-8)
+    _, metrics = run_stage(tmp_path / "anchor_run", **sections)
+    assert metrics["anchor_loss"] >= 0 and torch.isfinite(torch.tensor(metrics["loss"]))
+    with pytest.raises(ValueError, match="regress_anchor_weight"):
+        make_cfg(tmp_path / "bad", **{**sections, "stage": {"kind": "regress", "regress_anchor_weight": 0.5}})
 
 
 def test_regress_continuation_is_the_rollouts_loss_past_the_context_frames(pipeline, tmp_path):

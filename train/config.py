@@ -136,6 +136,10 @@ class StageSection:
                      continuation is determined by what the context shows (speed, phase, turn, appearance), so
                      a world with chance in it is exact supervision from there on: the student learns to
                      continue any context, as a primed stream asks (train/stages/regress.py). 0 (default).
+    regress_anchor_weight: regress stage (regress_context_frames > 0): adds this weight times the MSE, over the
+                     context frames of a fresh stream (no context given, the same noise and re-noise draws),
+                     between the student's rollout and the frozen model.student_init's: it holds the first
+                     chunks of a fresh stream, which the continuation never trains. 0 (default): none.
     """
 
     kind: Literal["teacher", "ode", "dmd", "forcing", "regress"] = "dmd"
@@ -155,6 +159,7 @@ class StageSection:
     forcing_later_windows: float = 0.0
     regress_context: Literal["video", "own"] = "video"
     regress_context_frames: int = 0
+    regress_anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
@@ -174,6 +179,10 @@ class StageSection:
                  "needs ode_attention \"cache\" (the continuation streams through the inference cache)")
         _require(self.regress_context_frames >= 0, "stage.regress_context_frames",
                  f"must be >= 0, got {self.regress_context_frames}")
+        _require(self.regress_anchor_weight >= 0, "stage.regress_anchor_weight",
+                 f"must be >= 0, got {self.regress_anchor_weight}")
+        _require(self.regress_anchor_weight == 0 or self.regress_context_frames > 0, "stage.regress_anchor_weight",
+                 "needs regress_context_frames > 0 (it anchors the frames the continuation does not train)")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
         _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),

@@ -27,7 +27,7 @@ from rfrt.models import CausalWanDiT
 from rfrt.sampling import SamplerConfig
 from train.config import TrainConfig
 from train.data.synthetic_world import deciding_frames, world_of
-from train.stages.common import autocast
+from train.stages.common import autocast, load_dit
 from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
 
@@ -59,6 +59,18 @@ def rollout_regression(student: CausalWanDiT, text: torch.Tensor, video: torch.T
     return ((x[:, n:].float() - video[:, n:]) ** 2).mean()
 
 
+def anchor_regression(student: CausalWanDiT, anchor: CausalWanDiT, text: torch.Tensor, like: torch.Tensor,
+                      policy: CachePolicy, sampler: SamplerConfig, exit_step: int) -> torch.Tensor:
+    """mean (x0_student - x0_anchor)^2 of two fresh streams of like's shape (own context, as at inference) from
+    the same noise and re-noise draws (global RNG): the anchor's stream is drawn under a forked RNG, so the
+    student's sees the very same draws."""
+    noise = torch.randn_like(like)
+    with torch.random.fork_rng(devices=[like.device] if like.device.type == "cuda" else []), torch.no_grad():
+        target = rollout(anchor, text, noise, policy, sampler, exit_step)
+    x = rollout(student, text, noise, policy, sampler, exit_step, grad=True)
+    return ((x.float() - target.float()) ** 2).mean()
+
+
 class RegressTrainer(WorldStudentTrainer):
     """model.student_init: the causal student to start from (its text encoder stays frozen)."""
 
@@ -67,15 +79,27 @@ class RegressTrainer(WorldStudentTrainer):
         super().build()
         self.chunk = check_context_frames(cfg, self.student, deciding_frames(world_of(cfg.data)))
         self.exit_steps: list[int] = []
+        self.anchor = None  # the frozen start: what a fresh stream's first chunks are held to
+        if cfg.stage.regress_anchor_weight > 0:
+            self.anchor = load_dit(cfg.model.student_init, "model.student_init").to(self.info.device).eval()
+            self.anchor.requires_grad_(False)
+        self.parts: dict[str, float] = {}
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """video [B, F, 3, H, W] in [-1, 1]: the rollout's exit x0 regressed on it past the context frames."""
         k = draw_exit_step(self.sampler.num_steps, self.info)
         self.exit_steps.append(k)
+        text = self.text.encode(prompts)
         with autocast(self.cfg, self.info):
-            return rollout_regression(self.student, self.text.encode(prompts), video, self.policy, self.sampler, k,
+            loss = rollout_regression(self.student, text, video, self.policy, self.sampler, k,
                                       self.cfg.stage.regress_context_frames // self.chunk,
                                       self.cfg.stage.regress_context == "video")
+            if self.anchor is None:
+                return loss
+            held = anchor_regression(self.student, self.anchor, text, video[:, :self.cfg.stage.regress_context_frames],
+                                     self.policy, self.sampler, k)
+        self.parts = {"continue_loss": loss.item(), "anchor_loss": held.item()}
+        return loss + self.cfg.stage.regress_anchor_weight * held
 
     def step_metrics(self) -> dict[str, float]:
-        return {"exit_step": float(self.exit_steps[-1])}
+        return {"exit_step": float(self.exit_steps[-1]), **self.parts}
