@@ -14,9 +14,11 @@ Unlike the ODE init (regression on teacher samples with block-causal attention o
 window: evictions and the sink fold happen as at inference.
 On a world with chance left in it the same loss would regress to the mean (smeared objects) where the chance is
 not yet decided: use DMD there. Past the world's event frames of context it is decided, since the context then
-shows the speed, the phase, a turn and an appearance: stage.regress_context_frames >= EVENT_FRAMES (with
-regress_context "video") makes those first frames context only (no loss, no graph) and trains the continuation
-of any window of the world, exactly supervised: what a stream primed from a video asks of the student.
+shows the speed, the phase, a turn and an appearance: stage.regress_context_frames >= the world's
+deciding_frames (EVENT_FRAMES on the random phase, 5 on the fixed phase; with regress_context "video") makes
+those first frames context only (no loss, no graph) and trains the continuation of any window of the world,
+exactly supervised: what a stream primed from a video asks of the student. The first chunks of a fresh stream
+are then trained by nothing; stage.regress_anchor_weight holds them to the frozen start's (anchor_regression).
 """
 from __future__ import annotations
 
