@@ -235,7 +235,7 @@ def test_the_fixed_phase_leaves_only_the_speed_and_shows_it_within_the_deciding_
             s = world.scene(i)
             obj = s.objects[0]
             p = path(obj, s)
-            first = max(obj.appear_frame, 0)
+            first = obj.appear_frame  # 0 unless it appears
             assert first <= d - 2  # two visible frames inside the context
             speed = np.hypot(*(p[first + 1] - p[first]))
             assert speed == pytest.approx(np.hypot(*obj.velocity))

@@ -29,7 +29,7 @@ from rfrt.models import CausalWanDiT
 from rfrt.sampling import SamplerConfig
 from train.config import TrainConfig
 from train.data.synthetic_world import deciding_frames, world_of
-from train.stages.common import autocast, load_dit
+from train.stages.common import autocast, frozen, load_dit
 from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
 
@@ -83,8 +83,7 @@ class RegressTrainer(WorldStudentTrainer):
         self.exit_steps: list[int] = []
         self.anchor = None  # the frozen start: what a fresh stream's first chunks are held to
         if cfg.stage.regress_anchor_weight > 0:
-            self.anchor = load_dit(cfg.model.student_init, "model.student_init").to(self.info.device).eval()
-            self.anchor.requires_grad_(False)
+            self.anchor = frozen(load_dit(cfg.model.student_init, "model.student_init")).to(self.info.device)
         self.parts: dict[str, float] = {}
 
     def loss(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:
