@@ -535,12 +535,15 @@ def test_regress_stage_trains_on_a_prompt_determined_world(pipeline, tmp_path):
                     progress=False)
 
 
-def test_regress_anchor_holds_a_fresh_streams_first_chunks_to_the_start(pipeline, tmp_path):
+@pytest.mark.parametrize("anchor_frames, span", [(0, 6), (15, 15)])
+def test_regress_anchor_holds_a_fresh_streams_first_chunks_to_the_start(pipeline, tmp_path, anchor_frames, span):
     """stage.regress_anchor_weight: the loss is the continuation's plus weight x the MSE between the student's and
-    the frozen start's fresh streams over the context frames, from the same draws (recomputed here with the RNG
-    state set by hand); zero while the student is the start, and refused without a context."""
+    the frozen start's fresh streams over the context frames (or regress_anchor_frames: here the whole stream),
+    from the same draws (recomputed here with the RNG state set by hand); zero while the student is the start,
+    and refused without a context or with a span that is not whole chunks of the rollout."""
     root = pipeline[0]
-    sections = {"stage": {"kind": "regress", "regress_context_frames": 6, "regress_anchor_weight": 0.5},
+    sections = {"stage": {"kind": "regress", "regress_context_frames": 6, "regress_anchor_weight": 0.5,
+                          "regress_anchor_frames": anchor_frames},
                 "model": {"student_init": str(root / "ode/export")},
                 "data": {"num_frames": 15, "phase": "fixed", "speed_min": 0.5, "speed_max": 1.5,
                          "layout": "canonical"},
@@ -562,7 +565,7 @@ def test_regress_anchor_holds_a_fresh_streams_first_chunks_to_the_start(pipeline
     with torch.no_grad():
         x = rollout(trainer.student, text, torch.randn_like(video), trainer.policy, trainer.cfg.sampler, k,
                     context=video)
-        noise = torch.randn_like(video[:, :6])
+        noise = torch.randn_like(video[:, :span])
         state = torch.get_rng_state()
         target = rollout(start, text, noise, trainer.policy, trainer.cfg.sampler, k)
         torch.set_rng_state(state)
@@ -575,6 +578,10 @@ def test_regress_anchor_holds_a_fresh_streams_first_chunks_to_the_start(pipeline
     assert metrics["anchor_loss"] >= 0 and torch.isfinite(torch.tensor(metrics["loss"]))
     with pytest.raises(ValueError, match="regress_anchor_weight"):
         make_cfg(tmp_path / "bad", **{**sections, "stage": {"kind": "regress", "regress_anchor_weight": 0.5}})
+    for frames in (4, 18):  # not whole chunks; longer than the rollout
+        bad = {**sections, "stage": {**sections["stage"], "regress_anchor_frames": frames}}
+        with pytest.raises(ValueError, match="regress_anchor_frames"):
+            build_stage(make_cfg(tmp_path / f"bad{frames}", **bad), progress=False)
 
 
 def test_regress_continuation_is_the_rollouts_loss_past_the_context_frames(pipeline, tmp_path):

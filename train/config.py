@@ -140,6 +140,9 @@ class StageSection:
                      context frames of a fresh stream (no context given, the same noise and re-noise draws),
                      between the student's rollout and the frozen model.student_init's: it holds the first
                      chunks of a fresh stream, which the continuation never trains. 0 (default): none.
+    regress_anchor_frames: how many frames of the fresh stream the anchor spans (a multiple of the chunk, at most
+                     rollout.num_frames): 0 (default) the context frames, rollout.num_frames the whole stream, which
+                     also holds the later chunks of a fresh stream (its own context) to the start's.
     """
 
     kind: Literal["teacher", "ode", "dmd", "forcing", "regress"] = "dmd"
@@ -160,6 +163,7 @@ class StageSection:
     regress_context: Literal["video", "own"] = "video"
     regress_context_frames: int = 0
     regress_anchor_weight: float = 0.0
+    regress_anchor_frames: int = 0
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
@@ -183,6 +187,8 @@ class StageSection:
                  f"must be >= 0, got {self.regress_anchor_weight}")
         _require(self.regress_anchor_weight == 0 or self.regress_context_frames > 0, "stage.regress_anchor_weight",
                  "needs regress_context_frames > 0 (it anchors the frames the continuation does not train)")
+        _require(self.regress_anchor_frames >= 0, "stage.regress_anchor_frames",
+                 f"must be >= 0, got {self.regress_anchor_frames}")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
         _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),

@@ -18,7 +18,8 @@ shows the speed, the phase, a turn and an appearance: stage.regress_context_fram
 deciding_frames (EVENT_FRAMES on the random phase, 5 on the fixed phase; with regress_context "video") makes
 those first frames context only (no loss, no graph) and trains the continuation of any window of the world,
 exactly supervised: what a stream primed from a video asks of the student. The first chunks of a fresh stream
-are then trained by nothing; stage.regress_anchor_weight holds them to the frozen start's (anchor_regression).
+are then trained by nothing; stage.regress_anchor_weight holds them to the frozen start's (anchor_regression), and
+stage.regress_anchor_frames can stretch that hold over the whole fresh stream.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def check_context_frames(cfg: TrainConfig, student: CausalWanDiT, deciding: int)
         raise ValueError("on a world with chance (random phase or speed) the regression needs a prompt-determined "
                          f"world or regress_context 'video' with regress_context_frames >= {deciding} (the frames "
                          f"that decide this world's chance), got {cfg.stage.regress_context!r}, {n}")
+    anchor = cfg.stage.regress_anchor_frames
+    if anchor % chunk or anchor > cfg.rollout.num_frames:
+        raise ValueError(f"stage.regress_anchor_frames ({anchor}) must be a multiple of the chunk ({chunk} frames) "
+                         f"at most rollout.num_frames ({cfg.rollout.num_frames})")
     return chunk
 
 
@@ -97,8 +102,8 @@ class RegressTrainer(WorldStudentTrainer):
                                       self.cfg.stage.regress_context == "video")
             if self.anchor is None:
                 return loss
-            held = anchor_regression(self.student, self.anchor, text, video[:, :self.cfg.stage.regress_context_frames],
-                                     self.policy, self.sampler, k)
+            span = self.cfg.stage.regress_anchor_frames or self.cfg.stage.regress_context_frames
+            held = anchor_regression(self.student, self.anchor, text, video[:, :span], self.policy, self.sampler, k)
         self.parts = {"continue_loss": loss.item(), "anchor_loss": held.item()}
         return loss + self.cfg.stage.regress_anchor_weight * held
 
