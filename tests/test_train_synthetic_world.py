@@ -14,7 +14,7 @@ import torch
 
 from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, SyntheticWorldDataset, deciding_frames,
                                         describe_scene, encode_prompt, fixed_appear_frame, path, render_scene,
-                                        trajectory, vocabulary)
+                                        trajectory, vocabulary, with_speed)
 
 
 def centroids(video: torch.Tensor, colour: str) -> list:
@@ -247,6 +247,21 @@ def test_the_fixed_phase_leaves_only_the_speed_and_shows_it_within_the_deciding_
             assert np.allclose(p[later], expected)
             if motion == "appears":  # one frame fewer would show it in one frame only: no speed
                 assert obj.appear_frame == d - 2
+
+
+def test_with_speed_is_the_scene_the_world_draws_at_that_speed():
+    """with_speed changes only the chance the fixed phase leaves: the scene equals the one a world with that single
+    speed draws at the same index (the speed is one uniform draw, so every other draw is the same)."""
+    world = _long(phase="fixed")
+    for v in (0.5, 0.8, 1.5):
+        one = dataclasses.replace(world, speed_min=v, speed_max=v)
+        for i in range(30):
+            mine, theirs = with_speed(world.scene(i), v), one.scene(i)
+            assert [o.motion for o in mine.objects] == [o.motion for o in theirs.objects]
+            assert np.allclose(render_scene(mine).numpy(), render_scene(theirs).numpy())
+            for a, b in zip(mine.objects, theirs.objects):
+                assert np.allclose(a.velocity, b.velocity) and np.allclose(a.velocity2, b.velocity2)
+                assert a.start == b.start
 
 
 @pytest.mark.parametrize("phase", ["random", "fixed"])

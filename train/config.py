@@ -140,6 +140,11 @@ class StageSection:
                      context frames of a fresh stream (no context given, the same noise and re-noise draws),
                      between the student's rollout and the frozen model.student_init's: it holds the first
                      chunks of a fresh stream, which the continuation never trains. 0 (default): none.
+    regress_target: regress stage: what the rollout is regressed on. "video" (default): the world's clip.
+                     "nearest_speed": a fresh stream (own context, no context frames) regressed on the world's clip of
+                     the same scene at the speed, out of 11 in [data.speed_min, data.speed_max], whose first
+                     deciding frames are nearest the stream's own: the one continuation of the world consistent
+                     with the speed the stream chose (needs the fixed phase, canonical layout, clips from frame 0).
     regress_anchor_frames: how many frames of the fresh stream the anchor spans (a multiple of the chunk, at most
                      rollout.num_frames): 0 (default) the context frames, rollout.num_frames the whole stream, which
                      also holds the later chunks of a fresh stream (its own context) to the start's.
@@ -164,6 +169,7 @@ class StageSection:
     regress_context_frames: int = 0
     regress_anchor_weight: float = 0.0
     regress_anchor_frames: int = 0
+    regress_target: Literal["video", "nearest_speed"] = "video"
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
@@ -187,6 +193,9 @@ class StageSection:
                  f"must be >= 0, got {self.regress_anchor_weight}")
         _require(self.regress_anchor_weight == 0 or self.regress_context_frames > 0, "stage.regress_anchor_weight",
                  "needs regress_context_frames > 0 (it anchors the frames the continuation does not train)")
+        _require(self.regress_target == "video" or (self.regress_context_frames == 0 and self.regress_context == "own"),
+                 "stage.regress_target", "\"nearest_speed\" regresses a fresh stream: it needs regress_context "
+                 f"\"own\" and regress_context_frames 0, got {self.regress_context!r}, {self.regress_context_frames}")
         _require(self.regress_anchor_frames >= 0, "stage.regress_anchor_frames",
                  f"must be >= 0, got {self.regress_anchor_frames}")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",

@@ -42,7 +42,7 @@ CPU-minutes on the random phase drew smeared stripes along the axis of motion in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Literal
 
 import numpy as np
@@ -252,6 +252,18 @@ def trajectory(obj: ObjectSpec, scene: Scene, frames: np.ndarray | None = None) 
     """Drawn centre positions [N, 2]: `path` wrapped onto the torus [0, W) x [0, H) (bouncers and still objects
     never leave it, so wrapping changes nothing for them)."""
     return np.mod(path(obj, scene, frames), np.array([scene.width, scene.height], dtype=np.float64))
+
+
+def with_speed(scene: Scene, speed: float) -> Scene:
+    """The same scene with every moving object at `speed` px/frame (its start, directions and event frames kept;
+    still objects stay still): on the fixed phase with clips from frame 0 the one thing the prompt leaves to
+    chance."""
+    def scaled(v: tuple[float, float]) -> tuple[float, float]:
+        n = math.hypot(*v)
+        return v if n == 0 else (v[0] * speed / n, v[1] * speed / n)
+
+    return replace(scene, objects=tuple(replace(o, velocity=scaled(o.velocity), velocity2=scaled(o.velocity2))
+                                        for o in scene.objects))
 
 
 def _mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:

@@ -196,6 +196,11 @@ class Batches:
         items = [next(self._it) for _ in range(self.batch_size)]
         return torch.stack([v for v, _ in items]).to(device), [p for _, p in items]
 
+    def last_indices(self) -> list[int]:
+        """The world indices of the batch `next` returned last (single-process loading, as here)."""
+        d = self.dataset
+        return [d.rank + k * d.world_size for k in range(d.position - self.batch_size, d.position)]
+
     def state_dict(self) -> dict[str, int]:
         return self.dataset.state_dict()
 

@@ -20,8 +20,15 @@ those first frames context only (no loss, no graph) and trains the continuation 
 exactly supervised: what a stream primed from a video asks of the student. The first chunks of a fresh stream
 are then trained by nothing; stage.regress_anchor_weight holds them to the frozen start's (anchor_regression), and
 stage.regress_anchor_frames can stretch that hold over the whole fresh stream.
+stage.regress_target "nearest_speed" trains the fresh stream itself, on the fixed phase where the speed is the one
+chance: the stream picks a speed in its first frames (deciding_frames), and from then on the world has exactly one
+continuation, its clip at that speed. So the stream is regressed on the world's clip at the speed of a grid that
+is nearest its own first frames (nearest_speed_clip): every frame has a target consistent with the stream's own
+choice, a mover must keep moving at the speed it started with, and no speed is averaged into a smear.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -29,7 +36,7 @@ from rfrt.cache import CachePolicy
 from rfrt.models import CausalWanDiT
 from rfrt.sampling import SamplerConfig
 from train.config import TrainConfig
-from train.data.synthetic_world import deciding_frames, world_of
+from train.data.synthetic_world import Scene, deciding_frames, render_scene, with_speed, world_of
 from train.stages.common import autocast, frozen, load_dit
 from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
@@ -78,13 +85,43 @@ def anchor_regression(student: CausalWanDiT, anchor: CausalWanDiT, text: torch.T
     return ((x.float() - target.float()) ** 2).mean()
 
 
+def nearest_speed_clip(scene: Scene, stream: torch.Tensor, match: int,
+                       speeds: list[float]) -> tuple[torch.Tensor, float]:
+    """The world's clip of `scene` at the speed (one of `speeds`) whose first `match` frames are nearest (MSE) the
+    stream's own [F, 3, H, W]: the target of a fresh stream that chose that speed. -> (clip [F, 3, H, W], speed)."""
+    head = replace(scene, num_frames=match)
+    own = stream[:match].float().cpu()
+    errors = [((render_scene(with_speed(head, v)) - own) ** 2).mean() for v in speeds]
+    speed = speeds[int(torch.stack(errors).argmin())]
+    return render_scene(with_speed(scene, speed)).to(stream.device), speed
+
+
+def nearest_speed_regression(student: CausalWanDiT, text: torch.Tensor, scenes: list[Scene], like: torch.Tensor,
+                             policy: CachePolicy, sampler: SamplerConfig, exit_step: int, match: int,
+                             speeds: list[float]) -> tuple[torch.Tensor, float]:
+    """mean (x0_exit - clip)^2 of a fresh stream (own context, from fresh noise: global RNG) of like's shape, each
+    clip `nearest_speed_clip` of its scene and the stream's own first `match` frames. -> (loss, mean speed)."""
+    x = rollout(student, text, torch.randn_like(like), policy, sampler, exit_step, grad=True)
+    picked = [nearest_speed_clip(sc, xb.detach(), match, speeds) for sc, xb in zip(scenes, x)]
+    target = torch.stack([clip for clip, _ in picked])
+    return ((x.float() - target) ** 2).mean(), sum(v for _, v in picked) / len(picked)
+
+
 class RegressTrainer(WorldStudentTrainer):
     """model.student_init: the causal student to start from (its text encoder stays frozen)."""
 
     def build(self) -> None:
         cfg = self.cfg
         super().build()
-        self.chunk = check_context_frames(cfg, self.student, deciding_frames(world_of(cfg.data)))
+        self.world = world_of(cfg.data)
+        deciding = deciding_frames(self.world)
+        if cfg.stage.regress_target == "nearest_speed":
+            if self.world.phase != "fixed" or self.world.layout != "canonical" or self.world.max_start_frame:
+                raise ValueError("stage.regress_target \"nearest_speed\" needs a world whose only chance is the "
+                                 "speed: data.phase fixed, layout canonical, max_start_frame 0")
+            self.match, deciding = max(deciding, 2), 0  # two frames show a speed; no context frames to check
+            self.speeds = torch.linspace(cfg.data.speed_min, cfg.data.speed_max, 11, dtype=torch.float64).tolist()
+        self.chunk = check_context_frames(cfg, self.student, deciding)
         self.exit_steps: list[int] = []
         self.anchor = None  # the frozen start: what a fresh stream's first chunks are held to
         if cfg.stage.regress_anchor_weight > 0:
@@ -96,6 +133,13 @@ class RegressTrainer(WorldStudentTrainer):
         k = draw_exit_step(self.sampler.num_steps, self.info)
         self.exit_steps.append(k)
         text = self.text.encode(prompts)
+        if self.cfg.stage.regress_target == "nearest_speed":
+            scenes = [self.world.scene(i) for i in self.data.last_indices()]
+            with autocast(self.cfg, self.info):
+                loss, speed = nearest_speed_regression(self.student, text, scenes, video, self.policy, self.sampler,
+                                                       k, self.match, self.speeds)
+            self.parts = {"nearest_speed": speed}
+            return loss
         with autocast(self.cfg, self.info):
             loss = rollout_regression(self.student, text, video, self.policy, self.sampler, k,
                                       self.cfg.stage.regress_context_frames // self.chunk,
