@@ -3,7 +3,8 @@
     sample_chunk(forward, draws, plan, *, exit_step=None, grad=False) -> x0      rfrt.runtime.chunk
     ChunkForward / TorchForward                                                   rfrt.runtime.forward
     ChunkPlan                                                                     rfrt.runtime.plan
-    StreamGenerator, Chunk                                                        rfrt.runtime.generator
+    StreamGenerator (model loading and fast paths: rfrt.runtime.loading)          rfrt.runtime.generator
+    Chunk (one generated chunk: index, frames, video, latents)                    rfrt.runtime.chunk
     ChunkGraphs                                                                   rfrt.runtime.graphs
 
 Importing this package loads the loop only; the generator (model directories, text, decoders) loads on use.

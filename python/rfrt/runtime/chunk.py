@@ -9,6 +9,7 @@ The body is device work only (no `.item()`, no Python value read from a tensor),
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -17,7 +18,24 @@ from rfrt.runtime.forward import ChunkForward
 from rfrt.runtime.plan import ChunkPlan
 from rfrt.sampling import flow_to_x0, renoise
 
-__all__ = ["sample_chunk", "context_pass", "context_chunk"]
+__all__ = ["Chunk", "sample_chunk", "context_pass", "context_chunk"]
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """One generated chunk.
+
+    index:   chunk number in the stream (0, 1, ...).
+    frames:  uint8 [T, H, W, 3] on the CPU (RGB, ready for a video writer).
+    video:   float [T, 3, H, W] in [-1, 1] on the generator's device.
+    latents: [F, C, h, w], the x0 of the last denoising forward (DiT dtype, generator's device).
+    The tensors are shared with the generator (a re-cache replays the latents): treat them as read-only.
+    """
+
+    index: int
+    frames: torch.Tensor
+    video: torch.Tensor
+    latents: torch.Tensor
 
 
 def sample_chunk(forward: ChunkForward, draws: Sequence[Tensor], plan: ChunkPlan, *, exit_step: int | None = None,

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import collections
 import os
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
-from rfrt._checks import positive_int
 from rfrt.cache.layout import CacheLayout
 from rfrt.cache.policy import CachePolicy
 from rfrt.cache.ring import ATTENTION_KERNELS, RingCache
@@ -37,32 +35,16 @@ from rfrt.engine.interface import check_step_shapes
 from rfrt.engine.select import BACKENDS, check_backend, load_runner
 from rfrt.engine.stream import EngineForward, TorchChunkStep
 from rfrt.fast.config import RuntimeConfig
-from rfrt.model_dir import LoadedModel, ModelDirError, default_model_path, load_model_dir
-from rfrt.runtime.chunk import sample_chunk
+from rfrt.model_dir import LoadedModel
+from rfrt.runtime.chunk import Chunk, sample_chunk
 from rfrt.runtime.forward import TorchForward
+from rfrt.runtime.loading import apply_runtime, check_resolution, load_bundle
 from rfrt.runtime.plan import ChunkPlan
 from rfrt.runtime.prime import Primed, context_latents, prime_chunks
 from rfrt.sampling import SamplerConfig
 from rfrt.text import PromptCache
 
 __all__ = ["StreamGenerator", "Chunk", "BACKENDS"]
-
-@dataclass(frozen=True, eq=False)
-class Chunk:
-    """One generated chunk.
-
-    index:   chunk number in the stream (0, 1, ...).
-    frames:  uint8 [T, H, W, 3] on the CPU (RGB, ready for a video writer).
-    video:   float [T, 3, H, W] in [-1, 1] on the generator's device.
-    latents: [F, C, h, w], the x0 of the last denoising forward (DiT dtype, generator's device).
-    The tensors are shared with the generator (a re-cache replays the latents): treat them as read-only.
-    """
-
-    index: int
-    frames: torch.Tensor
-    video: torch.Tensor
-    latents: torch.Tensor
-
 
 class StreamGenerator:
     """Generates video chunk by chunk, forever, from a text prompt.
@@ -111,35 +93,20 @@ class StreamGenerator:
                                  ("runtime", runtime, RuntimeConfig)):
             if value is not None and not isinstance(value, cls):
                 raise TypeError(f"{name} must be a {cls.__name__}, got {type(value).__name__}")
-        if model is not None and not isinstance(model, (str, os.PathLike, LoadedModel)):
-            raise TypeError(f"model must be a model directory path, a LoadedModel or None (the default model), "
-                            f"got {type(model).__name__} {model!r}")
         self.device = default_device(device, check_cuda=False)
         # Before any weights load: a wrong backend setting costs a moment, not a model load.
         engine_path = check_backend(backend, engine, self.device, runtime or RuntimeConfig())
         default_device(self.device)  # a CUDA device that does not exist: a clear ValueError, not an AssertionError
         dtype = resolve_dtype(dtype, self.device)
-        if model is None:
-            model = default_model_path()
-            if model is None:
-                raise ModelDirError(
-                    "no model given and the embedded default model is not installed: pass a model directory, "
-                    "e.g. StreamGenerator('path/to/Wan2.1-T2V-1.3B-Diffusers', checkpoint='rewardforcing.pt') "
-                    "or `rfrt generate --model DIR [--checkpoint PT]`")
-        if isinstance(model, LoadedModel):
-            if checkpoint is not None:
-                raise ValueError("checkpoint= applies to a model directory, not to an already loaded model")
-            bundle = model
-            bundle.dit.to(device=self.device, dtype=dtype)
-        else:
-            bundle = load_model_dir(model, checkpoint=checkpoint, use_ema=use_ema, device=self.device, dtype=dtype)
+        bundle = load_bundle(model, checkpoint, use_ema, self.device, dtype)
         self.runtime = runtime or RuntimeConfig()
-        self.dit, self.decoder = _apply_runtime(self.runtime, bundle.dit, bundle.decoder, self.device)
+        self.dit, self.decoder = apply_runtime(self.runtime, bundle.dit, bundle.decoder, self.device)
         self.dtype = next(self.dit.parameters()).dtype
         self.text = PromptCache(bundle.text_encoder)
         self.sampler = sampler or bundle.sampler
         self._fps = bundle.video.fps
-        self._height, self._width = self._check_resolution(
+        self._height, self._width = check_resolution(
+            self.dit.config, self.decoder.spatial_upsample,
             bundle.video.height if height is None else height, bundle.video.width if width is None else width)
         cfg = self.dit.config
         pt, ph, pw = cfg.patch_size
@@ -219,20 +186,6 @@ class StreamGenerator:
     def cross_kv(self):
         """The current prompt's cross-attention K/V (rfrt.models.CrossKV)."""
         return self._cross
-
-    def _check_resolution(self, height: int, width: int) -> tuple[int, int]:
-        ph, pw = self.dit.config.patch_size[1:]
-        s = self.decoder.spatial_upsample
-        for name, value, p in (("height", height, ph), ("width", width, pw)):
-            positive_int(name, value)
-            if value % (s * p):
-                raise ValueError(f"{name} {value} px is not a multiple of {s * p} px (decoder stride {s} x "
-                                 f"patch {p}); try {max(s * p, value // (s * p) * s * p)}")
-        grid = self.dit.config.pos_grid
-        if grid is not None and (height // (s * ph), width // (s * pw)) != grid:
-            raise ValueError(f"this model has a learned position embedding for {grid[0] * s * ph}x"
-                             f"{grid[1] * s * pw} px video only, got {height}x{width}")
-        return height, width
 
     # ---- the stream ----
     def reset(self, prompt: str, seed: int = 0, *, context=None) -> None:
@@ -438,23 +391,4 @@ class StreamGenerator:
         """Endless: yields step() until the caller stops."""
         while True:
             yield self.step()
-
-
-def _apply_runtime(runtime: RuntimeConfig, dit, decoder, device: torch.device):
-    """The fast paths that change the model objects: modulation precision / fused helpers, FP8 block linears (in
-    place), the overlapped decoder."""
-    current = getattr(dit, "block_math", None)
-    if current is not None and (current.precision, current.compile) != (runtime.modulation, runtime.fuse_helpers):
-        from rfrt.models.dit import BlockMath
-
-        dit.set_block_math(BlockMath(runtime.modulation, compile=runtime.fuse_helpers))
-    if runtime.fp8:
-        from rfrt.fast.fp8 import swap_dit_linears
-
-        swap_dit_linears(dit, runtime.fp8_scaling)
-    if runtime.overlap_decode:
-        from rfrt.fast.overlap import OverlappedDecoder
-
-        decoder = OverlappedDecoder(decoder, device)
-    return dit, decoder
 
