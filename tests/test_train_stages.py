@@ -15,10 +15,10 @@ from rfrt.models import BlockCausalAttention
 from rfrt.sampling import flow_to_x0, renoise, timestep_tensor, warped_sigmas, warped_timesteps
 from train.config import ConfigError, load_config
 from train.stages import build_stage
-from train.data.synthetic_world import describe_scene, render_scene, with_speed, world_of
+from train.data.synthetic_world import describe_scene, render_scene, with_shift, with_speed, world_of
 from train.stages.common import DistInfo, dit_config, init_dit, load_dit
 from train.stages.dmd import generator_loss
-from train.stages.regress import nearest_speed_clip
+from train.stages.regress import nearest_clip, shift_grid
 from train.stages.rollout import rollout, training_policy
 
 TINY = Path(__file__).resolve().parent.parent / "train" / "configs" / "tiny_test.yaml"
@@ -585,28 +585,40 @@ def test_regress_anchor_holds_a_fresh_streams_first_chunks_to_the_start(pipeline
             build_stage(make_cfg(tmp_path / f"bad{frames}", **bad), progress=False)
 
 
-def test_nearest_speed_clip_is_the_worlds_clip_at_the_streams_own_speed():
+def test_nearest_clip_is_the_worlds_clip_at_the_streams_own_speed_and_start():
     """The clip a fresh stream is regressed on under stage.regress_target "nearest_speed": the world's clip of the
-    same scene at the grid speed nearest the stream's (against the world rendered by hand at that speed)."""
+    same scene at the grid speed (and, with shifts, the start shift along the motion) nearest the stream's, against
+    the world rendered by hand at that speed and shift."""
     world = world_of(make_cfg(Path("unused")).data, height=16, width=16, num_frames=15, phase="fixed",
                      layout="canonical", speed_min=0.5, speed_max=1.5)
     speeds = [0.5 + 0.1 * i for i in range(11)]
+    assert shift_grid(0) == [0.0] and shift_grid(1.0) == [-1.0, -0.5, 0.0, 0.5, 1.0]
     movers = [s for s in (world.scene(i) for i in range(40)) if s.objects[0].motion in ("moves", "turns")][:4]
     assert movers
     for scene in movers:
         for true, expect in ((0.9, 0.9), (1.23, 1.2), (0.2, 0.5)):
             stream = render_scene(with_speed(scene, true))
-            clip, speed = nearest_speed_clip(scene, stream, 5, speeds)
-            assert speed == pytest.approx(expect)
+            clip, speed, shift = nearest_clip(scene, stream, 5, speeds)
+            assert (speed, shift) == (pytest.approx(expect), 0.0)
             torch.testing.assert_close(clip, render_scene(with_speed(scene, speed)))
+        for true_speed, true_shift in ((0.9, 1.0), (1.2, -1.5), (0.5, 2.0)):
+            stream = render_scene(with_shift(with_speed(scene, true_speed), true_shift))
+            clip, speed, shift = nearest_clip(scene, stream, 5, speeds, shift_grid(2.0))
+            assert (speed, shift) == (pytest.approx(true_speed), true_shift)
+            torch.testing.assert_close(clip, stream)
+            # Without the shifts the best clip at any speed is further from the stream than the shifted truth.
+            unshifted, _, _ = nearest_clip(scene, stream, 5, speeds)
+            assert ((unshifted - stream) ** 2).mean() > 1e-3
 
 
-def test_regress_nearest_speed_regresses_a_fresh_stream_on_its_own_speeds_clip(pipeline, tmp_path):
-    """The loss is the MSE of the fresh stream (own context) against nearest_speed_clip of each clip's scene,
-    recomputed here from the world's scenes with the RNG set by hand; refused where more than the speed is chance
-    or with a context."""
+@pytest.mark.parametrize("shift_px, shifts", [(0.0, [0.0]), (1.0, [-1.0, -0.5, 0.0, 0.5, 1.0])])
+def test_regress_nearest_speed_regresses_a_fresh_stream_on_its_own_speeds_clip(pipeline, tmp_path, shift_px, shifts):
+    """The loss is the MSE of the fresh stream (own context) against nearest_clip of each clip's scene (over the
+    speeds, and the start shifts of stage.regress_shift_px), recomputed here from the world's scenes with the RNG
+    set by hand; refused where more than the speed is chance, with a context, or shifts without nearest_speed."""
     root = pipeline[0]
-    sections = {"stage": {"kind": "regress", "regress_target": "nearest_speed", "regress_context": "own"},
+    sections = {"stage": {"kind": "regress", "regress_target": "nearest_speed", "regress_context": "own",
+                          "regress_shift_px": shift_px},
                 "model": {"student_init": str(root / "ode/export")},
                 "data": {"num_frames": 15, "phase": "fixed", "speed_min": 0.5, "speed_max": 1.5,
                          "layout": "canonical"},
@@ -622,18 +634,22 @@ def test_regress_nearest_speed_regresses_a_fresh_stream_on_its_own_speeds_clip(p
     with torch.no_grad():
         x = rollout(trainer.student, trainer.text.encode(prompts), torch.randn_like(video), trainer.policy,
                     trainer.cfg.sampler, k)
-    picked = [nearest_speed_clip(sc, xb, 5, trainer.speeds) for sc, xb in zip(scenes, x)]
-    assert trainer.speeds == pytest.approx([0.5 + 0.1 * i for i in range(11)])
-    target = torch.stack([c for c, _ in picked])
+    picked = [nearest_clip(sc, xb, 5, trainer.speeds, shifts) for sc, xb in zip(scenes, x)]
+    assert trainer.speeds == pytest.approx([0.5 + 0.1 * i for i in range(11)]) and trainer.shifts == shifts
+    target = torch.stack([c for c, _, _ in picked])
     torch.testing.assert_close(loss.detach(), ((x - target) ** 2).mean(), rtol=1e-5, atol=1e-7)
-    assert trainer.parts["nearest_speed"] == pytest.approx(sum(v for _, v in picked) / len(picked))
+    assert trainer.parts["nearest_speed"] == pytest.approx(sum(v for _, v, _ in picked) / len(picked))
+    assert trainer.parts["nearest_shift"] == pytest.approx(sum(abs(d) for _, _, d in picked) / len(picked))
     _, metrics = run_stage(tmp_path / "nearest_run", **sections)
     assert 0.5 <= metrics["nearest_speed"] <= 1.5 and torch.isfinite(torch.tensor(metrics["loss"]))
+    assert 0 <= metrics["nearest_shift"] <= shift_px
     with pytest.raises(ValueError, match="only chance is the speed"):
         build_stage(make_cfg(tmp_path / "random", **{**sections, "data": {**sections["data"], "phase": "random"}}),
                     progress=False)
     with pytest.raises(ConfigError, match="regress_target"):
         make_cfg(tmp_path / "ctx", **{**sections, "stage": {**sections["stage"], "regress_context_frames": 6}})
+    with pytest.raises(ConfigError, match="regress_shift_px"):
+        make_cfg(tmp_path / "shift", **{**sections, "stage": {"kind": "regress", "regress_shift_px": 1.0}})
 
 
 def test_regress_continuation_is_the_rollouts_loss_past_the_context_frames(pipeline, tmp_path):

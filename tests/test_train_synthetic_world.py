@@ -14,7 +14,7 @@ import torch
 
 from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, SyntheticWorldDataset, deciding_frames,
                                         describe_scene, encode_prompt, fixed_appear_frame, path, render_scene,
-                                        trajectory, vocabulary, with_speed)
+                                        trajectory, vocabulary, with_shift, with_speed)
 
 
 def centroids(video: torch.Tensor, colour: str) -> list:
@@ -262,6 +262,32 @@ def test_with_speed_is_the_scene_the_world_draws_at_that_speed():
             for a, b in zip(mine.objects, theirs.objects):
                 assert np.allclose(a.velocity, b.velocity) and np.allclose(a.velocity2, b.velocity2)
                 assert a.start == b.start
+
+
+def test_with_shift_is_the_same_path_a_time_offset_ahead():
+    """with_shift(scene, px) moves a straight path px along its direction: in closed form the shifted path at
+    frame t is the original's at t + px / speed (the whole path, a turn's second leg included); still objects
+    stay where they are."""
+    world = _long(phase="fixed")
+    seen = set()
+    for i in range(60):
+        scene = world.scene(i)
+        obj = scene.objects[0]
+        seen.add(obj.motion)
+        for px in (-1.5, 0.5, 2.0):
+            moved = with_shift(scene, px).objects[0]
+            speed = np.hypot(*obj.velocity)
+            if speed == 0:
+                assert moved == obj
+                continue
+            t = np.arange(0.0, 30.0)
+            if obj.motion in ("moves", "appears"):
+                assert np.allclose(path(moved, scene, t), path(obj, scene, t + px / speed))
+            if obj.motion == "turns":  # start, turn point and second leg all move by px along the first leg
+                unit = np.array(obj.velocity) / speed
+                assert np.allclose(path(moved, scene, t), path(obj, scene, t) + px * unit)
+            assert moved.motion == obj.motion and moved.velocity == obj.velocity
+    assert {"moves", "turns", "still"} <= seen
 
 
 @pytest.mark.parametrize("phase", ["random", "fixed"])

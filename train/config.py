@@ -148,6 +148,9 @@ class StageSection:
     regress_anchor_frames: how many frames of the fresh stream the anchor spans (a multiple of the chunk, at most
                      rollout.num_frames): 0 (default) the context frames, rollout.num_frames the whole stream, which
                      also holds the later chunks of a fresh stream (its own context) to the start's.
+    regress_shift_px: regress_target "nearest_speed": also match the stream's start offset along its direction of
+                     motion, over shifts of -regress_shift_px .. regress_shift_px px in 0.5 px steps (a generated
+                     stream starts up to 2.5 px off the prompt's place). 0 (default): the speed only.
     """
 
     kind: Literal["teacher", "ode", "dmd", "forcing", "regress"] = "dmd"
@@ -170,6 +173,7 @@ class StageSection:
     regress_anchor_weight: float = 0.0
     regress_anchor_frames: int = 0
     regress_target: Literal["video", "nearest_speed"] = "video"
+    regress_shift_px: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.teacher_shift > 0, "stage.teacher_shift", f"must be > 0, got {self.teacher_shift}")
@@ -198,6 +202,9 @@ class StageSection:
                  f"\"own\" and regress_context_frames 0, got {self.regress_context!r}, {self.regress_context_frames}")
         _require(self.regress_anchor_frames >= 0, "stage.regress_anchor_frames",
                  f"must be >= 0, got {self.regress_anchor_frames}")
+        _require(self.regress_shift_px >= 0 and (self.regress_shift_px == 0 or self.regress_target == "nearest_speed"),
+                 "stage.regress_shift_px", "must be >= 0 and needs regress_target \"nearest_speed\" (it matches a "
+                 f"fresh stream's start), got {self.regress_shift_px} with {self.regress_target!r}")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
         _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),

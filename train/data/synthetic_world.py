@@ -266,6 +266,19 @@ def with_speed(scene: Scene, speed: float) -> Scene:
                                         for o in scene.objects))
 
 
+def with_shift(scene: Scene, px: float) -> Scene:
+    """The same scene with every moving object's start moved `px` px along its first direction of motion (still
+    objects stay): for straight paths the clip of a stream that is px / speed frames ahead (behind, for px < 0),
+    the offset a generated stream's start shows against the prompt's place."""
+    def shifted(o: ObjectSpec) -> ObjectSpec:
+        n = math.hypot(*o.velocity)
+        if n == 0:
+            return o
+        return replace(o, start=(o.start[0] + px * o.velocity[0] / n, o.start[1] + px * o.velocity[1] / n))
+
+    return replace(scene, objects=tuple(shifted(o) for o in scene.objects))
+
+
 def _mask(shape: str, cx: float, cy: float, r: float, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     dx, dy = xs - cx, ys - cy
     if shape == "circle":

@@ -23,8 +23,11 @@ stage.regress_anchor_frames can stretch that hold over the whole fresh stream.
 stage.regress_target "nearest_speed" trains the fresh stream itself, on the fixed phase where the speed is the one
 chance: the stream picks a speed in its first frames (deciding_frames), and from then on the world has exactly one
 continuation, its clip at that speed. So the stream is regressed on the world's clip at the speed of a grid that
-is nearest its own first frames (nearest_speed_clip): every frame has a target consistent with the stream's own
-choice, a mover must keep moving at the speed it started with, and no speed is averaged into a smear.
+is nearest its own first frames (nearest_clip): every frame has a target consistent with the stream's own
+choice, a mover must keep moving at the speed it started with, and no speed is averaged into a smear. Measured, a
+generated stream also starts 0.5-2.5 px off the prompt's place along its direction (a per-pixel loss against a
+clip it does not overlap is cut by drawing less object: the student lost its object), so stage.regress_shift_px
+also matches that offset, over start shifts of 0.5 px steps (with_shift).
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from rfrt.cache import CachePolicy
 from rfrt.models import CausalWanDiT
 from rfrt.sampling import SamplerConfig
 from train.config import TrainConfig
-from train.data.synthetic_world import Scene, deciding_frames, render_scene, with_speed, world_of
+from train.data.synthetic_world import Scene, deciding_frames, render_scene, with_shift, with_speed, world_of
 from train.stages.common import autocast, frozen, load_dit
 from train.stages.rollout import draw_exit_step, rollout
 from train.stages.world_student import WorldStudentTrainer
@@ -85,26 +88,38 @@ def anchor_regression(student: CausalWanDiT, anchor: CausalWanDiT, text: torch.T
     return ((x.float() - target.float()) ** 2).mean()
 
 
-def nearest_speed_clip(scene: Scene, stream: torch.Tensor, match: int,
-                       speeds: list[float]) -> tuple[torch.Tensor, float]:
-    """The world's clip of `scene` at the speed (one of `speeds`) whose first `match` frames are nearest (MSE) the
-    stream's own [F, 3, H, W]: the target of a fresh stream that chose that speed. -> (clip [F, 3, H, W], speed)."""
+def nearest_clip(scene: Scene, stream: torch.Tensor, match: int, speeds: list[float],
+                 shifts: list[float] = (0.0,)) -> tuple[torch.Tensor, float, float]:
+    """The world's clip of `scene` at the speed (one of `speeds`) and start shift along the direction of motion
+    (one of `shifts`, px, `with_shift`) whose first `match` frames are nearest (MSE) the stream's own
+    [F, 3, H, W]: the target of a fresh stream that chose that speed and started that far off the prompt's place.
+    -> (clip [F, 3, H, W], speed, shift)."""
     head = replace(scene, num_frames=match)
     own = stream[:match].float().cpu()
-    errors = [((render_scene(with_speed(head, v)) - own) ** 2).mean() for v in speeds]
-    speed = speeds[int(torch.stack(errors).argmin())]
-    return render_scene(with_speed(scene, speed)).to(stream.device), speed
+    grid = [(v, d) for d in shifts for v in speeds]
+    errors = [((render_scene(with_shift(with_speed(head, v), d)) - own) ** 2).mean() for v, d in grid]
+    speed, shift = grid[int(torch.stack(errors).argmin())]
+    return render_scene(with_shift(with_speed(scene, speed), shift)).to(stream.device), speed, shift
 
 
-def nearest_speed_regression(student: CausalWanDiT, text: torch.Tensor, scenes: list[Scene], like: torch.Tensor,
-                             policy: CachePolicy, sampler: SamplerConfig, exit_step: int, match: int,
-                             speeds: list[float]) -> tuple[torch.Tensor, float]:
+def nearest_clip_regression(student: CausalWanDiT, text: torch.Tensor, scenes: list[Scene], like: torch.Tensor,
+                            policy: CachePolicy, sampler: SamplerConfig, exit_step: int, match: int,
+                            speeds: list[float], shifts: list[float] = (0.0,)) -> tuple[torch.Tensor, dict]:
     """mean (x0_exit - clip)^2 of a fresh stream (own context, from fresh noise: global RNG) of like's shape, each
-    clip `nearest_speed_clip` of its scene and the stream's own first `match` frames. -> (loss, mean speed)."""
+    clip `nearest_clip` of its scene and the stream's own first `match` frames.
+    -> (loss, {nearest_speed: mean speed, nearest_shift: mean |shift| px})."""
     x = rollout(student, text, torch.randn_like(like), policy, sampler, exit_step, grad=True)
-    picked = [nearest_speed_clip(sc, xb.detach(), match, speeds) for sc, xb in zip(scenes, x)]
-    target = torch.stack([clip for clip, _ in picked])
-    return ((x.float() - target) ** 2).mean(), sum(v for _, v in picked) / len(picked)
+    picked = [nearest_clip(sc, xb.detach(), match, speeds, shifts) for sc, xb in zip(scenes, x)]
+    target = torch.stack([clip for clip, _, _ in picked])
+    n = len(picked)
+    return ((x.float() - target) ** 2).mean(), {"nearest_speed": sum(v for _, v, _ in picked) / n,
+                                                "nearest_shift": sum(abs(d) for _, _, d in picked) / n}
+
+
+def shift_grid(max_px: float, step: float = 0.5) -> list[float]:
+    """Start shifts -max_px .. max_px px in `step` px steps (0 alone for max_px 0)."""
+    n = int(round(max_px / step))
+    return [i * step for i in range(-n, n + 1)]
 
 
 class RegressTrainer(WorldStudentTrainer):
@@ -121,6 +136,7 @@ class RegressTrainer(WorldStudentTrainer):
                                  "speed: data.phase fixed, layout canonical, max_start_frame 0")
             self.match, deciding = max(deciding, 2), 0  # two frames show a speed; no context frames to check
             self.speeds = torch.linspace(cfg.data.speed_min, cfg.data.speed_max, 11, dtype=torch.float64).tolist()
+            self.shifts = shift_grid(cfg.stage.regress_shift_px)
         self.chunk = check_context_frames(cfg, self.student, deciding)
         self.exit_steps: list[int] = []
         self.anchor = None  # the frozen start: what a fresh stream's first chunks are held to
@@ -136,9 +152,8 @@ class RegressTrainer(WorldStudentTrainer):
         if self.cfg.stage.regress_target == "nearest_speed":
             scenes = [self.world.scene(i) for i in self.data.last_indices()]
             with autocast(self.cfg, self.info):
-                loss, speed = nearest_speed_regression(self.student, text, scenes, video, self.policy, self.sampler,
-                                                       k, self.match, self.speeds)
-            self.parts = {"nearest_speed": speed}
+                loss, self.parts = nearest_clip_regression(self.student, text, scenes, video, self.policy,
+                                                           self.sampler, k, self.match, self.speeds, self.shifts)
             return loss
         with autocast(self.cfg, self.info):
             loss = rollout_regression(self.student, text, video, self.policy, self.sampler, k,
