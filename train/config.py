@@ -150,7 +150,7 @@ class StageSection:
                      also holds the later chunks of a fresh stream (its own context) to the start's.
     regress_shift_px: regress_target "nearest_speed": also match the stream's start offset along its direction of
                      motion, over shifts of -regress_shift_px .. regress_shift_px px in 0.5 px steps (a generated
-                     stream starts up to 2.5 px off the prompt's place). 0 (default): the speed only.
+                     stream sits up to 2.5 px off the prompt's path). 0 (default): the speed only.
     """
 
     kind: Literal["teacher", "ode", "dmd", "forcing", "regress"] = "dmd"
