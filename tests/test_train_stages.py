@@ -593,6 +593,7 @@ def test_nearest_clip_is_the_worlds_clip_at_the_streams_own_speed_and_start():
                      layout="canonical", speed_min=0.5, speed_max=1.5)
     speeds = [0.5 + 0.1 * i for i in range(11)]
     assert shift_grid(0) == [0.0] and shift_grid(1.0) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert shift_grid(0.7) == [-0.5, 0.0, 0.5]  # never past the bound
     movers = [s for s in (world.scene(i) for i in range(40)) if s.objects[0].motion in ("moves", "turns")][:4]
     assert movers
     for scene in movers:

@@ -117,8 +117,8 @@ def nearest_clip_regression(student: CausalWanDiT, text: torch.Tensor, scenes: l
 
 
 def shift_grid(max_px: float, step: float = 0.5) -> list[float]:
-    """Start shifts -max_px .. max_px px in `step` px steps (0 alone for max_px 0)."""
-    n = int(round(max_px / step))
+    """Start shifts in `step` px steps within [-max_px, max_px] (0 alone for max_px below a step)."""
+    n = int(max_px / step + 1e-9)
     return [i * step for i in range(-n, n + 1)]
 
 
