@@ -31,6 +31,7 @@ shift the student lost its object within 200 steps (presence 0.20-0.21), as with
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -88,8 +89,8 @@ def anchor_regression(student: CausalWanDiT, anchor: CausalWanDiT, text: torch.T
     return ((x.float() - target.float()) ** 2).mean()
 
 
-def nearest_clip(scene: Scene, stream: torch.Tensor, match: int, speeds: list[float],
-                 shifts: list[float] = (0.0,)) -> tuple[torch.Tensor, float, float]:
+def nearest_clip(scene: Scene, stream: torch.Tensor, match: int, speeds: Sequence[float],
+                 shifts: Sequence[float] = (0.0,)) -> tuple[torch.Tensor, float, float]:
     """The world's clip of `scene` at the speed (one of `speeds`) and start shift along the direction of motion
     (one of `shifts`, px, `with_shift`) whose first `match` frames are nearest (MSE) the stream's own
     [F, 3, H, W]: the target of a fresh stream that chose that speed and started that far off the prompt's place.
@@ -104,7 +105,7 @@ def nearest_clip(scene: Scene, stream: torch.Tensor, match: int, speeds: list[fl
 
 def nearest_clip_regression(student: CausalWanDiT, text: torch.Tensor, scenes: list[Scene], like: torch.Tensor,
                             policy: CachePolicy, sampler: SamplerConfig, exit_step: int, match: int,
-                            speeds: list[float], shifts: list[float] = (0.0,)) -> tuple[torch.Tensor, dict]:
+                            speeds: Sequence[float], shifts: Sequence[float] = (0.0,)) -> tuple[torch.Tensor, dict]:
     """mean (x0_exit - clip)^2 of a fresh stream (own context, from fresh noise: global RNG) of like's shape, each
     clip `nearest_clip` of its scene and the stream's own first `match` frames.
     -> (loss, {nearest_speed: mean speed, nearest_shift: mean |shift| px})."""
