@@ -1,7 +1,8 @@
 """How well priming carries a synthetic-world context into the stream of a pixel-space model (the default one).
 
 For single-object "moves" scenes of the canonical world (16x16): the object's centroid (pixels nearest its
-palette colour) in generated frames against the world's truth (`trajectory`):
+palette colour) in generated frames against the world's truth (`trajectory`), both on the torus the world wraps
+its movers around (`centroids`, `torus_offset`, `travel`):
   seam:     1 s (16 frames) of context from stream frame 0, continued under the scene's own prompt, the
             opposite direction's prompt, and with no context: error at the first generated frame (frame 16),
             and travel along the prompted direction over the next 6 frames;
@@ -28,6 +29,7 @@ for _p in (_ROOT, _ROOT / "python"):  # runnable from a source checkout (appende
 
 from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, describe_scene,  # noqa: E402
                                        render_scene, trajectory)
+from train.stream_metrics import circular_centroids  # noqa: E402
 from train.world_eval import nearest_colour  # noqa: E402  (an index into the palette, in COLOURS' order)
 
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -39,14 +41,25 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 
 def centroids(frames: torch.Tensor, colour: str) -> np.ndarray:
-    """uint8 [T, H, W, 3] -> [T, 2] (x, y) centroid of the pixels nearest the palette colour (NaN if none)."""
+    """uint8 [T, H, W, 3] -> [T, 2] (x, y) centroid on the torus (circular mean per axis) of the pixels nearest the
+    palette colour, NaN if none. The world wraps its movers around the edges, so an object split over an edge is
+    one object here; a plain mean would put it mid-frame (and a few stray pixels pull a plain mean far more)."""
     video = frames.float() / 127.5 - 1
-    mask = (nearest_colour(video) == list(COLOURS).index(colour)).float()
-    ys, xs = torch.meshgrid(torch.arange(frames.shape[1]), torch.arange(frames.shape[2]), indexing="ij")
-    n = mask.sum((1, 2))
-    out = torch.stack([(xs * mask).sum((1, 2)), (ys * mask).sum((1, 2))], dim=1) / n.clamp_min(1)[:, None]
-    out[n == 0] = float("nan")
-    return out.numpy()
+    return circular_centroids(nearest_colour(video) == list(COLOURS).index(colour))
+
+
+def torus_offset(a: np.ndarray, b: np.ndarray, size: tuple[int, int] = (16, 16)) -> np.ndarray:
+    """a - b per (x, y) axis, wrapped into [-size / 2, size / 2] (size: width, height)."""
+    n = np.asarray(size, dtype=np.float64)
+    d = np.asarray(a, dtype=np.float64) - b
+    return d - n * np.round(d / n)
+
+
+def travel(pos: np.ndarray, direction: np.ndarray, frames: int = 6, size: tuple[int, int] = (16, 16)) -> float:
+    """px travelled along `direction` from pos[0] to pos[frames], summed over wrapped single-frame steps (an
+    object crossing an edge keeps its travel); NaN where a frame lost the object."""
+    steps = torus_offset(pos[1:frames + 1], pos[:frames], size)
+    return float(steps.sum(0) @ direction)
 
 
 def mover_scenes(seed: int, frames: int, n: int, window: range, size: int = 16):
@@ -87,8 +100,8 @@ def seam(gen, scenes, context: int = 16, chunks: int = 3) -> dict[str, tuple[flo
             frames = torch.cat([gen.step().frames for _ in range(chunks)])
             frames = frames[gen.primed.held_output_frames:] if c is not None else frames
             pos = centroids(frames, obj.colour)
-            out[name][0].append(np.linalg.norm(pos[0] - truth[context]))
-            out[name][1].append((pos[6] - pos[0]) @ np.array(DIRECTIONS[obj.direction], float))
+            out[name][0].append(np.linalg.norm(torus_offset(pos[0], truth[context])))
+            out[name][1].append(travel(pos, np.array(DIRECTIONS[obj.direction], float)))
     return {k: (round(float(np.nanmean(e)), 2), round(float(np.nanmean(m)), 2),
                 round(float(np.mean(np.array(m) > 0.5)), 2)) for k, (e, m) in out.items()}
 
@@ -102,7 +115,8 @@ def lengths(gen, scenes, end: int = 20, ns=(1, 2, 3, 4, 6, 9, 12)) -> dict[int, 
         for index, scene, truth in scenes:
             gen.reset(describe_scene(scene), seed=index, context=to_uint8(render_scene(scene)[end + 1 - n:end + 1]))
             frames = gen.step().frames[gen.primed.held_output_frames:]
-            errs.append(np.linalg.norm(centroids(frames[:1], scene.objects[0].colour)[0] - truth[end + 1]))
+            pos = centroids(frames[:1], scene.objects[0].colour)[0]
+            errs.append(np.linalg.norm(torus_offset(pos, truth[end + 1])))
         out[n] = round(float(np.nanmean(errs)), 2)
     return out
 
