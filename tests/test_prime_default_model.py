@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # train/ (the s
 
 from rfrt.generator import StreamGenerator  # noqa: E402
 from rfrt.model_dir import default_model_path  # noqa: E402
-from train.prime_eval import OPPOSITE, centroids, mover_scenes, torus_offset, travel  # noqa: E402
-from train.stream_metrics import bootstrap_ci  # noqa: E402
+from train.prime_eval import OPPOSITE, SIZE, centroids, mover_scenes, travel  # noqa: E402
+from train.stream_metrics import bootstrap_ci, torus_offset  # noqa: E402
 from train.prime_eval import to_uint8 as _u8  # noqa: E402
 from test_generator_tiny import one_thread  # noqa: E402,F401 - fixture
 
@@ -86,7 +86,7 @@ def continuations(gen):
 
 
 def _seam_errors(rows, name):
-    return np.array([np.linalg.norm(torus_offset(r[name][0], r["truth"][0])) for r in rows])
+    return np.array([np.linalg.norm(torus_offset(r[name][0], r["truth"][0], SIZE)) for r in rows])
 
 
 def test_continuation_keeps_the_object_where_the_context_left_it(continuations):
@@ -136,9 +136,9 @@ def single_images(gen):
         image = _u8(render_scene(scene)[k:k + 1])[0]
         gen.reset(prompt, seed=index, context=image)
         frames = gen.step().frames
-        err = np.linalg.norm(torus_offset(centroids(frames[1:2], colour)[0], truth[k + 1]))
+        err = np.linalg.norm(torus_offset(centroids(frames[1:2], colour)[0], truth[k + 1], SIZE))
         gen.reset(prompt, seed=index)
-        fresh = np.linalg.norm(torus_offset(centroids(gen.step().frames[1:2], colour)[0], truth[k + 1]))
+        fresh = np.linalg.norm(torus_offset(centroids(gen.step().frames[1:2], colour)[0], truth[k + 1], SIZE))
         rows.append((image, frames, err, fresh))
     torch.set_num_threads(before)
     return rows

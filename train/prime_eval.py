@@ -29,9 +29,10 @@ for _p in (_ROOT, _ROOT / "python"):  # runnable from a source checkout (appende
 
 from train.data.synthetic_world import (COLOURS, DIRECTIONS, SyntheticWorld, describe_scene,  # noqa: E402
                                        render_scene, trajectory)
-from train.stream_metrics import circular_centroids  # noqa: E402
+from train.stream_metrics import circular_centroids, torus_offset  # noqa: E402
 from train.world_eval import nearest_colour  # noqa: E402  (an index into the palette, in COLOURS' order)
 
+SIZE = (16, 16)  # (width, height) of the canonical world measured here
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
@@ -43,19 +44,12 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def centroids(frames: torch.Tensor, colour: str) -> np.ndarray:
     """uint8 [T, H, W, 3] -> [T, 2] (x, y) centroid on the torus (circular mean per axis) of the pixels nearest the
     palette colour, NaN if none. The world wraps its movers around the edges, so an object split over an edge is
-    one object here; a plain mean would put it mid-frame (and a few stray pixels pull a plain mean far more)."""
+    one object here, where a plain mean would put it mid-frame."""
     video = frames.float() / 127.5 - 1
     return circular_centroids(nearest_colour(video) == list(COLOURS).index(colour))
 
 
-def torus_offset(a: np.ndarray, b: np.ndarray, size: tuple[int, int] = (16, 16)) -> np.ndarray:
-    """a - b per (x, y) axis, wrapped into [-size / 2, size / 2] (size: width, height)."""
-    n = np.asarray(size, dtype=np.float64)
-    d = np.asarray(a, dtype=np.float64) - b
-    return d - n * np.round(d / n)
-
-
-def travel(pos: np.ndarray, direction: np.ndarray, frames: int = 6, size: tuple[int, int] = (16, 16)) -> float:
+def travel(pos: np.ndarray, direction: np.ndarray, frames: int = 6, size: tuple[int, int] = SIZE) -> float:
     """px travelled along `direction` from pos[0] to pos[frames], summed over wrapped single-frame steps (an
     object crossing an edge keeps its travel); NaN where a frame lost the object."""
     steps = torus_offset(pos[1:frames + 1], pos[:frames], size)
@@ -100,7 +94,7 @@ def seam(gen, scenes, context: int = 16, chunks: int = 3) -> dict[str, tuple[flo
             frames = torch.cat([gen.step().frames for _ in range(chunks)])
             frames = frames[gen.primed.held_output_frames:] if c is not None else frames
             pos = centroids(frames, obj.colour)
-            out[name][0].append(np.linalg.norm(torus_offset(pos[0], truth[context])))
+            out[name][0].append(np.linalg.norm(torus_offset(pos[0], truth[context], SIZE)))
             out[name][1].append(travel(pos, np.array(DIRECTIONS[obj.direction], float)))
     return {k: (round(float(np.nanmean(e)), 2), round(float(np.nanmean(m)), 2),
                 round(float(np.mean(np.array(m) > 0.5)), 2)) for k, (e, m) in out.items()}
@@ -116,7 +110,7 @@ def lengths(gen, scenes, end: int = 20, ns=(1, 2, 3, 4, 6, 9, 12)) -> dict[int, 
             gen.reset(describe_scene(scene), seed=index, context=to_uint8(render_scene(scene)[end + 1 - n:end + 1]))
             frames = gen.step().frames[gen.primed.held_output_frames:]
             pos = centroids(frames[:1], scene.objects[0].colour)[0]
-            errs.append(np.linalg.norm(torus_offset(pos, truth[end + 1])))
+            errs.append(np.linalg.norm(torus_offset(pos, truth[end + 1], SIZE)))
         out[n] = round(float(np.nanmean(errs)), 2)
     return out
 

@@ -56,6 +56,14 @@ def circular_centroids(mask: torch.Tensor) -> np.ndarray:
     return out
 
 
+def torus_offset(a: np.ndarray, b: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """a - b per (x, y) axis on the torus of `size` (width, height), wrapped into [-size / 2, size / 2]: the
+    shortest way round, as the world's movers wrap."""
+    n = np.asarray(size, dtype=np.float64)
+    d = np.asarray(a, dtype=np.float64) - b
+    return d - n * np.round(d / n)
+
+
 def prompted_direction(obj: ObjectSpec) -> tuple[np.ndarray | None, str]:
     """(unit vector, mode): mode "signed" (moves/appears/turns), "axis" (bounces) or "still"."""
     if obj.motion == "still":
@@ -77,9 +85,7 @@ def track(video: torch.Tensor, scene: Scene) -> dict[str, np.ndarray]:
     present = ((count >= 0.4 * area) & (count <= 2.5 * area) & bg).numpy()
     c = circular_centroids(mask)
     c[~present] = np.nan
-    d = np.diff(c, axis=0)
-    size = np.array([scene.width, scene.height], dtype=np.float64)
-    d = d - size * np.round(d / size)
+    d = torus_offset(c[1:], c[:-1], (scene.width, scene.height))
     direction, mode = prompted_direction(obj)
     if mode == "signed":
         along = d @ direction
