@@ -26,7 +26,7 @@ def _parts(seed=0):
 
 def _write(path, dit, text, **kw):
     return write_model_dir(path, dit_config=dit.config, dit_weights=kw.pop("weights", dit.state_dict()),
-                           text_encoder=text, cache=CACHE, sampler=SAMPLER, video=VideoSpec(8, 16, 12))
+                           text_encoder=text, cache=CACHE, sampler=SAMPLER, video=VideoSpec(8, 16, 12), **kw)
 
 
 def test_written_directory_loads_with_its_manifest(tmp_path):

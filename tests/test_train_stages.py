@@ -685,6 +685,39 @@ def test_regress_continuation_is_the_rollouts_loss_past_the_context_frames(pipel
                         progress=False)
 
 
+def test_regress_object_weight_weighs_the_targets_object_pixels(pipeline, tmp_path):
+    """stage.regress_object_weight w: the continuation loss is the mean of (1 + w [object pixel]) (x0 - video)^2
+    over frames 9.. divided by the mean weight, the object pixels being those whose colour is not the scene's
+    background (from the world's own scene, not from the video's median as object_mask finds them)."""
+    from train.data.synthetic_world import COLOURS
+
+    root = pipeline[0]
+    sections = {"stage": {"kind": "regress", "regress_context_frames": 9, "regress_object_weight": 10.0},
+                "model": {"student_init": str(root / "ode/export")},
+                "data": {"num_frames": 15, "phase": "random", "speed_min": 0.5, "speed_max": 1.5},
+                "rollout": {"num_frames": 15, "sink_ema_during_training": True}}
+    trainer = build_stage(make_cfg(tmp_path / "obj", **sections), progress=False)
+    video, prompts = trainer.data.next("cpu")
+    scenes = [trainer.world.scene(i) for i in trainer.data.last_indices()]
+    torch.manual_seed(5)
+    loss = trainer.loss(video, prompts)
+    torch.manual_seed(5)
+    k = int(torch.randint(0, 4, (1,)))
+    with torch.no_grad():
+        x = rollout(trainer.student, trainer.text.encode(prompts), torch.randn_like(video), trainer.policy,
+                    trainer.cfg.sampler, k, context=video)
+    background = torch.stack([torch.tensor(COLOURS[sc.background]) * 2 - 1 for sc in scenes]).float()
+    mask = ((video - background[:, None, :, None, None]).abs() > 1e-3).any(dim=2, keepdim=True)[:, 9:]
+    assert 0 < mask.float().mean() < 0.5  # objects are there, and small
+    w = 1 + 10.0 * mask.float()
+    expected = (w * (x - video)[:, 9:] ** 2).mean() / w.mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(loss.detach(), ((x - video) ** 2)[:, 9:].mean())  # the weight changes it
+    with pytest.raises(ConfigError, match="regress_object_weight"):
+        make_cfg(tmp_path / "bad", **{**sections, "stage": {"kind": "regress", "regress_target": "nearest_speed",
+                                                            "regress_context": "own", "regress_object_weight": 1.0}})
+
+
 def test_ode_stage_adds_the_continuation_loss_of_the_random_phase_world_and_resumes(pipeline, tmp_path):
     """stage.ode_continue_weight: each step's loss is the pairs' loss plus the weight times the continuation
     loss, recomputed here from the same RNG draws with a teacher-forced rollout (the inference loop) over frames

@@ -8,8 +8,13 @@ rfrt format (`rfrt-model/1`), paths relative to the manifest's directory:
      "decoder": {"kind": "pixel" | "wan_vae" | "taehv", "path": "vae"},      (path optional for "pixel")
      "cache": {CachePolicy fields (frames, EMA alpha, RoPE rule, sink precision: no resolution)},
      "sampler": {SamplerConfig fields},
-     "video": {"height": 480, "width": 832, "fps": 16}}
+     "video": {"height": 480, "width": 832, "fps": 16},
+     "continuation": {"weights": "continuation/model.safetensors"}}                    (optional)
 
+"continuation" names a second weight set of the same DiT (same config) that a stream primed from a context
+(`StreamGenerator.reset(..., context=...)`) runs on: weights trained to continue a given video, where the
+"dit" weights were trained to start from noise (train/results/default_model.md: the default model ships both).
+A DiT `checkpoint=` replacing the directory's weights drops them (they belong to the directory's DiT).
 "cache" and "sampler" may be partial (missing fields take the release defaults). Unknown keys, a wrong format
 tag and missing files are errors naming them (`ModelDirError`).
 
@@ -54,7 +59,7 @@ MANIFEST = "rfrt.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 TEXT_KINDS = ("vocab", "umt5")
 DECODER_KINDS = ("pixel", "wan_vae", "taehv")
-_TOP_KEYS = {"format", "dit", "text_encoder", "decoder", "cache", "sampler", "video"}
+_TOP_KEYS = {"format", "dit", "text_encoder", "decoder", "cache", "sampler", "video", "continuation"}
 
 
 class ModelDirError(ValueError):
@@ -101,6 +106,7 @@ class ModelManifest:
     cache: CachePolicy
     sampler: SamplerConfig
     video: VideoSpec
+    continuation_weights: Path | None = None
 
     def __post_init__(self) -> None:
         if self.text_encoder.kind not in TEXT_KINDS:
@@ -109,7 +115,7 @@ class ModelManifest:
             raise ModelDirError(f"decoder.kind must be one of {DECODER_KINDS}, got {self.decoder.kind!r}")
         needed = [("dit weights", self.dit_weights), ("dit config", self.dit_config),
                   ("text encoder", self.text_encoder.path), ("tokenizer", self.tokenizer),
-                  ("decoder", self.decoder.path)]
+                  ("decoder", self.decoder.path), ("continuation weights", self.continuation_weights)]
         for what, path in needed:
             if path is not None and not path.exists():
                 raise ModelDirError(f"{self.root}: the {what} {str(path)!r} does not exist")
@@ -124,7 +130,8 @@ class LoadedModel:
     """Everything a StreamGenerator needs, in memory (tests and embedders can build one directly).
 
     dit: CausalWanDiT; text_encoder: TextEncoder; decoder: StreamingDecoder; cache: CachePolicy; sampler:
-    SamplerConfig; video: VideoSpec.
+    SamplerConfig; video: VideoSpec; continuation: the state dict of the DiT's continuation weights (manifest
+    "continuation", the DiT's names, shapes and dtype) or None.
     """
 
     dit: CausalWanDiT
@@ -133,6 +140,7 @@ class LoadedModel:
     cache: CachePolicy = CachePolicy()
     sampler: SamplerConfig = SamplerConfig()
     video: VideoSpec = VideoSpec()
+    continuation: Mapping[str, torch.Tensor] | None = None
 
 
 def default_model_path() -> Path | None:
@@ -180,6 +188,11 @@ def _rfrt_manifest(path: Path) -> ModelManifest:
         raise ModelDirError(f"{path}: format {raw['format']!r} is not supported (expected {FORMAT!r})")
     dit = _object(raw["dit"], f"{path}: dit")
     _keys(dit, {"config", "weights"}, {"config", "weights"}, f"{path}: dit")
+    continuation = None
+    if "continuation" in raw:
+        spec = _object(raw["continuation"], f"{path}: continuation")
+        _keys(spec, {"weights"}, {"weights"}, f"{path}: continuation")
+        continuation = root / spec["weights"]
     comps = {}
     for name in ("text_encoder", "decoder"):
         spec = _object(raw[name], f"{path}: {name}")
@@ -190,7 +203,7 @@ def _rfrt_manifest(path: Path) -> ModelManifest:
         text_encoder=comps["text_encoder"], tokenizer=None, decoder=comps["decoder"],
         cache=_config(CachePolicy, raw.get("cache", {}), f"{path}: cache"),
         sampler=_config(SamplerConfig, raw.get("sampler", {}), f"{path}: sampler"),
-        video=_config(VideoSpec, raw.get("video", {}), f"{path}: video"))
+        video=_config(VideoSpec, raw.get("video", {}), f"{path}: video"), continuation_weights=continuation)
 
 
 def _diffusers_manifest(root: Path) -> ModelManifest:
@@ -246,7 +259,8 @@ def load_model_dir(path: str | os.PathLike, *, checkpoint: str | os.PathLike | N
     """Load every component of a model directory.
 
     checkpoint: a DiT checkpoint (any layout `rfrt.models.load_model` reads, e.g. a Reward Forcing or
-                Self-Forcing .pt) replacing the directory's DiT weights; the directory's config still applies.
+                Self-Forcing .pt) replacing the directory's DiT weights; the directory's config still applies,
+                its continuation weights do not.
     use_ema:    with a Self-Forcing checkpoint, take `generator_ema`.
     dtype:      DiT (and decoder / text encoder) dtype; default the checkpoint's.
     A DiT whose config does not match its weights raises `rfrt.models.CheckpointError`.
@@ -267,18 +281,24 @@ def load_model_dir(path: str | os.PathLike, *, checkpoint: str | os.PathLike | N
     if decoder.latent_channels != dit.config.out_dim:
         raise ModelDirError(f"{m.root}: the decoder takes {decoder.latent_channels} latent channels, the DiT "
                             f"produces out_dim={dit.config.out_dim}")
+    continuation = None
+    if m.continuation_weights is not None and checkpoint is None:
+        continuation = load_model(m.continuation_weights, config=dit.config, dtype=next(dit.parameters()).dtype,
+                                  device=device).state_dict()
     return LoadedModel(dit=dit, text_encoder=text_encoder, decoder=decoder, cache=m.cache, sampler=m.sampler,
-                       video=m.video)
+                       video=m.video, continuation=continuation)
 
 
 # ---- the writer ----
 def write_model_dir(directory: str | os.PathLike, *, dit_config: ModelConfig, dit_weights: Mapping[str, torch.Tensor],
-                    text_encoder, cache: CachePolicy, sampler: SamplerConfig, video: VideoSpec) -> Path:
+                    text_encoder, cache: CachePolicy, sampler: SamplerConfig, video: VideoSpec,
+                    continuation_weights: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Write an `rfrt-model/1` directory (the default model's layout: vocab text encoder, pixel decoder).
 
     dit_config / dit_weights: the DiT's ModelConfig and state dict (stored as fp32 safetensors).
     text_encoder: a `rfrt.text_vocab.VocabTextEncoder` (its own save() layout). cache, sampler, video: the
     manifest's sections, i.e. what the model streams with (training passes the config it trained with).
+    continuation_weights: a second state dict of the same DiT for primed streams (manifest "continuation").
     Atomic: everything goes into a temporary directory beside `directory`, is read back and checked, then
     renamed into place (an existing directory is replaced only then). Non-finite weights raise ModelDirError
     before anything is written. Returns the directory.
@@ -289,6 +309,8 @@ def write_model_dir(directory: str | os.PathLike, *, dit_config: ModelConfig, di
             raise TypeError(f"write_model_dir: {name} must be a {cls.__name__}, got {type(value).__name__}")
     target = Path(directory)
     _refuse_non_finite(dit_weights, "DiT", target)
+    if continuation_weights is not None:
+        _refuse_non_finite(continuation_weights, "continuation", target)
     _refuse_non_finite(text_encoder.state_dict(), "text encoder", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     for pattern in (f".{target.name}.partial-*", f".{target.name}.old-*"):  # left by a writer that was killed
@@ -296,7 +318,7 @@ def write_model_dir(directory: str | os.PathLike, *, dit_config: ModelConfig, di
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        _write_contents(tmp, dit_config, dit_weights, text_encoder, cache, sampler, video)
+        _write_contents(tmp, dit_config, dit_weights, text_encoder, cache, sampler, video, continuation_weights)
         verify_model_dir(tmp)
         _replace_dir(tmp, target)
     except BaseException:
@@ -307,7 +329,8 @@ def write_model_dir(directory: str | os.PathLike, *, dit_config: ModelConfig, di
 
 def verify_model_dir(path: str | os.PathLike) -> None:
     """Raise ModelDirError unless `path` is a complete rfrt-model/1 directory: a valid manifest whose files all
-    exist, DiT weights that load, match their config and are finite, a text encoder that loads."""
+    exist, DiT (and continuation) weights that load, match their config and are finite, a text encoder that
+    loads."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -317,19 +340,22 @@ def verify_model_dir(path: str | os.PathLike) -> None:
     if m.layout != "rfrt" or m.dit_config is None:
         raise ModelDirError(f"{path}: not an {FORMAT} directory")
     try:
-        weights = load_file(str(m.dit_weights))
-    except (OSError, SafetensorError) as err:
-        raise ModelDirError(f"{m.dit_weights}: unreadable ({err})") from None
-    try:
         config = ModelConfig.from_json(m.dit_config)
     except ValueError as err:
         raise ModelDirError(str(err)) from None
     with torch.device("meta"):
         names = set(CausalWanDiT(config).state_dict())
-    if set(weights) != names:
-        raise ModelDirError(f"{m.dit_weights}: tensors do not match {m.dit_config} (missing "
-                            f"{sorted(names - set(weights))[:3]}, unexpected {sorted(set(weights) - names)[:3]})")
-    _refuse_non_finite(weights, "DiT", m.root)
+    for what, file in (("DiT", m.dit_weights), ("continuation", m.continuation_weights)):
+        if file is None:
+            continue
+        try:
+            weights = load_file(str(file))
+        except (OSError, SafetensorError) as err:
+            raise ModelDirError(f"{file}: unreadable ({err})") from None
+        if set(weights) != names:
+            raise ModelDirError(f"{file}: tensors do not match {m.dit_config} (missing "
+                                f"{sorted(names - set(weights))[:3]}, unexpected {sorted(set(weights) - names)[:3]})")
+        _refuse_non_finite(weights, what, m.root)
     if m.text_encoder.kind == "vocab":
         from rfrt.text_vocab import VocabTextEncoder
 
@@ -346,19 +372,25 @@ def _refuse_non_finite(weights: Mapping[str, torch.Tensor], what: str, where: Pa
                             f"{bad[:3]}); the weights are unusable (did training diverge?), nothing was written")
 
 
-def _write_contents(d: Path, dit_config, dit_weights, text_encoder, cache, sampler, video) -> None:
+def _write_contents(d: Path, dit_config, dit_weights, text_encoder, cache, sampler, video, continuation) -> None:
     from safetensors.torch import save_file
 
     (d / "dit").mkdir()
     _write_json(d / "dit" / "config.json", _plain(dataclasses.asdict(dit_config)))
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in dit_weights.items()},
-              str(d / "dit" / "model.safetensors"))
+    sets = {"dit": dit_weights} if continuation is None else {"dit": dit_weights, "continuation": continuation}
+    for name, weights in sets.items():
+        (d / name).mkdir(exist_ok=True)
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in weights.items()},
+                  str(d / name / "model.safetensors"))
     text_encoder.save(d / "text_encoder")
-    _write_json(d / MANIFEST, {
+    manifest = {
         "format": FORMAT, "dit": {"config": "dit/config.json", "weights": "dit/model.safetensors"},
         "text_encoder": {"kind": "vocab", "path": "text_encoder"}, "decoder": {"kind": "pixel"},
         "cache": _plain(dataclasses.asdict(cache)), "sampler": _plain(dataclasses.asdict(sampler)),
-        "video": dataclasses.asdict(video)})
+        "video": dataclasses.asdict(video)}
+    if continuation is not None:
+        manifest["continuation"] = {"weights": "continuation/model.safetensors"}
+    _write_json(d / MANIFEST, manifest)
     for f in d.rglob("*"):  # on disk before the rename makes them visible under the target's name
         if f.is_file():
             with open(f, "rb") as fh:

@@ -65,16 +65,27 @@ def check_context_frames(cfg: TrainConfig, student: CausalWanDiT, deciding: int)
     return chunk
 
 
+def object_mask(video: torch.Tensor, tol: float = 0.02) -> torch.Tensor:
+    """video [..., 3, H, W] -> bool [..., 1, H, W]: pixels whose colour differs (by more than `tol` in a channel,
+    [-1, 1] units) from their frame's background, taken as the per-channel median of the frame (the world's
+    objects cover well under half of it)."""
+    background = video.flatten(-2).median(dim=-1).values[..., None, None]
+    return ((video - background).abs() > tol).any(dim=-3, keepdim=True)
+
+
 def rollout_regression(student: CausalWanDiT, text: torch.Tensor, video: torch.Tensor, policy: CachePolicy,
                        sampler: SamplerConfig, exit_step: int, context_chunks: int = 0,
-                       teacher_forced: bool = True) -> torch.Tensor:
-    """mean (x0_exit - video)^2 over the chunks from `context_chunks` on, of the student's Self-Forcing rollout
+                       teacher_forced: bool = True, object_weight: float = 0.0) -> torch.Tensor:
+    """mean w * (x0_exit - video)^2 over the chunks from `context_chunks` on, of the student's Self-Forcing rollout
     from fresh noise (global RNG) whose context passes write `video` (teacher_forced) or its own x0; the chunks
-    before `context_chunks` are context only (no graph, no loss)."""
+    before `context_chunks` are context only (no graph, no loss). w is 1 + object_weight on the target's object
+    pixels (`object_mask`), else 1: a weighted mean, so object_weight 0 is the plain MSE."""
     x = rollout(student, text, torch.randn_like(video), policy, sampler, exit_step, grad=True,
                 grad_from_chunk=context_chunks, context=video if teacher_forced else None)
     n = context_chunks * policy.chunk_frames * student.config.patch_size[0]
-    return ((x[:, n:].float() - video[:, n:]) ** 2).mean()
+    target = video[:, n:]
+    weight = 1 + object_weight * object_mask(target).float()
+    return (weight * (x[:, n:].float() - target) ** 2).sum() / (weight.sum() * target.shape[-3])
 
 
 def anchor_regression(student: CausalWanDiT, anchor: CausalWanDiT, text: torch.Tensor, like: torch.Tensor,
@@ -159,7 +170,7 @@ class RegressTrainer(WorldStudentTrainer):
         with autocast(self.cfg, self.info):
             loss = rollout_regression(self.student, text, video, self.policy, self.sampler, k,
                                       self.cfg.stage.regress_context_frames // self.chunk,
-                                      self.cfg.stage.regress_context == "video")
+                                      self.cfg.stage.regress_context == "video", self.cfg.stage.regress_object_weight)
             if self.anchor is None:
                 return loss
             span = self.cfg.stage.regress_anchor_frames or self.cfg.stage.regress_context_frames

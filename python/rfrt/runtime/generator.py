@@ -20,6 +20,7 @@ the chunks a re-cache would replay are kept.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from typing import Iterator
 
@@ -41,6 +42,7 @@ from rfrt.runtime.forward import TorchForward
 from rfrt.runtime.loading import apply_runtime, check_resolution, load_bundle
 from rfrt.runtime.plan import ChunkPlan
 from rfrt.runtime.prime import Primed, context_latents, prime_chunks
+from rfrt.runtime.weights import CONTINUATION, STREAM, WeightSets
 from rfrt.sampling import SamplerConfig
 from rfrt.text import PromptCache
 
@@ -80,13 +82,17 @@ class StreamGenerator:
                 exported ONNX on the CPU). With an engine, text K/V, timesteps, noise and decoding stay in
                 PyTorch, the cache is rfrt.engine.EngineForward, and a "steady" engine's filling chunks
                 (the first window_frames / chunk_frames - 1) run the same step in eager PyTorch.
+    continuation_weights: a stream primed from a context (reset(..., context=...)) runs on the model's
+                continuation weights where it ships them (manifest "continuation": the default model does),
+                a fresh stream on its own; False: primed streams too run on the stream's weights, as with every
+                model without them, and with fp8 or an engine backend (which carry one weight set).
     """
 
     def __init__(self, model: str | os.PathLike | LoadedModel | None = None, *, checkpoint=None,
                  use_ema: bool = False, device=None, dtype: torch.dtype | None = None, height: int | None = None,
                  width: int | None = None, cache: CachePolicy | None = None, sampler: SamplerConfig | None = None,
                  attention: str = "sdpa", runtime: RuntimeConfig | None = None, backend="torch",
-                 engine: str | os.PathLike | None = None) -> None:
+                 engine: str | os.PathLike | None = None, continuation_weights: bool = True) -> None:
         if attention not in ATTENTION_KERNELS:
             raise ValueError(f"attention must be one of {ATTENTION_KERNELS}, got {attention!r}")
         for name, value, cls in (("cache", cache, CachePolicy), ("sampler", sampler, SamplerConfig),
@@ -102,6 +108,8 @@ class StreamGenerator:
         self.runtime = runtime or RuntimeConfig()
         self.dit, self.decoder = apply_runtime(self.runtime, bundle.dit, bundle.decoder, self.device)
         self.dtype = next(self.dit.parameters()).dtype
+        one_set = self.runtime.fp8 or backend != "torch"  # fp8 layers and engines hold the stream's weights only
+        self._weights = WeightSets(self.dit, None if one_set or not continuation_weights else bundle.continuation)
         self.text = PromptCache(bundle.text_encoder)
         self.sampler = sampler or bundle.sampler
         self._fps = bundle.video.fps
@@ -195,14 +203,18 @@ class StreamGenerator:
         frames [T, H, W, C] / [H, W, C] / [H, W], or float latents [F, C, h, w]. They are encoded with the model's
         encoder and written into the cache as if generated (rfrt.runtime.prime); step() continues at chunk
         `primed.chunks`. A context that cannot be used raises rfrt.context.ContextError, stream untouched.
+        A primed stream runs on the model's continuation weights where it has them (continuation_weights=;
+        `primed.weights` says which set), a fresh stream on the stream's.
         """
         seed = check_seed(seed)
+        self.text.encode(prompt)  # a bad prompt raises here, before anything changes (cached for _encode)
         ctx = None
         if context is not None:
             ctx = context_latents(context, decoder=self.decoder, height=self._height, width=self._width,
                                   channels=self.dit.config.in_dim, latent_hw=self._latent_hw,
                                   chunk_latent_frames=self._plan.latent_shape[1], dtype=self.dtype,
                                   device=self.device)
+        weights = self._weights.use(STREAM if ctx is None else CONTINUATION)  # before the prompt's cross K/V
         cross = self._encode(prompt)
         if self._forward is None:
             self._build_forward()
@@ -216,8 +228,8 @@ class StreamGenerator:
         self._ahead = None
         self._hold, self._primed = None, None
         if ctx is not None:
-            self._primed, chunks, self._hold = prime_chunks(ctx, self._forward, self._plan, self._noise,
-                                                            self.decoder)
+            primed, chunks, self._hold = prime_chunks(ctx, self._forward, self._plan, self._noise, self.decoder)
+            self._primed = dataclasses.replace(primed, weights=weights)
             self._recent.extend(chunks)
             self._chunk = len(chunks)
 

@@ -61,6 +61,7 @@ class Primed:
     held_frames:        latent frames (fewer than a chunk) held fixed at the start of the next generated chunk.
     held_output_frames: output frames at the start of that chunk which show the held context.
     source_hw, dropped_frames: as in ContextLatents.
+    weights:            the DiT weight set the stream runs on, "stream" or "continuation" (rfrt.runtime.weights).
     """
 
     frames: Tensor
@@ -70,6 +71,7 @@ class Primed:
     held_output_frames: int
     source_hw: tuple[int, int] | None = None
     dropped_frames: int = 0
+    weights: str = "stream"
 
 
 def context_latents(context, *, decoder, height: int, width: int, channels: int, latent_hw: tuple[int, int],
