@@ -714,8 +714,7 @@ def test_regress_object_weight_weighs_the_targets_object_pixels(pipeline, tmp_pa
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(loss.detach(), ((x - video) ** 2)[:, 9:].mean())  # the weight changes it
     with pytest.raises(ConfigError, match="regress_object_weight"):
-        make_cfg(tmp_path / "bad", **{**sections, "stage": {"kind": "regress", "regress_target": "nearest_speed",
-                                                            "regress_context": "own", "regress_object_weight": 1.0}})
+        make_cfg(tmp_path / "bad", **{**sections, "stage": {**sections["stage"], "regress_object_weight": -1.0}})
 
 
 def test_ode_stage_adds_the_continuation_loss_of_the_random_phase_world_and_resumes(pipeline, tmp_path):

@@ -148,7 +148,7 @@ class StageSection:
     regress_anchor_frames: how many frames of the fresh stream the anchor spans (a multiple of the chunk, at most
                      rollout.num_frames): 0 (default) the context frames, rollout.num_frames the whole stream, which
                      also holds the later chunks of a fresh stream (its own context) to the start's.
-    regress_object_weight: regress stage (regress_target "video"): the target's object pixels (those that differ from
+    regress_object_weight: regress stage (either regress_target): the target's object pixels (those that differ from
                      the frame's background, `object_mask`) weigh 1 + this in the regression, the background 1. A
                      small object covers ~4 % of a 16x16 frame, so under plain MSE leaving it out costs little
                      (measured: continuation students lost it in 5 of 48 primed scenes). 0 (default): plain MSE.
@@ -210,10 +210,8 @@ class StageSection:
         _require(self.regress_shift_px >= 0 and (self.regress_shift_px == 0 or self.regress_target == "nearest_speed"),
                  "stage.regress_shift_px", "must be >= 0 and needs regress_target \"nearest_speed\" (it matches a "
                  f"fresh stream's start), got {self.regress_shift_px} with {self.regress_target!r}")
-        weight = self.regress_object_weight
-        _require(weight >= 0 and (weight == 0 or self.regress_target == "video"),
-                 "stage.regress_object_weight", f"must be >= 0 and needs regress_target \"video\", got "
-                 f"{self.regress_object_weight} with {self.regress_target!r}")
+        _require(self.regress_object_weight >= 0, "stage.regress_object_weight",
+                 f"must be >= 0, got {self.regress_object_weight}")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
         _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),

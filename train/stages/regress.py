@@ -73,6 +73,13 @@ def object_mask(video: torch.Tensor, tol: float = 0.02) -> torch.Tensor:
     return ((video - background).abs() > tol).any(dim=-3, keepdim=True)
 
 
+def weighted_mse(x: torch.Tensor, target: torch.Tensor, object_weight: float = 0.0) -> torch.Tensor:
+    """mean of w * (x - target)^2 over [..., 3, H, W], w = 1 + object_weight on the target's object pixels
+    (`object_mask`) and 1 elsewhere, divided by the mean weight: object_weight 0 is the plain MSE."""
+    weight = 1 + object_weight * object_mask(target).float()
+    return (weight * (x.float() - target) ** 2).sum() / (weight.sum() * target.shape[-3])
+
+
 def rollout_regression(student: CausalWanDiT, text: torch.Tensor, video: torch.Tensor, policy: CachePolicy,
                        sampler: SamplerConfig, exit_step: int, context_chunks: int = 0,
                        teacher_forced: bool = True, object_weight: float = 0.0) -> torch.Tensor:
@@ -83,9 +90,7 @@ def rollout_regression(student: CausalWanDiT, text: torch.Tensor, video: torch.T
     x = rollout(student, text, torch.randn_like(video), policy, sampler, exit_step, grad=True,
                 grad_from_chunk=context_chunks, context=video if teacher_forced else None)
     n = context_chunks * policy.chunk_frames * student.config.patch_size[0]
-    target = video[:, n:]
-    weight = 1 + object_weight * object_mask(target).float()
-    return (weight * (x[:, n:].float() - target) ** 2).sum() / (weight.sum() * target.shape[-3])
+    return weighted_mse(x[:, n:], video[:, n:], object_weight)
 
 
 def anchor_regression(student: CausalWanDiT, anchor: CausalWanDiT, text: torch.Tensor, like: torch.Tensor,
@@ -116,15 +121,16 @@ def nearest_clip(scene: Scene, stream: torch.Tensor, match: int, speeds: Sequenc
 
 def nearest_clip_regression(student: CausalWanDiT, text: torch.Tensor, scenes: list[Scene], like: torch.Tensor,
                             policy: CachePolicy, sampler: SamplerConfig, exit_step: int, match: int,
-                            speeds: Sequence[float], shifts: Sequence[float] = (0.0,)) -> tuple[torch.Tensor, dict]:
-    """mean (x0_exit - clip)^2 of a fresh stream (own context, from fresh noise: global RNG) of like's shape, each
-    clip `nearest_clip` of its scene and the stream's own first `match` frames.
+                            speeds: Sequence[float], shifts: Sequence[float] = (0.0,),
+                            object_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """`weighted_mse` of a fresh stream (own context, from fresh noise: global RNG) of like's shape against its
+    clips, each clip `nearest_clip` of its scene and the stream's own first `match` frames.
     -> (loss, {nearest_speed: mean speed, nearest_shift: mean |shift| px})."""
     x = rollout(student, text, torch.randn_like(like), policy, sampler, exit_step, grad=True)
     picked = [nearest_clip(sc, xb.detach(), match, speeds, shifts) for sc, xb in zip(scenes, x)]
     target = torch.stack([clip for clip, _, _ in picked])
     n = len(picked)
-    return ((x.float() - target) ** 2).mean(), {"nearest_speed": sum(v for _, v, _ in picked) / n,
+    return weighted_mse(x, target, object_weight), {"nearest_speed": sum(v for _, v, _ in picked) / n,
                                                 "nearest_shift": sum(abs(d) for _, _, d in picked) / n}
 
 
@@ -165,7 +171,8 @@ class RegressTrainer(WorldStudentTrainer):
             scenes = [self.world.scene(i) for i in self.data.last_indices()]
             with autocast(self.cfg, self.info):
                 loss, self.parts = nearest_clip_regression(self.student, text, scenes, video, self.policy,
-                                                           self.sampler, k, self.match, self.speeds, self.shifts)
+                                                           self.sampler, k, self.match, self.speeds, self.shifts,
+                                                           self.cfg.stage.regress_object_weight)
             return loss
         with autocast(self.cfg, self.info):
             loss = rollout_regression(self.student, text, video, self.policy, self.sampler, k,
