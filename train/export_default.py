@@ -1,7 +1,7 @@
 """Export a trained student as an `rfrt-model/1` model directory (e.g. the embedded default model):
 
     python -m train.export_default --student runs/default/redmd/export --out python/rfrt/default_model \
-        [--continuation runs/default/continue_obj10/export]
+        [--continuation runs/default/continue_obj3/export]
 
 The student's export is already an `rfrt-model/1` directory whose manifest the training stage wrote from the
 config it trained with (cache: `rollout.cache`, sampler: `sampler`, video: the data size). This reads it back

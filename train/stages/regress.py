@@ -131,7 +131,7 @@ def nearest_clip_regression(student: CausalWanDiT, text: torch.Tensor, scenes: l
     target = torch.stack([clip for clip, _, _ in picked])
     n = len(picked)
     return weighted_mse(x, target, object_weight), {"nearest_speed": sum(v for _, v, _ in picked) / n,
-                                                "nearest_shift": sum(abs(d) for _, _, d in picked) / n}
+                                                    "nearest_shift": sum(abs(d) for _, _, d in picked) / n}
 
 
 def shift_grid(max_px: float, step: float = 0.5) -> list[float]:

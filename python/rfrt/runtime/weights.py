@@ -35,7 +35,7 @@ class WeightSets:
         if set(continuation) != set(own):
             missing, extra = sorted(set(own) - set(continuation)), sorted(set(continuation) - set(own))
             raise ValueError(f"the continuation weights do not match the DiT (missing {missing[:3]}, unexpected "
-                             f"{extra[:3]}); a runtime that replaces the DiT's layers (fp8) cannot use them")
+                             f"{extra[:3]})")
         for name, t in continuation.items():
             if t.shape != own[name].shape:
                 raise ValueError(f"continuation weight {name!r} has shape {tuple(t.shape)}, the DiT's is "
@@ -43,10 +43,6 @@ class WeightSets:
         self._sets[STREAM] = {k: v.detach().clone() for k, v in own.items()}
         self._sets[CONTINUATION] = {k: v.detach().to(device=own[k].device, dtype=own[k].dtype)
                                     for k, v in continuation.items()}
-
-    @property
-    def has_continuation(self) -> bool:
-        return CONTINUATION in self._sets
 
     def use(self, name: str) -> str:
         """Run the DiT on weight set `name` (STREAM or CONTINUATION). -> the set it now runs on."""
