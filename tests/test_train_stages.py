@@ -205,6 +205,37 @@ def test_ode_stage_on_policy_pairs_store_the_students_context_and_train_on_it(pi
         make_cfg(tmp_path / "bad", **{**sections, "stage": {**sections["stage"], "ode_attention": "block_causal"}})
 
 
+def test_ode_stage_world_pairs_are_world_clips_continuing_the_students_chunks(pipeline, tmp_path):
+    """stage.ode_teacher "world": no teacher model; each pair's x0 continues the student's stored context as a clip
+    of the world's own scene at a world speed (train/stages/world_ode.py has the closed-form checks)."""
+    import numpy as np
+
+    from train.data.synthetic_world import render_variants
+    from train.stages.world_ode import torus_shifts
+
+    root = pipeline[0]
+    world = {"layout": "canonical", "phase": "fixed", "num_frames": 12}
+    sections = {"stage": {"kind": "ode", "ode_teacher": "world", "ode_attention": "cache", "ode_context": "student",
+                          "ode_pairs": 4, "ode_substeps": 4},
+                "model": {"student_init": str(root / "ode/export")}, "data": world,
+                "rollout": {"num_frames": 12, "sink_ema_during_training": True}}
+    trainer, metrics = run_stage(tmp_path / "world", **sections)
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["loss"] > 0
+    pairs = torch.load(tmp_path / "world/ode_pairs.pt", weights_only=True)
+    scenes = world_of(trainer.cfg.data, num_frames=12, seed=trainer.cfg.data.seed + 7919)
+    speeds = np.linspace(0.5, 1.5, 21)
+    for j in range(4):
+        scene = scenes.scene(j)
+        assert pairs["prompts"][j] == describe_scene(scene)
+        variants = render_variants(scene, speeds, torus_shifts(scene, 2.0))
+        for c in range(4):
+            frames = slice(3 * c, 3 * c + 3)
+            assert (variants[:, frames] - pairs["x0"][j, frames]).abs().flatten(1).amax(1).min() < 1e-5, (j, c)
+    assert not torch.allclose(pairs["context"], pairs["x0"], atol=1e-3)  # the student's chunks, not the world's
+    with pytest.raises(ConfigError, match="needs data.phase fixed"):
+        make_cfg(tmp_path / "bad", **{**sections, "data": {**world, "phase": "random"}})
+
+
 def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
     root = pipeline[0]
     trainer, metrics = run_stage(tmp_path / "dmd", **dmd_sections(root))

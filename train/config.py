@@ -104,8 +104,17 @@ class StageSection:
     ode_substeps:    Euler steps of the teacher ODE (a fine grid through the warped timesteps).
     ode_guidance_scale: CFG scale used to generate the ODE pairs.
     ode_pairs_path:  where the pairs are stored (default <out_dir>/ode_pairs.pt; reused when present).
-    ode_teacher:     the teacher the pairs come from: "bidirectional" (stage teacher, the whole clip at once) or
-                     "causal" (stage forcing, chunk by chunk through rollout.cache on its own chunks).
+    ode_teacher:     the teacher the pairs come from: "bidirectional" (stage teacher, the whole clip at once),
+                     "causal" (stage forcing, chunk by chunk through rollout.cache on its own chunks) or "world"
+                     (no model: the synthetic world's exact flow ODE, chunk by chunk, train/stages/world_ode.py;
+                     needs the fixed phase, clips from frame 0 and the canonical layout, where only the speed is
+                     chance).
+    ode_world_speeds: ode_teacher "world": points of the speed grid standing in for U[speed_min, speed_max].
+    ode_world_shift_px: ode_teacher "world", ode_context "student": std (px) of the prior on how far along its motion
+                     the student's context has put the object; the chunk continues the world from there.
+    ode_world_context_sigma: ode_teacher "world": pixel noise std ([-1, 1] units) through which the teacher reads
+                     the context's frames as a world clip (smaller: the continuation follows the context more
+                     strictly).
     ode_attention:   how the regressed student sees earlier chunks: "block_causal" (every earlier frame, clip
                      positions, as CausVid's ODE init) or "cache" (the inference cache, rollout.cache with the
                      rollout's training sink, teacher-forced with the teacher's clean chunks: evictions and the
@@ -164,7 +173,10 @@ class StageSection:
     ode_substeps: int = 24
     ode_guidance_scale: float = 3.0
     ode_pairs_path: str | None = None
-    ode_teacher: Literal["bidirectional", "causal"] = "bidirectional"
+    ode_teacher: Literal["bidirectional", "causal", "world"] = "bidirectional"
+    ode_world_speeds: int = 21
+    ode_world_shift_px: float = 2.0
+    ode_world_context_sigma: float = 0.5
     ode_attention: Literal["block_causal", "cache"] = "block_causal"
     ode_context: Literal["teacher", "student"] = "teacher"
     ode_prime_fraction: float = 0.0
@@ -214,9 +226,14 @@ class StageSection:
                  f"must be >= 0, got {self.regress_object_weight}")
         _require(0.0 <= self.forcing_later_windows <= 1.0, "stage.forcing_later_windows",
                  f"must lie in [0, 1], got {self.forcing_later_windows}")
-        _require(self.ode_context == "teacher" or (self.ode_teacher == "causal" and self.ode_attention == "cache"),
-                 "stage.ode_context", "\"student\" needs ode_teacher \"causal\" and ode_attention \"cache\" (the "
-                 f"student's chunks are a streaming context), got {self.ode_teacher!r} / {self.ode_attention!r}")
+        _require(self.ode_context == "teacher" or (self.ode_teacher in ("causal", "world")
+                                                    and self.ode_attention == "cache"),
+                 "stage.ode_context", "\"student\" needs ode_teacher \"causal\" or \"world\" and ode_attention "
+                 f"\"cache\" (the student's chunks are a streaming context), got {self.ode_teacher!r} / "
+                 f"{self.ode_attention!r}")
+        _require(self.ode_world_speeds >= 1 and self.ode_world_shift_px > 0 and self.ode_world_context_sigma > 0,
+                 "stage.ode_world_speeds/shift_px/context_sigma", f"need >= 1, > 0 and > 0, got "
+                 f"{self.ode_world_speeds} / {self.ode_world_shift_px} / {self.ode_world_context_sigma}")
 
 
 @dataclass(frozen=True)
@@ -407,6 +424,14 @@ class TrainConfig:
         _require(self.stage.kind != "ode" or self.stage.ode_context == "teacher" or bool(self.model.student_init),
                  "stage.ode_context", "\"student\" needs model.student_init: the student whose chunks the teacher "
                  "continues from")
+        d = self.data
+        _require(self.stage.kind != "ode" or self.stage.ode_teacher != "world"
+                 or (d.phase == "fixed" and d.max_start_frame == 0 and d.layout == "canonical"
+                     and bool(self.model.student_init)),
+                 "stage.ode_teacher", "\"world\" needs data.phase fixed, data.max_start_frame 0 and data.layout "
+                 "canonical (the prompt then leaves only the speed to chance) and model.student_init (the student "
+                 f"and its text encoder), got {d.phase!r} / {d.max_start_frame} / {d.layout!r} / "
+                 f"{self.model.student_init!r}")
 
 
 # Keys that belong to another section and are easy to misplace; the error says where they go.

@@ -315,6 +315,33 @@ def render_scene(scene: Scene) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2) * 2.0 - 1.0))
 
 
+def render_variants(scene: Scene, speeds: np.ndarray, shifts: np.ndarray) -> torch.Tensor:
+    """`render_scene(with_shift(with_speed(scene, v), s))` for every v in speeds and s in shifts (speed-major),
+    as one float32 tensor [len(speeds) * len(shifts), T, 3, H, W], equal pixel for pixel.
+
+    Every variant's masks are evaluated in one broadcast numpy pass (the same `_mask`, the same float32
+    arithmetic and the same nine torus copies as `render_scene`), which is what makes the world's exact posterior
+    over hundreds of variants per scene (train/stages/world_ode.py) cheap enough to run for every ODE pair.
+    """
+    T, H, W = scene.num_frames, scene.height, scene.width
+    variants = [with_shift(with_speed(scene, float(v)), float(s)) for v in speeds for s in shifts]
+    ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
+    video = np.empty((len(variants), T, H, W, 3), dtype=np.float32)
+    video[:] = np.asarray(COLOURS[scene.background], dtype=np.float32)
+    shown = scene_frames(scene)[None, :, None, None]
+    for k, obj in enumerate(scene.objects):
+        centres = np.stack([trajectory(v.objects[k], v) for v in variants])  # [N, T, 2], float64 as render_scene's
+        m = np.zeros((len(variants), T, H, W), dtype=bool)
+        for ox in (-W, 0, W):
+            for oy in (-H, 0, H):
+                cx = (centres[..., 0] + ox).astype(np.float32)[..., None, None]
+                cy = (centres[..., 1] + oy).astype(np.float32)[..., None, None]
+                m |= _mask(obj.shape, cx, cy, obj.radius, xs, ys)
+        m &= shown >= obj.appear_frame
+        video[m] = np.asarray(COLOURS[obj.colour], dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(video.transpose(0, 1, 4, 2, 3) * 2.0 - 1.0))
+
+
 def describe_object(obj: ObjectSpec) -> str:
     noun = f"a {obj.size} {obj.colour} {obj.shape}"
     if obj.motion == "still":

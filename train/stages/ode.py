@@ -26,11 +26,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rfrt.cache import CachePolicy
 from rfrt.models import BlockCausalAttention, CausalWanDiT, FullAttention
-from rfrt.runtime import ChunkPlan, sample_chunk
+from rfrt.runtime import ChunkPlan
 from rfrt.runtime.chunk import context_pass
 from rfrt.sampling import SamplerConfig, flow_to_x0, sigma_table, warped_sigmas
 
@@ -42,7 +43,9 @@ from train.stages.common import (Batches, accumulate, autocast, barrier, checkpo
                                  make_optimizer, optimizer_step)
 from train.stages.parallel import model_state, optimizer_state, shard_trained
 from train.stages.regress import check_context_frames, rollout_regression
-from train.stages.rollout import cache_forward, draw_exit_step, teacher_forced_flow, training_policy
+from train.stages.rollout import (OnPolicyStudent, cache_forward, draw_exit_step, teacher_forced_flow,
+                                  training_policy)
+from train.stages.world_ode import on_policy_student, world_teacher_ode
 from train.stages.world_student import export_student
 
 
@@ -102,8 +105,8 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
     plan = ChunkPlan.build(sampler, (2 * B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
     forward = cache_forward(teacher, policy, 2 * B, H, W, teacher.cross_kv(torch.cat([text, uncond])))
     if student is not None:
-        s_plan = ChunkPlan.build(sampler, (B, chunk, C, H, W), policy.chunk_frames, noise.dtype, noise.device)
-        s_forward = cache_forward(student, policy, B, H, W, student.cross_kv(text))
+        on_policy = OnPolicyStudent(student, text, policy, sampler, (B, chunk, C, H, W), noise.dtype, noise.device,
+                                    gen)
     record = set(where.tolist())
     states, out, context = [], [], []
     for c in range(n_f // chunk):
@@ -118,13 +121,11 @@ def causal_teacher_ode(teacher: CausalWanDiT, text: torch.Tensor, uncond: torch.
             x = x + (grid[j + 1] - grid[j]) * cfg_combine(v[:B], v[B:], guidance)
         seen = x
         if student is not None:  # sampled even where primed, so its noise draws do not depend on the prime
-            first = noise[:, c * chunk:(c + 1) * chunk]
-            draws = [first] + [torch.randn(first.shape, generator=gen).to(first) for _ in range(s_plan.num_steps - 1)]
-            seen = sample_chunk(s_forward, draws, s_plan, context=False)
+            seen = on_policy.sample(noise[:, c * chunk:(c + 1) * chunk])
         if prime is not None and c < prime.shape[1] // chunk:
             seen = prime[:, c * chunk:(c + 1) * chunk].to(x)
         if student is not None:
-            context_pass(s_forward, seen, s_plan)
+            on_policy.hold(seen)
         context_pass(forward, torch.cat([seen, seen]), plan)
         states.append(torch.stack(chunk_states, dim=1))
         out.append(x)
@@ -138,11 +139,18 @@ class ODETrainer(StageTrainer):
     def build(self) -> None:
         cfg, dev = self.cfg, self.info.device
         self.teacher_dir = cfg.model.teacher
-        teacher = frozen(load_dit(self.teacher_dir, "model.teacher")).to(dev)
-        self.text = frozen(load_text(self.teacher_dir, "model.teacher"))
-        self.sampler = cfg.sampler
         init = cfg.model.student_init or self.teacher_dir
+        by_world = cfg.stage.ode_teacher == "world"  # no teacher model: the world's exact ODE (world_ode.py)
+        teacher = None if by_world else frozen(load_dit(self.teacher_dir, "model.teacher")).to(dev)
+        self.text = frozen(load_text(init, "model.student_init") if by_world else
+                           load_text(self.teacher_dir, "model.teacher"))
+        self.sampler = cfg.sampler
         self.student = load_dit(init, "model.student_init").to(dev).train()
+        c = self.student.config
+        if by_world and (c.in_dim != 3 or c.patch_size[0] != 1):
+            raise ValueError(f"stage.ode_teacher \"world\" draws the world's RGB frames as latents: the student "
+                             f"needs in_dim 3 and a temporal patch of 1 (a pixel decoder), got {c.in_dim} / "
+                             f"{c.patch_size[0]}")
         self.pairs = self._pairs(teacher)
         shard_trained(self.student, cfg, self.info.world_size, dev)
         self.params = list(self.student.parameters())
@@ -155,7 +163,7 @@ class ODETrainer(StageTrainer):
             self.continuation = Batches(SyntheticWorldDataset(world, self.info.rank, self.info.world_size),
                                         cfg.run.batch_size)
 
-    def _pairs(self, teacher: CausalWanDiT) -> dict[str, Any]:
+    def _pairs(self, teacher: CausalWanDiT | None) -> dict[str, Any]:
         st = self.cfg.stage
         path = Path(st.ode_pairs_path or self.out_dir / "ode_pairs.pt")
         if self.info.is_main and not path.is_file():
@@ -164,7 +172,7 @@ class ODETrainer(StageTrainer):
             # the same scenes (a scene's start frame is its last draw), shown from a later stream frame
             later = world_of(d, num_frames=self.cfg.rollout.num_frames, seed=d.seed + 7919,
                              max_start_frame=st.ode_prime_max_start)
-            chunk = self.cfg.rollout.cache.chunk_frames * teacher.config.patch_size[0]
+            chunk = self.cfg.rollout.cache.chunk_frames * self.student.config.patch_size[0]
             prompts = [world[i][1] for i in range(st.ode_pairs)]
             gen = torch.Generator().manual_seed(self.cfg.run.seed + 17)
             policy = training_policy(self.cfg.rollout)
@@ -178,7 +186,14 @@ class ODETrainer(StageTrainer):
                 if st.ode_prime_fraction > 0 and torch.rand(1, generator=gen).item() < st.ode_prime_fraction:
                     n = int(torch.randint(1, st.ode_prime_chunks + 1, (1,), generator=gen)) * chunk
                     prime = torch.stack([later[j][0][:n] for j in range(i, i + len(batch))])
-                if st.ode_teacher == "causal":
+                if st.ode_teacher == "world":
+                    scenes = [world.scene(j) for j in range(i, i + len(batch))]
+                    speeds = np.linspace(d.speed_min, d.speed_max, st.ode_world_speeds)
+                    s, x0, ctx = world_teacher_ode(
+                        scenes, noise, policy, *ode_grid(self.sampler, st.ode_substeps), speeds,
+                        st.ode_world_shift_px, st.ode_world_context_sigma,
+                        None if student is None else on_policy_student(student, text, policy, self.sampler, noise, gen))
+                elif st.ode_teacher == "causal":
                     s, x0, ctx = causal_teacher_ode(teacher, text, uncond, noise, policy, self.sampler,
                                                     st.ode_substeps, st.ode_guidance_scale, student, gen, prime)
                 else:

@@ -126,3 +126,25 @@ def teacher_forced_flow(student: CausalWanDiT, cross: CrossKV, noisy: torch.Tens
         flows.append(forward(noisy[:, frames], t))
         context_pass(forward, x0[:, frames], plan)
     return torch.cat(flows, dim=1)
+
+
+class OnPolicyStudent:
+    """The student streaming a batch of pairs from their chunk noise through its own cache (stage.ode_context
+    "student"): `sample` draws a chunk from its first noise (the renoise draws from `gen`, in the order every
+    pair source shares, so the student's chunks do not depend on which teacher scores them), `hold` writes the
+    chunk the stream keeps into the student's cache."""
+
+    def __init__(self, student: CausalWanDiT, text: torch.Tensor, policy: CachePolicy, sampler: SamplerConfig,
+                 chunk_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, gen: torch.Generator | None):
+        B, _, _, H, W = chunk_shape
+        self.plan = ChunkPlan.build(sampler, chunk_shape, policy.chunk_frames, dtype, device)
+        self.forward = cache_forward(student, policy, B, H, W, student.cross_kv(text))
+        self.gen = gen
+
+    def sample(self, first: torch.Tensor) -> torch.Tensor:
+        renoise = [torch.randn(first.shape, generator=self.gen).to(first) for _ in range(self.plan.num_steps - 1)]
+        draws = [first] + renoise
+        return sample_chunk(self.forward, draws, self.plan, context=False)
+
+    def hold(self, seen: torch.Tensor) -> None:
+        context_pass(self.forward, seen, self.plan)
