@@ -211,6 +211,7 @@ def test_ode_stage_world_pairs_are_world_clips_continuing_the_students_chunks(pi
     import numpy as np
 
     from train.data.synthetic_world import render_variants
+    from train.stages.rollout import teacher_forced_flow
     from train.stages.world_ode import torus_shifts
 
     root = pipeline[0]
@@ -234,6 +235,33 @@ def test_ode_stage_world_pairs_are_world_clips_continuing_the_students_chunks(pi
     assert not torch.allclose(pairs["context"], pairs["x0"], atol=1e-3)  # the student's chunks, not the world's
     with pytest.raises(ConfigError, match="needs data.phase fixed"):
         make_cfg(tmp_path / "bad", **{**sections, "data": {**world, "phase": "random"}})
+
+    # stage.ode_object_weight: the pairs' world clips have the scene's background colour exactly, so the object
+    # pixels are known without object_mask's median
+    from train.data.synthetic_world import COLOURS
+
+    weighted = {**sections, "stage": {**sections["stage"], "ode_object_weight": 3.0,
+                                      "ode_pairs_path": str(tmp_path / "world/ode_pairs.pt")}}
+    trainer = build_stage(make_cfg(tmp_path / "weighted", **weighted), progress=False)
+    idx = torch.tensor([0, 2])
+    torch.manual_seed(3)
+    loss = trainer.loss(idx)
+    torch.manual_seed(3)
+    k = torch.randint(0, 4, (2, 4))
+    states, x0 = pairs["states"][idx], pairs["x0"][idx]
+    frames_k = k.repeat_interleave(3, dim=1)
+    x = states[torch.arange(2)[:, None], frames_k, torch.arange(12)[None]]
+    sig = warped_sigmas(trainer.cfg.sampler)
+    with torch.no_grad():
+        v = teacher_forced_flow(trainer.student, trainer.student.cross_kv(trainer.text.encode(
+            [pairs["prompts"][i] for i in idx])), x, sig[k], pairs["context"][idx], training_policy(trainer.cfg.rollout), 1000)
+    pred = x - sig[frames_k][..., None, None, None] * v
+    background = torch.stack([torch.tensor(COLOURS[scenes.scene(int(i)).background]) * 2 - 1 for i in idx]).float()
+    mask = ((x0 - background[:, None, :, None, None]).abs() > 1e-3).any(dim=2, keepdim=True)
+    assert 0 < mask.float().mean() < 0.5
+    w = 1 + 3.0 * mask.float()
+    torch.testing.assert_close(loss.detach(), (w * (pred - x0) ** 2).mean() / w.mean(), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(loss.detach(), ((pred - x0) ** 2).mean())
 
 
 def test_dmd_and_redmd_stage_train(pipeline, tmp_path):
@@ -366,6 +394,29 @@ def test_non_default_cache_and_sampler_survive_train_export_generator(pipeline, 
     chunks = [gen.step().latents for _ in range(5)]  # chunk 4 is the first to fold with a 12-frame window
     assert gen.cache.chunk == 4 and all(torch.isfinite(c).all() for c in chunks)
     assert dit_weights(shipped)["head.head.weight"].equal(dit_weights(tmp_path / "dmd/export")["head.head.weight"])
+
+
+def test_export_keeps_the_continuation_weights_when_only_the_stream_weights_change(pipeline, tmp_path):
+    """train.export_default --continuation, then --keep-continuation with a new student: the new DiT weights, the
+    same continuation weights; refused where --out has none, or where the new student's DiT differs."""
+    from rfrt.model_dir import ModelDirError, load_model_dir
+    from train.export_default import main
+
+    root = pipeline[0]
+    out = tmp_path / "shipped"
+    main(["--student", str(root / "ode/export"), "--out", str(out), "--continuation", str(root / "teacher/export")])
+    before = {k: v.clone() for k, v in load_model_dir(out).continuation.items()}
+    assert all(torch.equal(before[k], v) for k, v in dit_weights(root / "teacher/export").items())
+    run_stage(tmp_path / "dmd", **dmd_sections(root))
+    main(["--student", str(tmp_path / "dmd/export"), "--out", str(out), "--keep-continuation"])
+    after = load_model_dir(out)
+    assert all(torch.equal(before[k], v) for k, v in after.continuation.items())
+    assert all(torch.equal(after.dit.state_dict()[k], v) for k, v in dit_weights(tmp_path / "dmd/export").items())
+    with pytest.raises(ModelDirError, match="no continuation weights to keep"):
+        main(["--student", str(root / "ode/export"), "--out", str(root / "ode/export"), "--keep-continuation"])
+    run_stage(tmp_path / "wide", stage={"kind": "teacher"}, arch={"dim": 48})
+    with pytest.raises(ModelDirError, match="DiT config differs"):
+        main(["--student", str(tmp_path / "wide/export"), "--out", str(out), "--keep-continuation"])
 
 
 def test_rerun_repairs_an_incomplete_export(pipeline, tmp_path, capsys):

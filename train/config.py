@@ -109,6 +109,9 @@ class StageSection:
                      (no model: the synthetic world's exact flow ODE, chunk by chunk, train/stages/world_ode.py;
                      needs the fixed phase, clips from frame 0 and the canonical layout, where only the speed is
                      chance).
+    ode_object_weight: ode stage: the pairs' object pixels (those that differ from the frame's median colour) weigh
+                     1 + this in the regression's squared error, the rest 1 (as regress_object_weight: where the
+                     object is small, the cheapest cut of a plain MSE is to draw less of it). 0 (default): plain MSE.
     ode_world_speeds: ode_teacher "world": points of the speed grid standing in for U[speed_min, speed_max].
     ode_world_shift_px: ode_teacher "world", ode_context "student": std (px) of the prior on how far along its motion
                      the student's context has put the object; the chunk continues the world from there.
@@ -174,6 +177,7 @@ class StageSection:
     ode_guidance_scale: float = 3.0
     ode_pairs_path: str | None = None
     ode_teacher: Literal["bidirectional", "causal", "world"] = "bidirectional"
+    ode_object_weight: float = 0.0
     ode_world_speeds: int = 21
     ode_world_shift_px: float = 2.0
     ode_world_context_sigma: float = 0.5
@@ -231,6 +235,7 @@ class StageSection:
                  "stage.ode_context", "\"student\" needs ode_teacher \"causal\" or \"world\" and ode_attention "
                  f"\"cache\" (the student's chunks are a streaming context), got {self.ode_teacher!r} / "
                  f"{self.ode_attention!r}")
+        _require(self.ode_object_weight >= 0, "stage.ode_object_weight", f"must be >= 0, got {self.ode_object_weight}")
         _require(self.ode_world_speeds >= 1 and self.ode_world_shift_px > 0 and self.ode_world_context_sigma > 0,
                  "stage.ode_world_speeds/shift_px/context_sigma", f"need >= 1, > 0 and > 0, got "
                  f"{self.ode_world_speeds} / {self.ode_world_shift_px} / {self.ode_world_context_sigma}")

@@ -8,7 +8,8 @@ those sigmas and the final x0 are stored (`ode_pairs` trajectories, generated on
 atomically; an existing file is reused).
 
 Regression: the student starts from the teacher's weights, predicts x0 = x_k - sigma_k * v from the stored state
-at a denoising step k and regresses the teacher's final x0: loss mean((x0_pred - x0_teacher)^2).
+at a denoising step k and regresses the teacher's final x0: loss mean((x0_pred - x0_teacher)^2), the target's
+object pixels weighted 1 + stage.ode_object_weight (`train.stages.regress.weighted_mse`; 0: the plain MSE).
 How it sees earlier chunks is stage.ode_attention:
   * "block_causal": BlockCausalAttention(chunk_frames) over the whole clip in one forward; each chunk of each
     sample picks its own k, so a chunk sees cleaner or noisier earlier chunks, as in causal rollouts.
@@ -42,7 +43,7 @@ from train.stages.base import StageTrainer
 from train.stages.common import (Batches, accumulate, autocast, barrier, checkpointed, frozen, load_dit, load_text,
                                  make_optimizer, optimizer_step)
 from train.stages.parallel import model_state, optimizer_state, shard_trained
-from train.stages.regress import check_context_frames, rollout_regression
+from train.stages.regress import check_context_frames, rollout_regression, weighted_mse
 from train.stages.rollout import (OnPolicyStudent, cache_forward, draw_exit_step, teacher_forced_flow,
                                   training_policy)
 from train.stages.world_ode import on_policy_student, world_teacher_ode
@@ -234,7 +235,7 @@ class ODETrainer(StageTrainer):
             v = checkpointed(lambda a, b, c: self.student(a, b, c, self.backend), self.cfg.run.grad_checkpointing,
                              x, t, self.pairs["text"][idx].to(dev))
         pred = flow_to_x0(x, v.float(), sig[..., None, None, None])
-        return ((pred - x0) ** 2).mean()
+        return weighted_mse(pred, x0, self.cfg.stage.ode_object_weight)
 
     def cache_loss(self, idx: torch.Tensor) -> torch.Tensor:
         """ode_attention "cache": the regression chunk by chunk through the inference cache (module docstring)."""
@@ -250,7 +251,7 @@ class ODETrainer(StageTrainer):
             v = teacher_forced_flow(self.student, self.student.cross_kv(self.pairs["text"][idx].to(dev)), x,
                                     sig[k], seen, training_policy(self.cfg.rollout), self.sampler.num_train_timesteps)
         pred = flow_to_x0(x, v.float(), sig[frames_k][..., None, None, None])
-        return ((pred - x0) ** 2).mean()
+        return weighted_mse(pred, x0, self.cfg.stage.ode_object_weight)
 
     def train_step(self, step: int) -> dict[str, float]:
         n = self.pairs["x0"].shape[0]
