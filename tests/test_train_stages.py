@@ -212,7 +212,7 @@ def test_ode_stage_world_pairs_are_world_clips_continuing_the_students_chunks(pi
 
     from train.data.synthetic_world import render_variants
     from train.stages.rollout import teacher_forced_flow
-    from train.stages.world_ode import path_offsets
+    from train.stages.world_ode import torus_shifts
 
     root = pipeline[0]
     world = {"layout": "canonical", "phase": "fixed", "num_frames": 12}
@@ -228,7 +228,7 @@ def test_ode_stage_world_pairs_are_world_clips_continuing_the_students_chunks(pi
     for j in range(4):
         scene = scenes.scene(j)
         assert pairs["prompts"][j] == describe_scene(scene)
-        variants = render_variants(scene, speeds, path_offsets(scene, 2.0))
+        variants = render_variants(scene, speeds, torus_shifts(scene, 2.0))
         for c in range(4):
             frames = slice(3 * c, 3 * c + 3)
             assert (variants[:, frames] - pairs["x0"][j, frames]).abs().flatten(1).amax(1).min() < 1e-5, (j, c)

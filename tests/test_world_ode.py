@@ -15,10 +15,10 @@ import torch
 from rfrt.cache import CachePolicy
 from rfrt.sampling import SamplerConfig
 
-from train.data.synthetic_world import (SyntheticWorld, along_path, parse_single_object, render_scene,
-                                        path, render_variants, trajectory, with_shift, with_speed)
+from train.data.synthetic_world import (SyntheticWorld, parse_single_object, render_scene, render_variants,
+                                        trajectory, with_shift, with_speed)
 from train.stages.ode import ode_grid
-from train.stages.world_ode import exact_denoiser, path_offsets, world_teacher_ode
+from train.stages.world_ode import exact_denoiser, torus_shifts, world_teacher_ode
 
 SPEEDS = np.linspace(0.5, 1.5, 21)
 POLICY = CachePolicy(chunk_frames=3, sink_frames=3, window_frames=9)
@@ -40,43 +40,12 @@ def test_render_variants_equals_render_scene_variant_by_variant():
     scenes = [world.scene(i) for i in range(12)]
     assert {s.objects[0].motion for s in scenes} >= {"moves", "turns", "bounces", "appears"}
     for scene in scenes:
-        offsets = path_offsets(scene, 2.0)
-        variants = render_variants(scene, SPEEDS[::5], offsets)
-        for n in {0, min(7, len(variants) - 1), min(len(offsets) + 3, len(variants) - 1), len(variants) - 1}:
-            speed, px = float(SPEEDS[::5][n // len(offsets)]), float(offsets[n % len(offsets)])
-            want = render_scene(along_path(scene, speed, px))
+        shifts = torus_shifts(scene, 2.0)
+        variants = render_variants(scene, SPEEDS[::5], shifts)
+        for n in (0, 7, len(shifts) + 3, len(variants) - 1):
+            want = render_scene(with_shift(with_speed(scene, float(SPEEDS[::5][n // len(shifts)])),
+                                           float(shifts[n % len(shifts)])))
             assert torch.equal(variants[n], want), (scene, n)
-
-
-def test_along_path_moves_the_object_along_its_path_by_that_many_pixels():
-    """Closed form: a straight mover's variant is `with_shift` by the same px; after a turn the object is px further
-    along its second direction; a bouncer's path length between the two clips is px; a still object stays."""
-    world = _world()
-    scenes = {}
-    for i in range(40):
-        scenes.setdefault(world.scene(i).objects[0].motion, world.scene(i))
-    moves = scenes["moves"]
-    assert torch.equal(render_scene(along_path(moves, 0.8, 2.5)), render_scene(with_shift(with_speed(moves, 0.8), 2.5)))
-    turn = along_path(scenes["turns"], 1.2, 3.0)
-    o = turn.objects[0]
-    base = with_speed(scenes["turns"], 1.2)
-    late = np.array([10.0, 15.0])
-    step = path(o, turn, turn.start_frame + late) - path(base.objects[0], base, late)  # unwrapped
-    np.testing.assert_allclose(step, np.tile(np.array(o.velocity2) / 1.2 * 3.0, (2, 1)), atol=1e-9)
-    bounce = scenes["bounces"]
-    v = with_speed(bounce, 0.7)
-    moved = along_path(bounce, 0.7, 1.75)
-    t = np.arange(21.0)  # the world's 21 frames
-    fine = np.linspace(0, 1.75 / 0.7, 200)  # the path between stream frame t and t + 2.5, sampled finely
-    lengths = [np.abs(np.diff(trajectory(v.objects[0], v, tt + fine)[:, 0])).sum() for tt in t]
-    np.testing.assert_allclose(lengths, 1.75, atol=0.02)  # a fold between two samples cuts its corner
-    np.testing.assert_allclose(trajectory(moved.objects[0], moved), trajectory(v.objects[0], v, t + 2.5), atol=1e-12)
-    still = scenes["still"]
-    assert torch.equal(render_scene(along_path(still, 1.0, 4.0)), render_scene(still))
-    cycle = 2 * (16 - 1 - 2 * bounce.objects[0].radius)  # the bounce's path length per period
-    off = path_offsets(bounce, 2.0)
-    assert np.allclose(np.diff(off), 0.5)
-    assert -cycle / 2 <= off[0] < -cycle / 2 + 0.5 and cycle / 2 - 0.5 <= off[-1] < cycle / 2
 
 
 def test_exact_denoiser_is_the_mixture_posterior_mean():
@@ -138,10 +107,10 @@ def _off_start(prompt: str = "a large red circle moves right on a blue backgroun
 
 @pytest.mark.parametrize("speed, shift", [(SPEEDS[6], 2.0), (SPEEDS[16], -1.5)])
 def test_a_world_context_off_the_prompts_start_is_continued_exactly(speed, shift):
-    """A context that is a world clip further along its path: once the window shows its speed, each chunk
+    """A context that is a world clip shifted along its motion: once the window shows its speed, each chunk
     continues that very clip; chunk 0, which has no context, is the world's own start."""
     scene = _off_start()
-    context = render_scene(along_path(scene, float(speed), shift))[None]
+    context = render_scene(with_shift(with_speed(scene, float(speed)), shift))[None]
     noise = torch.randn(1, 21, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     _, x0, seen = world_teacher_ode([scene], noise, POLICY, *GRID, SPEEDS, 2.0, 0.5, _replay(context))
     torch.testing.assert_close(seen, context)
@@ -157,13 +126,12 @@ def test_a_creeping_context_is_continued_from_its_object_at_the_slowest_world_sp
     crawl = with_speed(scene, 0.2)
     noise = torch.randn(1, 21, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     _, x0, _ = world_teacher_ode([scene], noise, POLICY, *GRID, SPEEDS, 2.0, 0.5, _replay(render_scene(crawl)[None]))
-    offsets = path_offsets(scene, 2.0)
-    variants = render_variants(scene, SPEEDS, offsets)
+    shifts = torus_shifts(scene, 2.0)
+    variants = render_variants(scene, SPEEDS, shifts)
     for c in range(3, 7):  # chunks 3..6: the prompt's path at 0.5 px/frame is 2.4-5.1 px ahead of the crawler
         frames = slice(3 * c, 3 * c + 3)
         hit = [n for n in range(len(variants)) if torch.allclose(variants[n, frames], x0[0, frames], rtol=0, atol=1e-5)]
-        assert hit and SPEEDS[hit[0] // len(offsets)] == 0.5, (c, hit)
-        v = along_path(scene, 0.5, float(offsets[hit[0] % len(offsets)]))
-        mid = 3 * c - 3.5  # the middle of the 6 context frames the window's fit is made on
-        fit = trajectory(v.objects[0], v, v.start_frame + np.array([mid]))[0, 0]
-        assert abs(fit - trajectory(crawl.objects[0], crawl, np.array([mid]))[0, 0]) <= 0.5
+        assert hit and SPEEDS[hit[0] // len(shifts)] == 0.5, (c, hit)
+        v = with_shift(with_speed(scene, 0.5), float(shifts[hit[0] % len(shifts)]))
+        mid = np.array([3 * c - 3.5])  # the middle of the 6 context frames the window's fit is made on
+        assert abs(trajectory(v.objects[0], v, mid)[0, 0] - trajectory(crawl.objects[0], crawl, mid)[0, 0]) <= 0.5

@@ -101,8 +101,7 @@ class Scene:
     height: int
     width: int
     num_frames: int
-    start_frame: float = 0  # the clip shows stream frames start_frame .. start_frame + num_frames - 1 (an int
-    # for the world's clips; `along_path` variants start between frames)
+    start_frame: int = 0  # the clip shows stream frames start_frame .. start_frame + num_frames - 1
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -316,28 +315,20 @@ def render_scene(scene: Scene) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2) * 2.0 - 1.0))
 
 
-def along_path(scene: Scene, speed: float, px: float) -> Scene:
-    """`with_speed(scene, speed)` shown from a stream `px` px further along every mover's path (its clip starts at
-    stream frame px / speed, a fraction in general): for a straight mover the same clip as `with_shift` by px,
-    and also right for a turn after it and for a bouncer along its cycle, where a shift of the start is not."""
-    moving = any(o.motion != "still" for o in scene.objects)
-    return replace(with_speed(scene, speed), start_frame=scene.start_frame + (px / speed if moving else 0.0))
-
-
-def render_variants(scene: Scene, speeds: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
-    """`render_scene(along_path(scene, v, px))` for every v in speeds and px in offsets (speed-major), as one
-    float32 tensor [len(speeds) * len(offsets), T, 3, H, W], equal pixel for pixel.
+def render_variants(scene: Scene, speeds: np.ndarray, shifts: np.ndarray) -> torch.Tensor:
+    """`render_scene(with_shift(with_speed(scene, v), s))` for every v in speeds and s in shifts (speed-major),
+    as one float32 tensor [len(speeds) * len(shifts), T, 3, H, W], equal pixel for pixel.
 
     Every variant's masks are evaluated in one broadcast numpy pass (the same `_mask`, the same float32
     arithmetic and the same nine torus copies as `render_scene`), which is what makes the world's exact posterior
     over hundreds of variants per scene (train/stages/world_ode.py) cheap enough to run for every ODE pair.
     """
     T, H, W = scene.num_frames, scene.height, scene.width
-    variants = [along_path(scene, float(v), float(px)) for v in speeds for px in offsets]
+    variants = [with_shift(with_speed(scene, float(v)), float(s)) for v in speeds for s in shifts]
     ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
     video = np.empty((len(variants), T, H, W, 3), dtype=np.float32)
     video[:] = np.asarray(COLOURS[scene.background], dtype=np.float32)
-    shown = np.stack([scene_frames(v) for v in variants])[:, :, None, None]  # [N, T, 1, 1] stream frames
+    shown = scene_frames(scene)[None, :, None, None]
     for k, obj in enumerate(scene.objects):
         centres = np.stack([trajectory(v.objects[k], v) for v in variants])  # [N, T, 2], float64 as render_scene's
         m = np.zeros((len(variants), T, H, W), dtype=bool)

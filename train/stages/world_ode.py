@@ -13,10 +13,9 @@ Chunk by chunk, as the student streams. A chunk's ODE is the mixture's, with eac
 scored on the context the cache holds (its last `recent_frames`): the teacher treats that context as a world
 clip seen through Gaussian pixel noise of std `context_sigma`, so a chunk continues the clip the context shows.
 On-policy (stage.ode_context "student") the context is the student's own chunks, whose object is wherever the
-student drew it, so the components are also moved along the object's path (`along_path`: 0.5 px steps over
-one period, the torus for a mover, the bounce cycle for a bouncer; the offset's prior Gaussian with std
-`shift_px`) and the chunk continues the world's motion from where the student's object is, at the world speed
-that fits it best (a creeping context is continued at the slowest world speed, not at its own
+student drew it, so the components are also shifted along the motion (a torus of 0.5 px steps, the shift's prior
+Gaussian with std `shift_px`) and the chunk continues the world's motion from where the student's object is, at
+the world speed that fits it best (a creeping context is continued at the slowest world speed, not at its own
 crawl). The first chunk has no context, so it is the world's own start (shift 0), which is what a fresh stream
 is trained to draw.
 """
@@ -35,57 +34,47 @@ from train.data.synthetic_world import Scene, render_variants
 from train.stages.rollout import OnPolicyStudent
 
 
-def path_offsets(scene: Scene, shift_px: float) -> np.ndarray:
-    """Offsets (px along the object's path, `along_path`) of the world's components: 0 alone when shift_px is 0,
-    else every 0.5 px of one period of the path, [-P/2, P/2): the torus along a mover's (last) direction, the
-    bounce cycle 2 (L - 1 - 2r) along a bouncer's axis."""
-    obj = scene.objects[0]
-    if shift_px == 0 or obj.motion == "still":
+def torus_shifts(scene: Scene, shift_px: float) -> np.ndarray:
+    """Shifts (px along the first direction of motion) of the world's components: 0 alone when shift_px is 0, else
+    every 0.5 px of one period of the torus along the object's axis, [-P/2, P/2) (half open, unlike
+    `train.stages.regress.shift_grid`'s range: a mover shifted by P is the same clip)."""
+    if shift_px == 0:
         return np.zeros(1)
-    vx, vy = obj.velocity2 if obj.motion == "turns" else obj.velocity
-    length = scene.width if abs(vx) >= abs(vy) else scene.height
-    period = 2 * (length - 1 - 2 * obj.radius) if obj.motion == "bounces" else length
-    return np.arange(-math.floor(period), math.ceil(period)) * 0.5
+    vx, vy = scene.objects[0].velocity
+    period = scene.width if abs(vx) >= abs(vy) else scene.height
+    return np.arange(-period, period) * 0.5
 
 
 class WorldPosterior:
-    """The components of one batch of scenes: clips [B, N, F, C, H, W] (a scene with fewer components than the
-    batch's most is padded with blank clips of prior -inf) and their log priors."""
+    """The components of one batch of scenes and their log prior: clips [B, N, F, C, H, W], shifts [N]."""
 
     def __init__(self, scenes: list[Scene], speeds: np.ndarray, shift_px: float):
-        offsets = [np.tile(path_offsets(s, shift_px), len(speeds)) for s in scenes]
-        n = max(len(o) for o in offsets)
-        first = next(iter(scenes))
-        self.clips = torch.zeros(len(scenes), n, first.num_frames, 3, first.height, first.width)
-        self.start = torch.full((len(scenes), n), -math.inf, dtype=torch.float64)
-        self.drift = self.start.clone()
-        for b, (scene, off) in enumerate(zip(scenes, offsets)):
-            self.clips[b, :len(off)] = render_variants(scene, speeds, path_offsets(scene, shift_px))
-            px = torch.from_numpy(off).double()
-            self.start[b, :len(off)] = torch.where(px == 0, 0.0, -math.inf)  # no context: the world's own start
-            self.drift[b, :len(off)] = -0.5 * (px / shift_px) ** 2 if shift_px > 0 else 0.0
+        self.shifts = torus_shifts(scenes[0], shift_px)
+        if any(len(torus_shifts(s, shift_px)) != len(self.shifts) for s in scenes):
+            raise ValueError("the scenes of one batch need one torus period along their motion (H == W)")
+        self.clips = torch.stack([render_variants(s, speeds, torus_shifts(s, shift_px)) for s in scenes])
+        shift = torch.from_numpy(np.tile(self.shifts, len(speeds)))
+        self.start = torch.where(shift == 0, 0.0, -math.inf).double()  # no context: the world's own start
+        self.drift = (-0.5 * (shift / shift_px) ** 2).double() if shift_px > 0 else self.start
 
     def log_prior(self, context: torch.Tensor | None, frames: slice, context_sigma: float) -> torch.Tensor:
         """[B, N]: the prior of every component given the context [B, f, C, H, W] at stream frames `frames`."""
         if context is None or context.shape[1] == 0:
-            return self.start
-        return self.drift - squared_distances(context, self.clips[:, :, frames], 1.0) / (2 * context_sigma ** 2)
+            return self.start.expand(self.clips.shape[:2])
+        return self.drift[None] - squared_distances(context, self.clips[:, :, frames], 1.0) / (2 * context_sigma ** 2)
 
 
-def squared_distances(x: torch.Tensor, clips: torch.Tensor, scale: float,
-                      norms: torch.Tensor | None = None) -> torch.Tensor:
+def squared_distances(x: torch.Tensor, clips: torch.Tensor, scale: float) -> torch.Tensor:
     """[B, N]: |x_b - scale * clips_bn|^2 for x [B, ...] and clips [B, N, ...], in float64 (the ODE divides them
-    by 2 sigma^2, so float32's rounding would be worth hundreds of nats at the smallest sigmas). norms: the clips'
-    |clips_bn|^2 [B, N] when already known (an ODE reuses them at every step)."""
+    by 2 sigma^2, so float32's rounding would be worth hundreds of nats at the smallest sigmas)."""
     xf, cf = x.flatten(1).double(), clips.flatten(2).double()
-    norms = (cf * cf).sum(-1) if norms is None else norms
-    return (xf * xf).sum(-1, keepdim=True) - 2 * scale * torch.einsum("bp,bnp->bn", xf, cf) + scale * scale * norms
+    return (xf * xf).sum(-1, keepdim=True) - 2 * scale * torch.einsum("bp,bnp->bn", xf, cf) \
+        + scale * scale * (cf * cf).sum(-1)
 
 
-def exact_denoiser(x: torch.Tensor, sigma: float, clips: torch.Tensor, log_prior: torch.Tensor,
-                   norms: torch.Tensor | None = None) -> torch.Tensor:
+def exact_denoiser(x: torch.Tensor, sigma: float, clips: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
     """E[x0 | x] of the mixture: x [B, ...] at noise sigma in (0, 1], clips [B, N, ...], log_prior [B, N]."""
-    w = torch.softmax(log_prior - squared_distances(x, clips, 1 - sigma, norms) / (2 * sigma ** 2), dim=1)
+    w = torch.softmax(log_prior - squared_distances(x, clips, 1 - sigma) / (2 * sigma ** 2), dim=1)
     return torch.einsum("bn,bn...->b...", w, clips.double()).to(x.dtype)
 
 
@@ -111,12 +100,11 @@ def world_teacher_ode(scenes: list[Scene], noise: torch.Tensor, policy: CachePol
         log_prior = world.log_prior(torch.cat(context, 1)[:, seen_frames] if context else None, seen_frames,
                                     context_sigma)
         x, chunk_states, now_clips = noise[:, now], [], clips[:, :, now].double()  # converted once per chunk
-        norms = (now_clips.flatten(2) ** 2).sum(-1)
         for j in range(len(grid) - 1):
             if j in record:
                 chunk_states.append(x)
             sigma = float(grid[j])
-            x0 = exact_denoiser(x, sigma, now_clips, log_prior, norms)
+            x0 = exact_denoiser(x, sigma, now_clips, log_prior)
             x = x + (float(grid[j + 1]) - sigma) * (x - x0) / sigma
         seen = x
         if student is not None:
