@@ -5,8 +5,9 @@
 #   bash train/claims_default.sh [OUT_DIR=runs/claims] [JOBS=1]
 # The sink, alpha and bf16 arms stream the full student (S) with another sink or precision (bf16: the student in
 # bfloat16 with the reference's rounding of the EMA sink, "cache", or the fp32 accumulator); the other arms are
-# other students (DMD variants, the ODE init shipped before, the on-policy student = the shipped default model
-# with its own sink and bf16 arms, the previous default model).
+# other students (DMD variants, the ODE init shipped before, the on-policy student shipped after it, the
+# world-teacher student = the shipped default model, the last two with their own sink and bf16 arms, the previous
+# default model).
 set -euo pipefail
 OUT=${1:-runs/claims}; JOBS=${2:-1}; S=runs/default/redmd/export
 mkdir -p "$OUT"
@@ -25,10 +26,14 @@ ARMS=(
   "j_bf16fp32|bf16 model, fp32 sink accumulator|$S:0.999:fp32:bf16"
   "k_ode|ODE init (no DMD; the default model shipped before), EMA sink 0.999|runs/default/ode/export:0.999"
   "l_ship_nosink|the ODE init, no sink|runs/default/ode/export:0.0"
-  "m_onpolicy|on-policy student (the shipped default model), EMA sink 0.999|runs/default/onpolicy/export:0.999"
-  "n_onpolicy_nosink|the shipped default model, no sink|runs/default/onpolicy/export:0.0"
-  "o_onpolicy_bf16cache|the shipped default model in bf16, sink_precision cache|runs/default/onpolicy/export:0.999:cache:bf16"
-  "o_onpolicy_bf16fp32|the shipped default model in bf16, fp32 sink accumulator|runs/default/onpolicy/export:0.999:fp32:bf16"
+  "m_onpolicy|on-policy student (shipped before the world-teacher step), EMA sink 0.999|runs/default/onpolicy/export:0.999"
+  "n_onpolicy_nosink|the on-policy student, no sink|runs/default/onpolicy/export:0.0"
+  "o_onpolicy_bf16cache|the on-policy student in bf16, sink_precision cache|runs/default/onpolicy/export:0.999:cache:bf16"
+  "o_onpolicy_bf16fp32|the on-policy student in bf16, fp32 sink accumulator|runs/default/onpolicy/export:0.999:fp32:bf16"
+  "p_world|world-teacher student (the shipped default model), EMA sink 0.999|runs/default/ode_world/export:0.999"
+  "q_world_nosink|the shipped default model, no sink|runs/default/ode_world/export:0.0"
+  "r_world_bf16cache|the shipped default model in bf16, sink_precision cache|runs/default/ode_world/export:0.999:cache:bf16"
+  "r_world_bf16fp32|the shipped default model in bf16, fp32 sink accumulator|runs/default/ode_world/export:0.999:fp32:bf16"
   "z_prev|previous default model (ec20772)|runs/init/python/rfrt/default_model:0.999"
 )
 run_arm() {  # FILE NAME SPEC
