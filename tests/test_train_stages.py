@@ -253,8 +253,9 @@ def test_ode_stage_world_pairs_are_world_clips_continuing_the_students_chunks(pi
     x = states[torch.arange(2)[:, None], frames_k, torch.arange(12)[None]]
     sig = warped_sigmas(trainer.cfg.sampler)
     with torch.no_grad():
-        v = teacher_forced_flow(trainer.student, trainer.student.cross_kv(trainer.text.encode(
-            [pairs["prompts"][i] for i in idx])), x, sig[k], pairs["context"][idx], training_policy(trainer.cfg.rollout), 1000)
+        cross = trainer.student.cross_kv(trainer.text.encode([pairs["prompts"][i] for i in idx]))
+        v = teacher_forced_flow(trainer.student, cross, x, sig[k], pairs["context"][idx],
+                                training_policy(trainer.cfg.rollout), 1000)
     pred = x - sig[frames_k][..., None, None, None] * v
     background = torch.stack([torch.tensor(COLOURS[scenes.scene(int(i)).background]) * 2 - 1 for i in idx]).float()
     mask = ((x0 - background[:, None, :, None, None]).abs() > 1e-3).any(dim=2, keepdim=True)
