@@ -297,40 +297,28 @@ def render_scene(scene: Scene) -> torch.Tensor:
     one leaving through an edge enters through the opposite edge in the same frame.
     Drawn with numpy: these tensors are small and torch's intra-op threading only adds overhead here.
     """
-    T, H, W = scene.num_frames, scene.height, scene.width
-    ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
-    video = np.empty((T, H, W, 3), dtype=np.float32)
-    video[:] = np.asarray(COLOURS[scene.background], dtype=np.float32)
-    frames = scene_frames(scene)
-    for obj in scene.objects:
-        colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
-        for i, (cx, cy) in enumerate(trajectory(obj, scene)):
-            if frames[i] < obj.appear_frame:
-                continue
-            m = np.zeros((H, W), dtype=bool)
-            for ox in (-W, 0, W):
-                for oy in (-H, 0, H):
-                    m |= _mask(obj.shape, float(cx + ox), float(cy + oy), obj.radius, xs, ys)
-            video[i][m] = colour
-    return torch.from_numpy(np.ascontiguousarray(video.transpose(0, 3, 1, 2) * 2.0 - 1.0))
+    return _render([scene])[0]
 
 
 def render_variants(scene: Scene, speeds: np.ndarray, shifts: np.ndarray) -> torch.Tensor:
     """`render_scene(with_shift(with_speed(scene, v), s))` for every v in speeds and s in shifts (speed-major),
-    as one float32 tensor [len(speeds) * len(shifts), T, 3, H, W], equal pixel for pixel.
+    as one float32 tensor [len(speeds) * len(shifts), T, 3, H, W]: one broadcast pass of the same renderer, which
+    is what makes the world's exact posterior over hundreds of variants per scene (train/stages/world_ode.py)
+    cheap enough to run for every ODE pair."""
+    return _render([with_shift(with_speed(scene, float(v)), float(s)) for v in speeds for s in shifts])
 
-    Every variant's masks are evaluated in one broadcast numpy pass (the same `_mask`, the same float32
-    arithmetic and the same nine torus copies as `render_scene`), which is what makes the world's exact posterior
-    over hundreds of variants per scene (train/stages/world_ode.py) cheap enough to run for every ODE pair.
-    """
-    T, H, W = scene.num_frames, scene.height, scene.width
-    variants = [with_shift(with_speed(scene, float(v)), float(s)) for v in speeds for s in shifts]
+
+def _render(variants: list[Scene]) -> torch.Tensor:
+    """[N, T, 3, H, W] of scenes that differ only in their objects' paths (render_scene's docstring): every
+    object's masks of all N clips and T frames in one broadcast numpy pass."""
+    first = variants[0]
+    T, H, W = first.num_frames, first.height, first.width
     ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
     video = np.empty((len(variants), T, H, W, 3), dtype=np.float32)
-    video[:] = np.asarray(COLOURS[scene.background], dtype=np.float32)
-    shown = scene_frames(scene)[None, :, None, None]
-    for k, obj in enumerate(scene.objects):
-        centres = np.stack([trajectory(v.objects[k], v) for v in variants])  # [N, T, 2], float64 as render_scene's
+    video[:] = np.asarray(COLOURS[first.background], dtype=np.float32)
+    shown = scene_frames(first)[None, :, None, None]
+    for k, obj in enumerate(first.objects):
+        centres = np.stack([trajectory(v.objects[k], v) for v in variants])  # [N, T, 2]
         m = np.zeros((len(variants), T, H, W), dtype=bool)
         for ox in (-W, 0, W):
             for oy in (-H, 0, H):

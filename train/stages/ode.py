@@ -46,7 +46,7 @@ from train.stages.parallel import model_state, optimizer_state, shard_trained
 from train.stages.regress import check_context_frames, rollout_regression, weighted_mse
 from train.stages.rollout import (OnPolicyStudent, cache_forward, draw_exit_step, teacher_forced_flow,
                                   training_policy)
-from train.stages.world_ode import on_policy_student, world_teacher_ode
+from train.stages.world_ode import world_teacher_ode
 from train.stages.world_student import export_student
 
 
@@ -193,7 +193,9 @@ class ODETrainer(StageTrainer):
                     s, x0, ctx = world_teacher_ode(
                         scenes, noise, policy, *ode_grid(self.sampler, st.ode_substeps), speeds,
                         st.ode_world_shift_px, st.ode_world_context_sigma,
-                        None if student is None else on_policy_student(student, text, policy, self.sampler, noise, gen))
+                        None if student is None else OnPolicyStudent(student, text, policy, self.sampler,
+                                                                     (len(batch), chunk, 3, d.height, d.width),
+                                                                     noise.dtype, noise.device, gen))
                 elif st.ode_teacher == "causal":
                     s, x0, ctx = causal_teacher_ode(teacher, text, uncond, noise, policy, self.sampler,
                                                     st.ode_substeps, st.ode_guidance_scale, student, gen, prime)

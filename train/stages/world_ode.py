@@ -27,8 +27,6 @@ import numpy as np
 import torch
 
 from rfrt.cache import CachePolicy
-from rfrt.models import CausalWanDiT
-from rfrt.sampling import SamplerConfig
 
 from train.data.synthetic_world import Scene, render_variants
 from train.stages.rollout import OnPolicyStudent
@@ -64,17 +62,20 @@ class WorldPosterior:
         return self.drift[None] - squared_distances(context, self.clips[:, :, frames], 1.0) / (2 * context_sigma ** 2)
 
 
-def squared_distances(x: torch.Tensor, clips: torch.Tensor, scale: float) -> torch.Tensor:
+def squared_distances(x: torch.Tensor, clips: torch.Tensor, scale: float,
+                      norms: torch.Tensor | None = None) -> torch.Tensor:
     """[B, N]: |x_b - scale * clips_bn|^2 for x [B, ...] and clips [B, N, ...], in float64 (the ODE divides them
-    by 2 sigma^2, so float32's rounding would be worth hundreds of nats at the smallest sigmas)."""
+    by 2 sigma^2, so float32's rounding would be worth hundreds of nats at the smallest sigmas). norms: the clips'
+    |clips_bn|^2 [B, N] when already known (an ODE reuses them at every step)."""
     xf, cf = x.flatten(1).double(), clips.flatten(2).double()
-    return (xf * xf).sum(-1, keepdim=True) - 2 * scale * torch.einsum("bp,bnp->bn", xf, cf) \
-        + scale * scale * (cf * cf).sum(-1)
+    norms = (cf * cf).sum(-1) if norms is None else norms
+    return (xf * xf).sum(-1, keepdim=True) - 2 * scale * torch.einsum("bp,bnp->bn", xf, cf) + scale * scale * norms
 
 
-def exact_denoiser(x: torch.Tensor, sigma: float, clips: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+def exact_denoiser(x: torch.Tensor, sigma: float, clips: torch.Tensor, log_prior: torch.Tensor,
+                   norms: torch.Tensor | None = None) -> torch.Tensor:
     """E[x0 | x] of the mixture: x [B, ...] at noise sigma in (0, 1], clips [B, N, ...], log_prior [B, N]."""
-    w = torch.softmax(log_prior - squared_distances(x, clips, 1 - sigma) / (2 * sigma ** 2), dim=1)
+    w = torch.softmax(log_prior - squared_distances(x, clips, 1 - sigma, norms) / (2 * sigma ** 2), dim=1)
     return torch.einsum("bn,bn...->b...", w, clips.double()).to(x.dtype)
 
 
@@ -100,11 +101,12 @@ def world_teacher_ode(scenes: list[Scene], noise: torch.Tensor, policy: CachePol
         log_prior = world.log_prior(torch.cat(context, 1)[:, seen_frames] if context else None, seen_frames,
                                     context_sigma)
         x, chunk_states, now_clips = noise[:, now], [], clips[:, :, now].double()  # converted once per chunk
+        norms = (now_clips.flatten(2) ** 2).sum(-1)
         for j in range(len(grid) - 1):
             if j in record:
                 chunk_states.append(x)
             sigma = float(grid[j])
-            x0 = exact_denoiser(x, sigma, now_clips, log_prior)
+            x0 = exact_denoiser(x, sigma, now_clips, log_prior, norms)
             x = x + (float(grid[j + 1]) - sigma) * (x - x0) / sigma
         seen = x
         if student is not None:
@@ -115,10 +117,3 @@ def world_teacher_ode(scenes: list[Scene], noise: torch.Tensor, policy: CachePol
         context.append(seen)
     return torch.cat(states, dim=2), torch.cat(out, dim=1), torch.cat(context, dim=1)
 
-
-def on_policy_student(student: CausalWanDiT, text: torch.Tensor, policy: CachePolicy, sampler: SamplerConfig,
-                      noise: torch.Tensor, gen: torch.Generator) -> OnPolicyStudent:
-    """The student streaming the pairs of `noise` [B, F, C, H, W] chunk by chunk (stage.ode_context "student")."""
-    B, _, C, H, W = noise.shape
-    return OnPolicyStudent(student, text, policy, sampler, (B, policy.chunk_frames, C, H, W), noise.dtype,
-                           noise.device, gen)
