@@ -11,6 +11,7 @@ Checks: finite losses; the trained parameters really are sharded; fsdp equals dd
 batch); the fsdp checkpoint has exactly the layout of a ddp one and resumes bit for bit (2 + 2 steps == 4
 straight), and also loads under ddp.
 """
+import faulthandler
 import os
 import shutil
 import subprocess
@@ -33,6 +34,11 @@ def _torchrun() -> str | None:
     return str(sibling) if sibling.is_file() else shutil.which("torchrun")
 
 
+def _mark(what: str) -> None:
+    """A progress line on stderr, so a failed launch shows how far each rank got."""
+    print(f"rank {os.environ.get('RANK')}: {what}", file=sys.stderr, flush=True)
+
+
 def _train(root: Path, stage: str, name: str, parallel: str, steps: int) -> tuple:
     from test_train_stages import dmd_sections, make_cfg
     from train.stages import build_stage
@@ -44,6 +50,7 @@ def _train(root: Path, stage: str, name: str, parallel: str, steps: int) -> tupl
     metrics = trainer.run()
     # every rank takes the state dicts (gathering a sharded model's is a collective); rank 0's are the full ones
     states = {k: obj.state_dict() for k, obj in trainer.state().items()}
+    _mark(f"{name} ({parallel}, {steps} steps) done")
     return trainer, {"states": states, "metrics": metrics, "exit_steps": getattr(trainer, "exit_steps", [])}
 
 
@@ -69,7 +76,9 @@ def _worker(root: Path, stage: str) -> None:
         _, dumps["cross"] = _train(root, stage, "cross", "ddp", 4)
     if rank == 0:
         torch.save({"dumps": dumps, "shards": shards, "n_params": n_params}, out / "dumps.pt")
+    torch.distributed.barrier()  # no rank tears its group down while the other still works
     torch.distributed.destroy_process_group()
+    _mark("process group destroyed")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +98,7 @@ def _launch(root: Path, stage: str) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
     cmd = [_torchrun(), "--standalone", "--nproc_per_node", "2", str(Path(__file__)), str(root), stage]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-10000:]
     return torch.load(root / f"runs_{stage}" / "dumps.pt", weights_only=True)
 
 
@@ -193,5 +202,14 @@ def test_dmd_stage_fsdp_two_ranks_gloo(pipeline):
 
 
 if __name__ == "__main__":
+    # CI once saw rank 1 of the dmd launch die of SIGABRT ("terminate called without an active exception",
+    # no Python traceback); 33 launches here, 8 of them with both cores busy, did not repeat it. The stage
+    # marks and faulthandler (which prints the Python stack on SIGABRT) say where, should it recur. Once the
+    # group is destroyed every result is saved, so the worker leaves without the interpreter's teardown,
+    # where native threads (gloo's among them) are destroyed in no order this test checks.
+    faulthandler.enable()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     _worker(Path(sys.argv[1]), sys.argv[2])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
